@@ -1,0 +1,122 @@
+"""LARS: layer-wise adaptive rate scaling (You et al., 2017) with momentum.
+
+Per layer: d = g + wd·w; ρ = η‖w‖/‖d‖ (1 if either norm is 0); buf = m·buf + ρ·d; w ← w − lr·buf.
+`trust_denominator="paper"` uses ‖g‖ + wd‖w‖ instead of ‖d‖ (the paper's and timm's form).
+LARC, TVLARS and CLARS are subclasses that change how ρ is formed (`_raw_ratio` / `_scale_ratio`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from optim.layerwise import (
+    LayerwiseOptimizer,
+    ParamsLike,
+    check_positive,
+    decayed_gradients,
+    safe_trust_ratio,
+    stack_norms,
+)
+
+DENOMINATORS = ("lars", "paper")
+
+
+def lars_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    bufs: list[Tensor] | None,
+    rho: Tensor | None,
+    *,
+    decayed: list[Tensor],
+    lr: float,
+    momentum: float,
+) -> None:
+    """Functional multi-tensor core: buf = m·buf + ρ·d; w ← w − lr·buf (ρ = 1 when None).
+
+    `decayed` is d = g + wd·w (may be `grads` itself when wd = 0); `rho` one ratio per tensor.
+    """
+    scales = list(rho.unbind(0)) if rho is not None else None
+    if bufs is None:  # no momentum: w ← w − lr·ρ·d in one pass
+        if scales is None:
+            torch._foreach_add_(params, decayed, alpha=-lr)
+        else:
+            torch._foreach_addcmul_(params, decayed, list((rho * -lr).unbind(0)))
+        return
+    torch._foreach_mul_(bufs, momentum)
+    if scales is None:
+        torch._foreach_add_(bufs, decayed)
+    else:
+        torch._foreach_addcmul_(bufs, decayed, scales)
+    torch._foreach_add_(params, bufs, alpha=-lr)
+
+
+class LARS(LayerwiseOptimizer):
+    """LARS with momentum; see the module docstring for the update and `LayerwiseOptimizer` for clipping."""
+
+    def __init__(
+        self,
+        params: ParamsLike,
+        lr: float = 1.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 1e-3,
+        trust_denominator: str = "lars",
+        clip_lower: float | None = None,
+        clip_upper: float | None = None,
+        clip_mode: str = "fixed",
+        clip_k: float = 3.0,
+        clip_beta: float = 0.99,
+        exclude_1d: bool = True,
+        **extra: Any,
+    ):
+        check_positive("lr", lr)
+        check_positive("eta", eta)
+        check_positive("weight_decay", weight_decay, allow_zero=True)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum: must be in [0, 1), got {momentum}")
+        if trust_denominator not in DENOMINATORS:
+            raise ValueError(f"trust_denominator: must be one of {DENOMINATORS}, got {trust_denominator!r}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                        trust_denominator=trust_denominator, clip_lower=clip_lower, clip_upper=clip_upper,
+                        clip_mode=clip_mode, clip_k=clip_k, clip_beta=clip_beta, **extra)
+        super().__init__(params, defaults, exclude_1d=exclude_1d)
+
+    def _raw_ratio(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                   decayed: list[Tensor], w_norm: Tensor, g_norm: Tensor | None) -> Tensor:
+        """ρ = η‖w‖ / denominator, before any scaling or clipping."""
+        if group["trust_denominator"] == "paper":
+            denominator = g_norm + group["weight_decay"] * w_norm
+        else:
+            denominator = stack_norms(decayed) if decayed is not grads or g_norm is None else g_norm
+        return safe_trust_ratio(group["eta"] * w_norm, w_norm, denominator)
+
+    def _scale_ratio(self, group: dict[str, Any], rho: Tensor) -> Tensor:
+        """Per-variant transform of ρ (LARC clip, TVLARS φ(t)); identity for LARS."""
+        return rho
+
+    def _needs_grad_norm(self, group: dict[str, Any]) -> bool:
+        return group["trust_denominator"] == "paper" or self._recording(group)
+
+    def _update_chunk(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        wd, momentum = group["weight_decay"], group["momentum"]
+        bufs = None
+        if momentum != 0:
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                bufs.append(state["momentum_buffer"])
+        decayed = decayed_gradients(grads, params, wd, self._scratch_for(params) if wd != 0 else None)
+        rho = None
+        if group["adapt"]:
+            w_norm = stack_norms(params)
+            g_norm = stack_norms(grads) if self._needs_grad_norm(group) else None
+            rho = self._raw_ratio(group, params, grads, decayed, w_norm, g_norm)
+            rho = self._clip(group, params, self._scale_ratio(group, rho))
+            if self._recording(group):
+                self._record(group, rho, w_norm, g_norm)
+        lars_update(params, grads, bufs, rho, decayed=decayed, lr=group["lr"], momentum=momentum)

@@ -1,0 +1,1 @@
+"""Tables and figures from MLflow / parquet (issue 5; not built yet)."""

@@ -1,0 +1,1 @@
+"""Named, declarative study definitions (issue 4; not built yet)."""

@@ -1,0 +1,54 @@
+"""Shared fixtures: a small conv net with fixed data, and helpers to run optimizers side by side."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+
+def small_convnet(dtype: torch.dtype = torch.float64, batchnorm: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(8))
+    layers += [nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+               nn.Flatten(), nn.Linear(32, 10)]
+    return nn.Sequential(*layers).to(dtype)
+
+
+def batch(n: int = 16, dtype: torch.dtype = torch.float64, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=gen, dtype=dtype), torch.randint(0, 10, (n,), generator=gen)
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, before_step: Callable[[int], None] | None = None,
+          dtype: torch.dtype = torch.float64) -> list[float]:
+    """Run `steps` full-batch steps on fixed data (a new batch per step); returns the losses."""
+    losses = []
+    for i in range(steps):
+        x, y = batch(dtype=dtype, seed=i)
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        if before_step is not None:
+            before_step(i)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def max_rel_err(a: nn.Module, b: nn.Module) -> float:
+    worst = 0.0
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        worst = max(worst, ((pa - pb).norm() / pb.norm().clamp_min(1e-300)).item())
+    return worst
+
+
+@pytest.fixture
+def twin_models() -> tuple[nn.Module, nn.Module]:
+    model = small_convnet()
+    return model, copy.deepcopy(model)

@@ -7,6 +7,7 @@ foreach SGD-momentum and Adam measured in the same run (interleaved rounds, best
 from __future__ import annotations
 
 import argparse
+import statistics
 import ctypes
 import time
 from collections.abc import Callable
@@ -106,14 +107,14 @@ def run(device: str = "cpu", rounds: int = 9, steps: int = 5, dtype: str = "floa
                 own.append(_block_ms(step, steps, now))
                 adam_ms.append(_block_ms(adam.step, steps, now))
             key = label + ("+telemetry" if telemetry else "")
-            results[key] = min(own)
-            results[key + "/sgd"] = min(own) / min(sgd_ms)
-            results[key + "/adam"] = min(own) / min(adam_ms)
+            results[key] = statistics.median(own)
+            results[key + "/sgd"] = statistics.median([o / s for o, s in zip(own, sgd_ms)])
+            results[key + "/adam"] = statistics.median([o / a for o, a in zip(own, adam_ms)])
             baseline_samples["torch_sgd_momentum"] += sgd_ms
             baseline_samples["torch_adam"] += adam_ms
             del opt, step, recorder
     for key, values in baseline_samples.items():
-        results[key] = min(values)
+        results[key] = statistics.median(values)
     return results
 
 
@@ -144,9 +145,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--only", nargs="*", choices=list(CONFIGS), help="measure only these configurations")
     args = parser.parse_args()
     allocator = steady_state_allocator()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ms = run(args.device, args.rounds, args.steps, args.dtype, args.only)
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"allocator={allocator} params=ResNet-18 ({sum(p.numel() for p in torchvision.models.resnet18().parameters()):,})")

@@ -100,4 +100,6 @@ def build_optimizer(name: str, params: ParamsLike, **hparams: Any) -> Optimizer:
         return cls(params, **hparams)
     groups, _ = normalize_params(params)
     groups = split_1d_groups(groups, hparams.pop("exclude_1d", True))
+    for group in groups:
+        group.pop("adapt", None)  # torch's optimizers have no trust ratio to switch off
     return cls(groups, **hparams)

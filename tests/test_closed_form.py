@@ -202,3 +202,12 @@ def test_baselines_through_factory(name, hp, expected):
     opt = build_optimizer(name, [p], **hp)
     step(opt, [p], [G])
     assert_close(p, expected)
+
+
+def test_baseline_exclude_1d_skips_decay_on_biases():
+    w, b = layer(), torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = build_optimizer("sgd", [w, b], lr=0.1, weight_decay=0.5)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.5, 0.0]
+    assert all("adapt" not in g for g in opt.param_groups)
+    step(opt, [w, b], [G, [0.5, 0.5]])
+    assert_close(b, [1.0 - 0.05, -2.0 - 0.05])

@@ -26,7 +26,6 @@ DENOMINATORS = ("lars", "paper")
 
 def lars_update(
     params: list[Tensor],
-    grads: list[Tensor],
     bufs: list[Tensor] | None,
     rho: Tensor | None,
     *,
@@ -36,20 +35,19 @@ def lars_update(
 ) -> None:
     """Functional multi-tensor core: buf = m·buf + ρ·d; w ← w − lr·buf (ρ = 1 when None).
 
-    `decayed` is d = g + wd·w (may be `grads` itself when wd = 0); `rho` one ratio per tensor.
+    `decayed` is d = g + wd·w (the gradients themselves when wd = 0); `rho` one ratio per tensor.
     """
-    scales = list(rho.unbind(0)) if rho is not None else None
     if bufs is None:  # no momentum: w ← w − lr·ρ·d in one pass
-        if scales is None:
+        if rho is None:
             torch._foreach_add_(params, decayed, alpha=-lr)
         else:
             torch._foreach_addcmul_(params, decayed, list((rho * -lr).unbind(0)))
         return
     torch._foreach_mul_(bufs, momentum)
-    if scales is None:
+    if rho is None:
         torch._foreach_add_(bufs, decayed)
     else:
-        torch._foreach_addcmul_(bufs, decayed, scales)
+        torch._foreach_addcmul_(bufs, decayed, list(rho.unbind(0)))
     torch._foreach_add_(params, bufs, alpha=-lr)
 
 
@@ -119,4 +117,4 @@ class LARS(LayerwiseOptimizer):
             rho = self._clip(group, params, self._scale_ratio(group, rho))
             if self._recording(group):
                 self._record(group, rho, w_norm, g_norm)
-        lars_update(params, grads, bufs, rho, decayed=decayed, lr=group["lr"], momentum=momentum)
+        lars_update(params, bufs, rho, decayed=decayed, lr=group["lr"], momentum=momentum)

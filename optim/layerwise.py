@@ -34,7 +34,7 @@ def normalize_params(params: ParamsLike) -> tuple[list[dict[str, Any]], dict[int
         for group in items:
             group = dict(group)
             tensors = []
-            for i, entry in enumerate(group["params"]):
+            for entry in group["params"]:
                 if isinstance(entry, tuple):
                     names[id(entry[1])] = entry[0]
                     entry = entry[1]

@@ -1,7 +1,8 @@
 """`python -m optim.bench`: ms/step of every optimizer on ResNet-18's parameters, with ratios to torch's
 foreach SGD-momentum and Adam measured in the same run (interleaved rounds, medians of paired ratios).
 
-    python -m optim.bench [--device cpu|cuda] [--rounds 9] [--steps 5] [--dtype float32]
+    python -m optim.bench [--device cpu|cuda] [--rounds 9] [--steps 5] [--dtype float32] [--threads N]
+                          [--only lars lamb ...]
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def run(device: str = "cpu", rounds: int = 9, steps: int = 5, dtype: str = "floa
             [on / off for on, off in zip(own[label + "+telemetry"], own[label])])
         baseline_samples["torch_sgd_momentum"] += sgd_ms
         baseline_samples["torch_adam"] += adam_ms
-        del variants
+        del variants, step  # free this pair's state before the next pair is built
     for key, values in baseline_samples.items():
         results[key] = statistics.median(values)
     return results

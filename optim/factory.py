@@ -99,7 +99,5 @@ def build_optimizer(name: str, params: ParamsLike, **hparams: Any) -> Optimizer:
     if name in LAYERWISE:
         return cls(params, **hparams)
     groups, _ = normalize_params(params)
-    groups = split_1d_groups(groups, hparams.pop("exclude_1d", True))
-    for group in groups:
-        group.pop("adapt", None)  # torch's optimizers have no trust ratio to switch off
+    groups = split_1d_groups(groups, hparams.pop("exclude_1d", True), trust_ratio=False)
     return cls(groups, **hparams)

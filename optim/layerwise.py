@@ -28,32 +28,26 @@ def normalize_params(params: ParamsLike) -> tuple[list[dict[str, Any]], dict[int
     items = list(params)
     if not items:
         raise ValueError("params: got an empty parameter list")
+    if not isinstance(items[0], dict):
+        items = [{"params": items}]
     names: dict[int, str] = {}
     groups: list[dict[str, Any]] = []
-    if isinstance(items[0], dict):
-        for group in items:
-            group = dict(group)
-            tensors = []
-            for entry in group["params"]:
-                if isinstance(entry, tuple):
-                    names[id(entry[1])] = entry[0]
-                    entry = entry[1]
-                tensors.append(entry)
-            group["params"] = tensors
-            groups.append(group)
-    else:
+    for group in items:
         tensors = []
-        for entry in items:
+        for entry in group["params"]:
             if isinstance(entry, tuple):
                 names[id(entry[1])] = entry[0]
                 entry = entry[1]
             tensors.append(entry)
-        groups.append({"params": tensors})
+        groups.append({**group, "params": tensors})
     return groups, names
 
 
-def split_1d_groups(groups: list[dict[str, Any]], exclude_1d: bool) -> list[dict[str, Any]]:
-    """Move tensors with ≤ 1 dimension (biases, norm layers) to groups without decay and adaptation."""
+def split_1d_groups(groups: list[dict[str, Any]], exclude_1d: bool, trust_ratio: bool = True) -> list[dict[str, Any]]:
+    """Move tensors with ≤ 1 dimension (biases, norm layers) to groups without weight decay.
+
+    `trust_ratio`: the optimizer has a trust ratio, which those groups switch off (`adapt=False`).
+    """
     if not exclude_1d:
         return groups
     out = []
@@ -63,7 +57,8 @@ def split_1d_groups(groups: list[dict[str, Any]], exclude_1d: bool) -> list[dict
         if multi:
             out.append({**group, "params": multi})
         if single:
-            out.append({**group, "params": single, "weight_decay": 0.0, "adapt": False})
+            extra = {"adapt": False} if trust_ratio else {}
+            out.append({**group, "params": single, "weight_decay": 0.0, **extra})
     return out
 
 
@@ -131,7 +126,7 @@ def safe_trust_ratio(numerator: Tensor, w_norm: Tensor, denominator: Tensor) -> 
 def stack_norms(tensors: list[Tensor]) -> Tensor:
     """L2 norm of each tensor, stacked into one vector.
 
-    On the CPU √(x·x) through BLAS dot is ~1.7× faster than linalg.vector_norm (168 vs 99 µs for a
+    On the CPU √(x·x) through BLAS dot is ~1.7× faster than linalg.vector_norm (99 vs 168 µs for a
     2.4M-element layer here); elsewhere one foreach_norm launch beats a loop.
     """
     if tensors[0].device.type == "cpu" and tensors[0].dtype in (torch.float32, torch.float64):

@@ -52,3 +52,34 @@ def max_rel_err(a: nn.Module, b: nn.Module) -> float:
 def twin_models() -> tuple[nn.Module, nn.Module]:
     model = small_convnet()
     return model, copy.deepcopy(model)
+
+
+def _cifar10_dir():
+    """The real CIFAR-10 parquet files: $LAYERWISE_CIFAR10, ../shared/data/cifar10 beside the repo, or /work/shared."""
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for candidate in (os.environ.get("LAYERWISE_CIFAR10"), repo.parent / "shared/data/cifar10",
+                      Path("/work/shared/data/cifar10")):
+        if candidate and (Path(candidate) / "train.parquet").is_file():
+            return str(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> str:
+    path = _cifar10_dir()
+    if path is None:
+        pytest.skip("real CIFAR-10 parquet not found (set LAYERWISE_CIFAR10 to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> str:
+    """A per-session decode cache, so tests never depend on (or write to) the user's cache."""
+    import os
+
+    path = str(tmp_path_factory.mktemp("decode-cache"))
+    os.environ["LAYERWISE_CACHE"] = path
+    return path

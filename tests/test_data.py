@@ -1,0 +1,98 @@
+"""Datasets: real CIFAR-10 parquet, generated tiny-imagenet / imagefolder layouts, subsets, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from trainables.data import DataError, balanced_subset, load_dataset
+
+
+def _png(path: Path, color: int, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), (color, color, color)).save(path, format="PNG")
+
+
+def test_cifar10_parquet_decodes_real_data(cifar10_dir, data_cache):
+    data = load_dataset("cifar10", cifar10_dir)
+    assert data.train.images.shape == (50000, 3, 32, 32) and data.train.images.dtype == torch.uint8
+    assert data.test.images.shape == (10000, 3, 32, 32)
+    assert torch.bincount(data.train.labels).tolist() == [5000] * 10
+    assert data.train.classes[0] == "airplane" and data.num_classes == 10
+    # CIFAR-10's well-known channel means (0.491, 0.482, 0.447), up to JPEG re-encoding
+    assert data.mean == pytest.approx((0.491, 0.482, 0.447), abs=0.01)
+    cached = list(Path(data_cache).glob("cifar10-*.pt"))
+    assert len(cached) == 1
+    again = load_dataset("cifar10", cifar10_dir)  # from the cache
+    assert torch.equal(again.test.images, data.test.images)
+
+
+def test_balanced_subset_is_class_balanced_and_fixed(cifar10_dir, data_cache):
+    train = load_dataset("cifar10", cifar10_dir).train
+    sub = balanced_subset(train, 1003)
+    assert len(sub) == 1003
+    assert torch.bincount(sub.labels).tolist() == [101, 101, 101] + [100] * 7
+    assert torch.equal(balanced_subset(train, 1003).images, sub.images)
+    assert balanced_subset(train, None) is train
+
+
+def test_missing_directory_names_path_and_layout(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=r"cifar10 data at '.*nowhere': directory not found; expected layout: "
+                                        r"torchvision's 'cifar-10-batches-py/'.* or train.parquet \+ test.parquet"):
+        load_dataset("cifar10", missing)
+
+
+def test_malformed_parquet_is_a_clear_error(tmp_path, data_cache):
+    pq.write_table(pa.table({"image": [b"x"], "y": [0]}), tmp_path / "train.parquet")
+    pq.write_table(pa.table({"image": [b"x"], "y": [0]}), tmp_path / "test.parquet")
+    with pytest.raises(DataError, match=r"'train.parquet' has columns \['image', 'y'\]; expected layout: "
+                                        r"train.parquet and test.parquet with columns img\{bytes,path\} and label"):
+        load_dataset("parquet", tmp_path)
+    (tmp_path / "test.parquet").unlink()
+    (tmp_path / "train.parquet").unlink()
+    with pytest.raises(DataError, match="'train.parquet' not found"):
+        load_dataset("parquet", tmp_path)
+
+
+def test_unknown_dataset(tmp_path):
+    with pytest.raises(DataError, match="dataset: unknown 'mnist'; choose one of cifar10, cifar100"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_tinyimagenet_val_split_follows_annotations(tmp_path, data_cache):
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    (root).mkdir()
+    (root / "wnids.txt").write_text("\n".join(wnids))
+    for i, wnid in enumerate(wnids):
+        for j in range(3):
+            _png(root / "train" / wnid / "images" / f"{wnid}_{j}.JPEG", 10 + i, 64)
+    _png(root / "val" / "images" / "val_0.JPEG", 200, 64)
+    _png(root / "val" / "images" / "val_1.JPEG", 100, 64)
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t1\t1\nval_1.JPEG\tn01\t0\t0\t1\t1\n")
+    data = load_dataset("tinyimagenet", tmp_path)
+    assert data.train.images.shape == (6, 3, 64, 64)
+    assert data.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.test.labels.tolist() == [1, 0]
+    assert data.test.images[:, 0, 0, 0].tolist() == [200, 100]
+    (root / "val" / "val_annotations.txt").unlink()
+    with pytest.raises(DataError, match=r"'val/val_annotations.txt' not found; expected layout: 'tiny-imagenet-200/'"):
+        load_dataset("tinyimagenet", tmp_path)
+
+
+def test_imagefolder_resizes_to_image_size(tmp_path, data_cache):
+    for split in ("train", "val"):
+        for k, cls in enumerate(("cat", "dog")):
+            _png(tmp_path / split / cls / "a.png", 50 * k, 40)
+            _png(tmp_path / split / cls / "b.png", 50 * k, 24)
+    data = load_dataset("imagefolder", tmp_path, image_size=32)
+    assert data.train.images.shape == (4, 3, 32, 32)
+    assert data.train.classes == ["cat", "dog"] and data.test.labels.tolist() == [0, 0, 1, 1]
+    with pytest.raises(DataError, match="needs a 'train/' and a 'val/' or 'test/' folder"):
+        load_dataset("imagefolder", tmp_path / "train")

@@ -1,0 +1,154 @@
+"""Ray Train worker loop for Barlow Twins (`task="bt"`): pretext epochs, then linear evaluation.
+
+Pretext: two augmented views → backbone → projector (Linear-BN-ReLU …, last Linear) → batch-normalised
+embeddings; loss Σ(1 − C_ii)² + λ_BT Σ_{i≠j} C_ij² with C the cross-correlation over the global
+batch (all-reduced, differentiably, across workers). The chosen optimizer and schedule train the
+backbone + projector. Linear evaluation: frozen backbone, a linear classifier trained with SGD +
+cosine at `linear_lr` on crop-and-flip inputs; its test top-1 is the trial's result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray.train.torch
+import torch
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
+
+from trainables.augment import crop_flip, normalize, sample_crop_flip, sample_view, take, view
+from trainables.batches import Shard, derived_seed, generator
+from trainables.classification import AUGMENT_STREAM, input_pipeline
+from trainables.config import TrialConfig
+from trainables.models import build_model, split_head
+from trainables.worker import (
+    EpochMeter,
+    WorkerEnv,
+    build_training,
+    current_lr,
+    evaluate,
+    load_data,
+    parameters_finite,
+    place_model,
+    report,
+    restore,
+    steps,
+)
+
+VIEW_STREAMS = (2, 3)
+
+
+def projector(in_dim: int, spec: str) -> nn.Sequential:
+    """Barlow Twins projector from widths like '4096-4096-4096'."""
+    widths = [in_dim] + [int(w) for w in spec.split("-")]
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-2], widths[1:-1]):
+        layers += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+    layers.append(nn.Linear(widths[-2], widths[-1], bias=False))
+    return nn.Sequential(*layers)
+
+
+class BarlowTwins(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, projector_spec: str):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector(feature_dim, projector_spec)
+        self.embed_norm = nn.BatchNorm1d(self.projector[-1].out_features, affine=False)
+
+    def forward(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
+        return (self.embed_norm(self.projector(self.backbone(view1))).float(),
+                self.embed_norm(self.projector(self.backbone(view2))).float())
+
+
+def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float, global_batch: int, world_size: int) -> Tensor:
+    """Σ(1 − C_ii)² + λ Σ_{i≠j} C_ij², C = z1ᵀz2 / global batch summed over workers.
+
+    The all-reduce is autograd-aware: its backward sums ∂L/∂C over workers, which DDP's gradient
+    averaging divides back, so every worker's update is the gradient of the global loss.
+    """
+    c = z1.T @ z2 / global_batch
+    if world_size > 1:
+        c = dist_fn.all_reduce(c)
+    diagonal = torch.diagonal(c)
+    on_diag = (diagonal - 1).pow(2).sum()
+    off_diag = c.pow(2).sum() - diagonal.pow(2).sum()
+    return on_diag + lambd * off_diag
+
+
+def train_barlow_twins(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """`train_loop_per_worker`: Barlow Twins pretext, then linear evaluation; one report per epoch, returns the history."""
+    cfg = TrialConfig.from_dict(config)
+    env = WorkerEnv.create(cfg)
+    data = load_data(cfg, env)
+    shard = Shard(len(data.train), cfg.batch_size, env.rank, env.world_size, cfg.seed)
+    linear_shard = Shard(len(data.train), cfg.linear_batch_size or cfg.batch_size, env.rank, env.world_size, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    backbone, feature_dim = split_head(build_model(cfg.model, data.num_classes, data.image_size,
+                                                   init=cfg.init, width=cfg.width))
+    model = place_model(BarlowTwins(backbone, feature_dim, cfg.bt_projector), env)
+    optimizer, scheduler, telemetry = build_training(cfg, model, shard.steps, cfg.epochs)
+    classifier = nn.Linear(feature_dim, data.num_classes).to(env.device)
+    linear_opt = torch.optim.SGD(classifier.parameters(), lr=cfg.linear_lr, momentum=0.9, weight_decay=1e-6)
+    linear_sched = CosineAnnealingLR(linear_opt, T_max=cfg.linear_epochs * linear_shard.steps)
+    modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "classifier": classifier,
+               "linear_optimizer": linear_opt, "linear_scheduler": linear_sched}
+    state = restore(modules, env.device)
+    network = ray.train.torch.prepare_model(model) if env.world_size > 1 else model
+    head = ray.train.torch.prepare_model(classifier) if env.world_size > 1 else classifier
+    mean_t, std_t = torch.tensor(data.mean, device=env.device), torch.tensor(data.std, device=env.device)
+    prepare = input_pipeline(data.mean, data.std, env)
+    size = data.image_size
+    total = cfg.epochs + cfg.linear_epochs
+
+    for epoch in range(state.next_epoch, total):
+        torch.manual_seed(derived_seed(cfg.seed, epoch, env.rank))
+        meter = EpochMeter(env.device)
+        pretext = epoch < cfg.epochs
+        if pretext:
+            model.train()
+            for step, index in steps(shard.epoch(epoch), meter, env):
+                images = data.train.images[index]
+                v1, v2 = (normalize(view(images, take(sample_view(cfg.batch_size, generator(cfg.seed, epoch, step, s)),
+                                                        shard.rows), size), mean_t, std_t)
+                          .contiguous(memory_format=env.memory_format()) for s in VIEW_STREAMS)
+                with env.autocast():
+                    z1, z2 = network(v1, v2)
+                loss = barlow_twins_loss(z1, z2, cfg.bt_lambda, cfg.batch_size, env.world_size)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                meter.add(loss, None, index)
+            train_loss, _, seconds, images_per_second = meter.result(env)
+            diverged = not (meter.finite(env) and parameters_finite(model))
+            metrics = {"stage": "pretext", "train_loss": train_loss, "lr": current_lr(optimizer),
+                       **state.add_telemetry(telemetry and telemetry.collect(), epoch + 1)}
+        else:
+            model.eval()
+            for step, index in steps(linear_shard.epoch(epoch), meter, env):
+                draws = take(sample_crop_flip(linear_shard.global_batch,
+                                              generator(cfg.seed, epoch, step, AUGMENT_STREAM)), linear_shard.rows)
+                with torch.no_grad(), env.autocast():
+                    features = model.backbone(prepare(crop_flip(data.train.images[index], draws))).float()
+                y = data.train.labels[index]
+                logits = head(features)
+                loss = nn.functional.cross_entropy(logits, y)
+                linear_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                linear_opt.step()
+                linear_sched.step()
+                meter.add(loss, logits, y)
+            train_loss, train_top1, seconds, images_per_second = meter.result(env)
+            diverged = not (meter.finite(env) and parameters_finite(classifier))
+            classify = nn.Sequential(model.backbone, classifier)
+            metrics = {"stage": "linear", "train_loss": train_loss, "train_top1": train_top1,
+                       **evaluate(classify, data.test.images, data.test.labels, env, prepare),
+                       "lr": current_lr(linear_opt)}
+        state.next_epoch = epoch + 1
+        metrics = {"epoch": epoch + 1, **metrics, "epoch_seconds": seconds, "images_per_second": images_per_second,
+                   "status": "diverged" if diverged else ("completed" if epoch + 1 == total else "running")}
+        report(env, state, metrics, None if diverged else modules, cfg)
+        if diverged:
+            break
+    return state.history

@@ -1,0 +1,108 @@
+"""Trainable overhead: images/s of the Ray Train classification trial vs a bare PyTorch loop.
+
+    python -m trainables.bench [--model resnet8] [--optimizer lars] [--batch-size 512] [--limit 10240]
+                               [--epochs 4] [--device cpu|cuda] [--data-dir DIR]
+
+Both sides train the same model on the same data with the same optimizer, schedule, batch and
+tensor augmentation; the bare loop has no Ray, no telemetry, no metrics, no checkpoints. Training
+images/s is the median over epochs after the first (which includes one-off warm-up), measured in
+one invocation, and the printed ratio is bare ÷ trainable (target ≤ 1.10). With `--device cuda`
+the defaults become ResNet-18, the full CIFAR-10 and batch 4096, and seconds/epoch are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from optim import build_optimizer, build_scheduler, optimizer_hparams
+from trainables.augment import crop_flip, normalize, sample_crop_flip
+from trainables.batches import Shard, generator
+from trainables.data import balanced_subset, load_dataset
+from trainables.launch import default_threads, fit
+from trainables.models import build_model
+
+
+def bare_loop(cfg: dict, device: torch.device, threads: int) -> list[float]:
+    """Seconds per epoch of a plain single-process training loop."""
+    torch.set_num_threads(threads)
+    data = load_dataset(cfg["dataset"], cfg["data_dir"])
+    train = balanced_subset(data.train, cfg["limit"])
+    images, labels = train.images.to(device), train.labels.to(device)
+    mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg["model"], data.num_classes, data.image_size).to(device, memory_format=torch.channels_last)
+    shard = Shard(len(train), cfg["batch_size"], 0, 1, cfg["seed"])
+    hparams = {k: v for k, v in cfg.items() if k in optimizer_hparams(cfg["optimizer"])}
+    opt = build_optimizer(cfg["optimizer"], model.parameters(), **hparams)
+    sched = build_scheduler("warmup_cosine", opt, epochs=cfg["epochs"], steps_per_epoch=shard.steps,
+                            warmup_epochs=cfg["warmup_epochs"])
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    seconds = []
+    for epoch in range(cfg["epochs"]):
+        start = time.perf_counter()
+        for step, index in shard.epoch(epoch):
+            draws = sample_crop_flip(cfg["batch_size"], generator(cfg["seed"], epoch, step, 1))
+            x = normalize(crop_flip(images[index], draws), mean, std).contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = nn.functional.cross_entropy(model(x).float(), labels[index])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--model")
+    parser.add_argument("--optimizer", default="lars")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2.0)
+    parser.add_argument("--data-dir", default="../shared/data/cifar10")
+    args = parser.parse_args(argv)
+    gpu = args.device == "cuda"
+    cfg = dict(dataset="cifar10", data_dir=args.data_dir, model=args.model or ("resnet18" if gpu else "resnet8"),
+               limit=args.limit if args.limit else (None if gpu else 10240), optimizer=args.optimizer, lr=args.lr,
+               batch_size=args.batch_size or (4096 if gpu else 512), epochs=args.epochs, warmup_epochs=1,
+               seed=0, weight_decay=5e-4, test_limit=2000)
+    if "momentum" in optimizer_hparams(args.optimizer):
+        cfg["momentum"] = 0.9
+    threads = default_threads(1, gpu)
+    images = len(balanced_subset(load_dataset("cifar10", args.data_dir).train, cfg["limit"]))
+    steps = images // cfg["batch_size"]
+
+    wall = time.perf_counter()
+    outcome = fit(cfg, use_gpu=gpu)
+    trial_wall = time.perf_counter() - wall
+    if outcome.status != "completed":
+        raise SystemExit(f"trial ended {outcome.status}: {outcome.error}")
+    trial_ips = statistics.median(h["images_per_second"] for h in outcome.history[1:])
+    wall = time.perf_counter()
+    bare_seconds = bare_loop(cfg, torch.device(args.device), threads)
+    bare_wall = time.perf_counter() - wall
+    bare_ips = statistics.median(steps * cfg["batch_size"] / s for s in bare_seconds[1:])
+
+    print(f"{cfg['model']} {cfg['optimizer']} batch {cfg['batch_size']} on {args.device} ({threads} threads), "
+          f"{images} images, {args.epochs} epochs; medians over epochs 2..{args.epochs}")
+    print(f"  bare PyTorch loop      {bare_ips:9.0f} images/s   (wall {bare_wall:6.1f} s)")
+    print(f"  Ray Train trainable    {trial_ips:9.0f} images/s   (wall {trial_wall:6.1f} s incl. Ray start, "
+          f"evaluation, checkpoints)")
+    print(f"  ratio bare/trainable   {bare_ips / trial_ips:9.3f}   (target <= 1.10)")
+    if gpu:
+        per_epoch = statistics.median(h["epoch_seconds"] for h in outcome.history[1:])
+        print(f"  trainable seconds/epoch {per_epoch:.2f}   (target <= 3 s for ResNet-18 bs 4096 on an H100)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""`TrialConfig`: every setting of one training run, checked before any work starts.
+
+Built from a flat dict (what Ray Tune samples and `--set` overrides). Keys that are not fields are
+hyperparameters of the chosen optimizer (`momentum`, `weight_decay`, `lam`, `clip_lower`, …) and
+are checked by `optim.validate_hparams`; TVLARS also takes `delay_epochs` (d_e in epochs).
+Every error is a ValueError whose message starts with the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from optim import SCHEDULERS, optimizer_hparams
+from optim.factory import validate_hparams
+from trainables.data import check_data_dir
+from trainables.models import INITS, MODELS
+
+TASKS = ("clf", "bt")
+LR_SCALINGS = ("sqrt", "linear")
+_CHOICES = {
+    "task": TASKS, "model": MODELS, "init": INITS, "scheduler": SCHEDULERS, "lr_scaling": LR_SCALINGS,
+    "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16"), "clars_norms": ("exact", "microbatch"),
+}
+_AT_LEAST_ONE = {"batch_size", "epochs", "telemetry_every", "base_batch", "linear_epochs", "clars_microbatches",
+                 "threads", "limit", "test_limit", "width", "image_size", "linear_batch_size"}
+_POSITIVE = {"bt_lambda", "linear_lr", "base_lr", "poly_power", "divergence_factor"}
+
+
+@dataclass
+class TrialConfig:
+    # what to train on
+    task: str = "clf"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    image_size: int | None = None  # imagefolder only: images are resized to this square size
+    limit: int | None = None  # class-balanced training subset
+    test_limit: int | None = None
+    model: str = "resnet18"
+    width: int | None = None  # base width of the small CIFAR ResNets
+    init: str = "kaiming_uniform"
+    # how to train
+    optimizer: str = "lars"
+    lr: float | None = None  # explicit learning rate, or …
+    base_lr: float | None = None  # … base_lr scaled from base_batch to batch_size by lr_scaling
+    lr_scaling: str = "sqrt"
+    base_batch: int = 256
+    scheduler: str = "warmup_cosine"
+    warmup_epochs: float = 5.0
+    min_lr_ratio: float = 0.0
+    poly_power: float = 2.0
+    batch_size: int = 512  # global batch, over all workers
+    epochs: int = 10
+    seed: int = 0
+    label_smoothing: float = 0.0
+    divergence_factor: float = 10.0  # clf: diverged once the epoch's train loss exceeds this × ln(classes)
+    clars_norms: str = "exact"  # CLARS denominator: exact per-sample norms or the micro-batch approximation
+    clars_microbatches: int = 8
+    # Barlow Twins
+    bt_projector: str = "4096-4096-4096"
+    bt_lambda: float = 0.005
+    linear_epochs: int = 10
+    linear_lr: float = 0.3
+    linear_batch_size: int | None = None  # default: batch_size
+    # runtime
+    telemetry_every: int = 1
+    device: str = "auto"
+    precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
+    threads: int | None = None  # torch intra-op threads per worker
+    inject_kill_after_epoch: int | None = None  # fault injection: SIGKILL rank 0 once after this epoch
+    optimizer_params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], check_data: bool = True) -> "TrialConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - {"optimizer_params"}
+        known = {k: v for k, v in values.items() if k in names}
+        extra = {k: v for k, v in values.items() if k not in names}
+        extra.update(values.get("optimizer_params") or {})
+        hints = typing.get_type_hints(cls)
+        for key, value in known.items():
+            _check_type(key, value, hints[key])
+        config = cls(**known, optimizer_params=extra)
+        config.validate(check_data)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        flat = dataclasses.asdict(self)
+        flat.update(flat.pop("optimizer_params"))
+        return flat
+
+    def validate(self, check_data: bool = True) -> None:
+        for key, choices in _CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{key}: unknown {getattr(self, key)!r}; choose one of {', '.join(choices)}")
+        for key in _AT_LEAST_ONE:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in _POSITIVE:
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                raise ValueError(f"{key}: must be positive, got {getattr(self, key)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if (self.lr is None) == (self.base_lr is None):
+            raise ValueError("lr: give exactly one of lr (explicit) or base_lr (scaled by lr_scaling)")
+        if self.scheduler == "warmup_cosine" and not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs: must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        if self.task == "bt" and not all(p.isdigit() and int(p) > 0 for p in self.bt_projector.split("-")):
+            raise ValueError(f"bt_projector: expected layer widths like '4096-4096-4096', got {self.bt_projector!r}")
+        validate_hparams(self.optimizer, self.optimizer_hyperparameters(steps_per_epoch=1))
+        if check_data:
+            check_data_dir(self.dataset, self.data_dir)
+
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        ratio = self.batch_size / self.base_batch
+        return float(self.base_lr) * (math.sqrt(ratio) if self.lr_scaling == "sqrt" else ratio)
+
+    def optimizer_hyperparameters(self, steps_per_epoch: int) -> dict[str, Any]:
+        """Keyword arguments for `optim.build_optimizer` (TVLARS' delay_epochs → delay_steps)."""
+        params = dict(self.optimizer_params)
+        if "delay_epochs" in params:
+            if self.optimizer != "tvlars":
+                raise ValueError(f"delay_epochs: only a hyperparameter of 'tvlars', not {self.optimizer!r}")
+            delay = params.pop("delay_epochs")
+            if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
+                raise ValueError(f"delay_epochs: must be a number >= 0, got {delay!r}")
+            params["delay_steps"] = int(round(delay * steps_per_epoch))
+        unknown = sorted(set(params) - optimizer_hparams(self.optimizer) - {"lr"})
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not a trial setting nor a hyperparameter of optimizer "
+                             f"{self.optimizer!r}")
+        return {**params, "lr": self.learning_rate()}
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if not isinstance(value, tuple(a for a in allowed if isinstance(a, type))) or (
+            isinstance(value, bool) and bool not in allowed):
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
+        raise ValueError(f"{key}: expected {names}, got {value!r}")

@@ -1,0 +1,262 @@
+"""Image datasets decoded once into uint8 tensors, from a local `data_dir` only (nothing is downloaded).
+
+Loaders: `cifar10`, `cifar100` (torchvision's own pickled format, or `train.parquet`/`test.parquet`),
+`tinyimagenet` (the standard `tiny-imagenet-200` folder), `imagefolder` (`train/` + `val/` or `test/`,
+one sub-folder per class) and `parquet` (HF-style `img{bytes,path}` + `label`). Decoded tensors are
+cached on disk (`$LAYERWISE_CACHE`, default `~/.cache/layerwise-study`) keyed by the source files'
+sizes and mtimes, so a study's trials and a run's workers decode each dataset once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "parquet")
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+_LAYOUTS = {
+    "cifar10": "torchvision's 'cifar-10-batches-py/' (data_batch_1..5, test_batch) or train.parquet + test.parquet",
+    "cifar100": "torchvision's 'cifar-100-python/' (train, test, meta) or train.parquet + test.parquet",
+    "tinyimagenet": ("'tiny-imagenet-200/' with wnids.txt, train/<wnid>/images/*.JPEG, "
+                     "val/images/*.JPEG and val/val_annotations.txt"),
+    "imagefolder": "'train/<class>/<image>' and 'val/<class>/<image>' (or 'test/<class>/<image>')",
+    "parquet": "train.parquet and test.parquet with columns img{bytes,path} and label",
+}
+
+
+class DataError(ValueError):
+    """The data directory is missing or does not have the layout the dataset expects."""
+
+
+def layout_error(dataset: str, data_dir: str | Path, problem: str) -> DataError:
+    return DataError(f"{dataset} data at '{data_dir}': {problem}; expected layout: {_LAYOUTS[dataset]}")
+
+
+@dataclass
+class ImageData:
+    """One split: images [N, 3, H, W] uint8, labels [N] int64, class names."""
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Tensor) -> "ImageData":
+        return ImageData(self.images[index], self.labels[index], self.classes)
+
+
+@dataclass
+class Dataset:
+    train: ImageData
+    test: ImageData
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+def _decode(blobs: list[bytes], image_size: int | None = None) -> Tensor:
+    """Decode encoded images to [N, 3, H, W] uint8, optionally resized and centre-cropped to a square.
+
+    Pillow rather than torchvision.io, whose image codecs are deprecated since torchvision 0.29.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    out = []
+    for blob in blobs:
+        with Image.open(io.BytesIO(blob)) as img:
+            img = img.convert("RGB")
+            if image_size is not None and img.size != (image_size, image_size):
+                img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
+            out.append(np.asarray(img))
+    shapes = {a.shape for a in out}
+    if len(shapes) > 1:
+        raise DataError(f"images have different sizes {sorted(shapes)[:3]}…; set image_size to resize them")
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_files(paths: list[Path], image_size: int | None) -> Tensor:
+    return _decode([p.read_bytes() for p in paths], image_size)
+
+
+# --- loaders: each returns (train, test) ImageData ------------------------------------------------
+
+def _torchvision_cifar(name: str, root: Path) -> tuple[ImageData, ImageData] | None:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls, folder = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (CIFAR100, "cifar-100-python")
+    if not (root / folder).is_dir():
+        return None
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=False)
+        except RuntimeError as err:  # torchvision's integrity check failed
+            raise layout_error(name, root, f"torchvision could not read '{folder}' ({err})") from None
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits.append(ImageData(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)))
+    return splits[0], splits[1]
+
+
+def _parquet_split(dataset: str, path: Path) -> ImageData:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise layout_error(dataset, path.parent, f"'{path.name}' not found")
+    table = pq.read_table(path)
+    if "img" not in table.column_names or "label" not in table.column_names:
+        raise layout_error(dataset, path.parent, f"'{path.name}' has columns {table.column_names}")
+    blobs = table.column("img").combine_chunks().field("bytes").to_pylist()
+    labels = torch.tensor(table.column("label").to_pylist(), dtype=torch.int64)
+    meta = (table.schema.metadata or {}).get(b"classes")
+    classes = meta.decode().split(",") if meta else [str(i) for i in range(int(labels.max()) + 1)]
+    return ImageData(_decode(blobs), labels, classes)
+
+
+def _parquet(dataset: str, root: Path) -> tuple[ImageData, ImageData]:
+    return _parquet_split(dataset, root / "train.parquet"), _parquet_split(dataset, root / "test.parquet")
+
+
+def _tinyimagenet(root: Path) -> tuple[ImageData, ImageData]:
+    if (root / "tiny-imagenet-200").is_dir():
+        root = root / "tiny-imagenet-200"
+    wnids_file, annotations = root / "wnids.txt", root / "val" / "val_annotations.txt"
+    for needed in (wnids_file, annotations, root / "train"):
+        if not needed.exists():
+            raise layout_error("tinyimagenet", root, f"'{needed.relative_to(root)}' not found")
+    wnids = wnids_file.read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    train_paths, train_labels = [], []
+    for wnid in wnids:
+        files = sorted((root / "train" / wnid / "images").glob("*"))
+        if not files:
+            raise layout_error("tinyimagenet", root, f"no images in 'train/{wnid}/images'")
+        train_paths += files
+        train_labels += [index[wnid]] * len(files)
+    val_paths, val_labels = [], []
+    for line in annotations.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2:  # val/images is flat; the annotations file gives each image's class
+            val_paths.append(root / "val" / "images" / fields[0])
+            val_labels.append(index[fields[1]])
+    return (ImageData(_read_files(train_paths, 64), torch.tensor(train_labels), wnids),
+            ImageData(_read_files(val_paths, 64), torch.tensor(val_labels), wnids))
+
+
+def _imagefolder(root: Path, image_size: int) -> tuple[ImageData, ImageData]:
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise layout_error("imagefolder", root, "needs a 'train/' and a 'val/' or 'test/' folder")
+    classes, class_to_idx = find_classes(str(root / "train"))
+    splits = []
+    for folder in (root / "train", test_dir):
+        samples = make_dataset(str(folder), class_to_idx, extensions=tuple(_IMAGE_SUFFIXES))
+        if not samples:
+            raise layout_error("imagefolder", root, f"no images under '{folder.name}/'")
+        images = _read_files([Path(p) for p, _ in samples], image_size)
+        splits.append(ImageData(images, torch.tensor([c for _, c in samples]), classes))
+    return splits[0], splits[1]
+
+
+# --- cache + entry point --------------------------------------------------------------------------
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LAYERWISE_CACHE", Path.home() / ".cache" / "layerwise-study"))
+
+
+def _fingerprint(dataset: str, root: Path, image_size: int | None) -> str:
+    """Hash of the loader, path and every source file's size and mtime (re-decode when data changes)."""
+    h = hashlib.sha1(f"v2|{dataset}|{root.resolve()}|{image_size}".encode())
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            st = os.stat(os.path.join(dirpath, name))
+            h.update(f"{dirpath}/{name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float().div_(255).transpose(0, 1).flatten(1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+
+
+def _decode_dataset(dataset: str, root: Path, image_size: int | None) -> Dataset:
+    if dataset in ("cifar10", "cifar100"):
+        splits = _torchvision_cifar(dataset, root) or _parquet(dataset, root)
+    elif dataset == "parquet":
+        splits = _parquet(dataset, root)
+    elif dataset == "tinyimagenet":
+        splits = _tinyimagenet(root)
+    else:
+        splits = _imagefolder(root, image_size or 64)
+    train, test = splits
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise layout_error(dataset, root, f"train images {tuple(train.images.shape[1:])} and test images "
+                                          f"{tuple(test.images.shape[1:])} differ in size")
+    mean, std = _channel_stats(train.images)
+    return Dataset(train, test, mean, std)
+
+
+def check_data_dir(dataset: str, data_dir: str | Path | None) -> Path:
+    """Validate the dataset name and that `data_dir` exists; return it as a Path (cheap, no decoding)."""
+    if dataset not in DATASETS:
+        raise DataError(f"dataset: unknown {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if data_dir is None or not Path(data_dir).is_dir():
+        raise layout_error(dataset, data_dir, "directory not found")
+    return Path(data_dir)
+
+
+def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | None = None) -> Dataset:
+    """Both splits of `dataset` from `data_dir` as uint8 tensors, decoded once and cached on disk."""
+    root = check_data_dir(dataset, data_dir)
+    path = _cache_dir() / f"{dataset}-{_fingerprint(dataset, root, image_size)}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            pass  # a corrupt cache entry is re-decoded below
+    data = _decode_dataset(dataset, root, image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
+    return data
+
+
+def balanced_subset(data: ImageData, limit: int | None, seed: int = 0) -> ImageData:
+    """A class-balanced subset of `limit` examples (remainder spread over the first classes), fixed by `seed`."""
+    if limit is None or limit >= len(data):
+        return data
+    if limit < 1:
+        raise ValueError(f"limit: must be >= 1, got {limit}")
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=gen)
+    num_classes = len(data.classes)
+    quota = torch.full((num_classes,), limit // num_classes)
+    quota[: limit % num_classes] += 1
+    picked = []
+    for c in range(num_classes):
+        members = order[data.labels[order] == c]
+        picked.append(members[: int(quota[c])])
+    index = torch.cat(picked).sort().values
+    return data.subset(index)

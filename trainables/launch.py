@@ -1,0 +1,103 @@
+"""Run one trial as a Ray Train job: `fit(config, num_workers=…)` → `TrialOutcome`.
+
+Uses Ray Train V2 (`RAY_TRAIN_V2_ENABLED=1`): `TorchTrainer` with `ScalingConfig`, per-epoch
+checkpoints kept by `CheckpointConfig`, worker crashes retried from the last checkpoint by
+`FailureConfig`. `init_local_ray` starts a local Ray with enough logical CPUs that the Train
+controller, its workers and (under Tune) the trial driver never wait on each other.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train.torch import TorchTrainer
+
+
+from trainables.barlow_twins import train_barlow_twins
+from trainables.classification import train_classifier
+from trainables.config import TrialConfig
+
+LOOPS: dict[str, Callable[[dict], None]] = {"clf": train_classifier, "bt": train_barlow_twins}
+
+
+def local_cpu_slots(num_workers: int, cpus_per_worker: float = 1.0) -> int:
+    """Logical CPUs for a local Ray: the machine's cores, but never fewer than the run needs plus headroom.
+
+    Logical CPUs are scheduling tokens, not threads: on a 2-core machine Ray must still be able to
+    place the Train controller, every worker and a Tune trial driver at once, or it stalls.
+    """
+    return max(os.cpu_count() or 1, math.ceil(num_workers * cpus_per_worker) + 4, 8)
+
+
+def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Start (once) a local Ray for this process, unless one is already connected."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus or local_cpu_slots(1), include_dashboard=False, log_to_driver=False,
+                 **kwargs)
+
+
+def default_threads(num_workers: int, use_gpu: bool) -> int:
+    """torch threads per CPU worker: the machine's cores split between co-located workers."""
+    return 1 if use_gpu else max(1, (os.cpu_count() or 1) // num_workers)
+
+
+@dataclass
+class TrialOutcome:
+    """What a finished run left: final status, per-epoch metrics, last checkpoint, error if any."""
+
+    status: str
+    history: list[dict[str, Any]]
+    checkpoint_path: str | None
+    error: BaseException | None = None
+    path: str | None = None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool = False,
+                  cpus_per_worker: float = 1.0, storage_path: str | None = None, name: str | None = None,
+                  max_failures: int = 0, callbacks: list | None = None) -> TorchTrainer:
+    """A TorchTrainer for `config` (validated here, before Ray schedules anything)."""
+    cfg = TrialConfig.from_dict(config)
+    if cfg.batch_size % num_workers:
+        raise ValueError(f"batch_size: the global batch {cfg.batch_size} is not divisible by {num_workers} workers")
+    if cfg.threads is None:
+        cfg.threads = default_threads(num_workers, use_gpu)
+    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    return TorchTrainer(
+        LOOPS[cfg.task],
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def fit(config: dict[str, Any], **kwargs: Any) -> TrialOutcome:
+    """Train one configuration to the end (or divergence) and collect its per-epoch history."""
+    trainer = build_trainer(config, **kwargs)
+    try:
+        result = trainer.fit() if ray.is_initialized() else _fit_with_local_ray(trainer, kwargs)
+    except TrainingFailedError as error:
+        return TrialOutcome("errored", [], None, error)
+    checkpoint_path = result.checkpoint.path if result.checkpoint else None
+    history = list(result.return_value or [])  # rank 0's history, including a diverged last epoch
+    return TrialOutcome(history[-1]["status"] if history else "errored", history, checkpoint_path, None, result.path)
+
+
+def _fit_with_local_ray(trainer: TorchTrainer, kwargs: dict[str, Any]):
+    init_local_ray(local_cpu_slots(kwargs.get("num_workers", 1), kwargs.get("cpus_per_worker", 1.0)))
+    return trainer.fit()

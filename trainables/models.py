@@ -1,0 +1,100 @@
+"""Models: torchvision ResNet-18/34/50 and EfficientNet-B0, plus small CIFAR ResNets for CPU runs.
+
+Inputs smaller than 64×64 get the CIFAR stem (3×3 stride-1 convolution, no max-pool); larger inputs
+keep the standard ImageNet stem. `init` re-initialises conv/linear weights as the TVLARS paper does
+(`kaiming_uniform`), with `xavier_uniform`, or leaves torchvision's default.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import efficientnet_b0, resnet18, resnet34, resnet50
+from torchvision.models.resnet import BasicBlock
+
+INITS = ("kaiming_uniform", "xavier_uniform", "default")
+_TORCHVISION_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+# Small CIFAR ResNets (He et al. 2016, §4.2): 3 stages of BasicBlocks, widths w, 2w, 4w.
+_CIFAR_RESNETS = {"resnet8": 1, "resnet14": 2, "resnet20": 3}
+MODELS = (*_CIFAR_RESNETS, *_TORCHVISION_RESNETS, "efficientnet_b0")
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s 6n+2-layer CIFAR ResNet from torchvision's BasicBlock.
+
+    Hand-assembled because torchvision's ResNet class always has four 64-based stages; the CPU
+    budget needs the three-stage, 16-wide original.
+    """
+
+    def __init__(self, blocks_per_stage: int, width: int = 16, num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        channels = width
+        for stage in range(3):
+            out = width * 2**stage
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                shortcut = None
+                if stride != 1 or channels != out:
+                    shortcut = nn.Sequential(nn.Conv2d(channels, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+                layers.append(BasicBlock(channels, out, stride, shortcut))
+                channels = out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def _cifar_stem(model: nn.Module) -> None:
+    if hasattr(model, "conv1"):  # ResNet
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    else:  # EfficientNet: stride-1 first convolution
+        model.features[0][0].stride = (1, 1)
+
+
+def initialize(model: nn.Module, init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init: unknown {init!r}; choose one of {', '.join(INITS)}")
+    if init == "default":
+        return
+    fill = nn.init.kaiming_uniform_ if init == "kaiming_uniform" else nn.init.xavier_uniform_
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if init == "kaiming_uniform":
+                fill(m.weight, nonlinearity="relu")
+            else:
+                fill(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build_model(name: str, num_classes: int, image_size: int, *, init: str = "kaiming_uniform",
+                width: int | None = None) -> nn.Module:
+    """A classifier for `image_size`×`image_size` RGB inputs; `width` sets the small ResNets' base width."""
+    if name in _CIFAR_RESNETS:
+        model = CifarResNet(_CIFAR_RESNETS[name], width or 16, num_classes)
+    elif name in _TORCHVISION_RESNETS:
+        model = _TORCHVISION_RESNETS[name](num_classes=num_classes)
+        if image_size < 64:
+            _cifar_stem(model)
+    elif name == "efficientnet_b0":
+        model = efficientnet_b0(num_classes=num_classes)
+        if image_size < 64:
+            _cifar_stem(model)
+    else:
+        raise ValueError(f"model: unknown {name!r}; choose one of {', '.join(MODELS)}")
+    initialize(model, init)
+    return model
+
+
+def split_head(model: nn.Module) -> tuple[nn.Module, int]:
+    """Replace the classifier head by identity; return (backbone, feature dimension)."""
+    if isinstance(model, CifarResNet) or hasattr(model, "fc"):
+        dim = model.fc.in_features
+        model.fc = nn.Identity()
+    else:  # EfficientNet
+        dim = model.classifier[-1].in_features
+        model.classifier = nn.Identity()
+    return model, dim

@@ -1,1 +1,35 @@
-"""Named, declarative study definitions (issue 4; not built yet)."""
+"""Named, declarative study definitions: `get_space(name)`, `SPACES`.
+
+`demo` (CPU, minutes) and the TVLARS paper's grid (`search_spaces.paper`). A space fixes the trial
+settings, searches hyperparameters per optimizer variant, and carries its objective, ASHA budget
+and resources; `python -m study.run --list` prints them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from search_spaces.demo import DEMO
+from search_spaces.paper import FAMILIES, PAPER_LRS, batch_label, paper_spaces
+from search_spaces.spec import SearchSpace
+
+SPACES: dict[str, SearchSpace] = {"demo": DEMO, **paper_spaces()}
+
+
+def available() -> str:
+    """All space names, the paper grid written as its pattern."""
+    grid = (f"[bt_]{{{','.join(FAMILIES)}}}[_cifar100|_tinyimagenet]"
+            f"_bs{{{','.join(batch_label(b) for b in PAPER_LRS)}}}")
+    return f"demo, and the paper grid {grid} ({len(SPACES) - 1} spaces; `--list` prints each)"
+
+
+class UnknownSpace(ValueError):
+    pass
+
+
+def get_space(name: str) -> SearchSpace:
+    if name not in SPACES:
+        close = difflib.get_close_matches(name, SPACES, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownSpace(f"--space: unknown {name!r}.{hint} Available: {available()}")
+    return SPACES[name]

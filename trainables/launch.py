@@ -40,8 +40,10 @@ def local_cpu_slots(num_workers: int, cpus_per_worker: float = 1.0) -> int:
 def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     """Start (once) a local Ray for this process, unless one is already connected."""
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus or local_cpu_slots(1), include_dashboard=False, log_to_driver=False,
-                 **kwargs)
+        # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner needs to free the
+        # resources of a run whose controller was killed (e.g. a trial stopped by ASHA).
+        ray.init(num_cpus=num_cpus or local_cpu_slots(1), include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=False, **kwargs)
 
 
 def default_threads(num_workers: int, use_gpu: bool) -> int:
@@ -65,7 +67,7 @@ class TrialOutcome:
 
 
 def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool = False,
-                  cpus_per_worker: float = 1.0, storage_path: str | None = None, name: str | None = None,
+                  cpus_per_worker: float = 1.0, gpus_per_worker: float = 1.0, storage_path: str | None = None, name: str | None = None,
                   max_failures: int = 0, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer for `config` (validated here, before Ray schedules anything)."""
     cfg = TrialConfig.from_dict(config)
@@ -73,7 +75,7 @@ def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool
         raise ValueError(f"batch_size: the global batch {cfg.batch_size} is not divisible by {num_workers} workers")
     if cfg.threads is None:
         cfg.threads = default_threads(num_workers, use_gpu)
-    resources = {"CPU": cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         LOOPS[cfg.task],
         train_loop_config=cfg.to_dict(),

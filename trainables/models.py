@@ -9,18 +9,39 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import efficientnet_b0, resnet18, resnet34, resnet50
-from torchvision.models.resnet import BasicBlock
 
 INITS = ("kaiming_uniform", "xavier_uniform", "default")
-_TORCHVISION_RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
+_TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
 # Small CIFAR ResNets (He et al. 2016, §4.2): 3 stages of BasicBlocks, widths w, 2w, 4w.
 _CIFAR_RESNETS = {"resnet8": 1, "resnet14": 2, "resnet20": 3}
 MODELS = (*_CIFAR_RESNETS, *_TORCHVISION_RESNETS, "efficientnet_b0")
 
 
+class BasicBlock(nn.Module):
+    """The ResNet basic block, as torchvision's (same layer names and order).
+
+    Written out because importing torchvision pulls in torch._dynamo — about 7 s of CPU in every
+    fresh Ray worker process on a 2-core machine, i.e. per trial — and the small CPU models need
+    nothing else from it. torchvision is imported only when one of its models is asked for.
+    """
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
 class CifarResNet(nn.Module):
-    """He et al.'s 6n+2-layer CIFAR ResNet from torchvision's BasicBlock.
+    """He et al.'s 6n+2-layer CIFAR ResNet.
 
     Hand-assembled because torchvision's ResNet class always has four 64-based stages; the CPU
     budget needs the three-stage, 16-wide original.
@@ -75,12 +96,10 @@ def build_model(name: str, num_classes: int, image_size: int, *, init: str = "ka
     """A classifier for `image_size`×`image_size` RGB inputs; `width` sets the small ResNets' base width."""
     if name in _CIFAR_RESNETS:
         model = CifarResNet(_CIFAR_RESNETS[name], width or 16, num_classes)
-    elif name in _TORCHVISION_RESNETS:
-        model = _TORCHVISION_RESNETS[name](num_classes=num_classes)
-        if image_size < 64:
-            _cifar_stem(model)
-    elif name == "efficientnet_b0":
-        model = efficientnet_b0(num_classes=num_classes)
+    elif name in _TORCHVISION_RESNETS or name == "efficientnet_b0":
+        import torchvision.models
+
+        model = getattr(torchvision.models, name)(num_classes=num_classes)
         if image_size < 64:
             _cifar_stem(model)
     else:

@@ -2,14 +2,15 @@
 trust-ratio telemetry, divergence checks, and epoch checkpoints through Ray's checkpoint API.
 
 A checkpoint directory holds `state.pt` (model, optimizer incl. momentum and the step counter t,
-scheduler, next epoch, metric history, stage state) and `telemetry.parquet` (every recorded step so
-far). Randomness is derived from (seed, epoch, step, rank) rather than carried as generator state,
+scheduler, next epoch, metric history, stage state), `history.json` (the per-epoch metrics so far)
+and `telemetry.parquet` (every recorded step so far). Randomness is derived from (seed, epoch, step, rank) rather than carried as generator state,
 so a restarted run replays exactly the batches and augmentations of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -32,7 +33,7 @@ from optim.layerwise import LayerwiseOptimizer
 from trainables.config import TrialConfig
 from trainables.data import Dataset, balanced_subset, load_dataset
 
-STATE_FILE, TELEMETRY_FILE = "state.pt", "telemetry.parquet"
+STATE_FILE, TELEMETRY_FILE, HISTORY_FILE = "state.pt", "telemetry.parquet", "history.json"
 
 
 @dataclass
@@ -157,6 +158,7 @@ def report(env: WorkerEnv, state: RunState, metrics: dict[str, Any], modules: di
             torch.save({"modules": {k: m.state_dict() for k, m in modules.items()}, "next_epoch": state.next_epoch,
                         "history": state.history, "extra": state.extra, "config": cfg.to_dict()},
                        Path(directory) / STATE_FILE)
+            (Path(directory) / HISTORY_FILE).write_text(json.dumps(state.history, default=str))
             if state.telemetry:
                 table = pa.concat_tables(state.telemetry)
                 pq.write_table(table, Path(directory) / TELEMETRY_FILE)

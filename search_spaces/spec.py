@@ -1,0 +1,131 @@
+"""Declarative study definitions: fixed settings, searched hyperparameters, objective, budget, resources.
+
+A space has one or more *variants* (e.g. TVLARS, LARS with warm-up, LAMB) that share the space's
+fixed settings and add their own; each variant searches its own hyperparameters. Sampling is an
+Optuna define-by-run function, so a variant's parameters exist only when it is chosen and a bound
+may depend on an earlier draw (`at_most`: the clipping bounds μ ≤ τ hold by construction).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Float:
+    key: str
+    low: float
+    high: float
+    log: bool = False
+    at_most: str | None = None  # upper bound also ≤ the value already drawn for this key
+
+    def suggest(self, trial, prefix: str, drawn: dict[str, Any]) -> float:
+        high = min(self.high, drawn[self.at_most]) if self.at_most else self.high
+        return trial.suggest_float(f"{prefix}/{self.key}", self.low, max(high, self.low), log=self.log)
+
+    def extremes(self) -> list[float]:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class Int:
+    key: str
+    low: int
+    high: int
+
+    def suggest(self, trial, prefix: str, drawn: dict[str, Any]) -> int:
+        return trial.suggest_int(f"{prefix}/{self.key}", self.low, self.high)
+
+    def extremes(self) -> list[int]:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str
+    values: tuple
+
+    def suggest(self, trial, prefix: str, drawn: dict[str, Any]) -> Any:
+        return trial.suggest_categorical(f"{prefix}/{self.key}", list(self.values))
+
+    def extremes(self) -> list[Any]:
+        return list(self.values)
+
+
+Param = Float | Int | Choice
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One optimizer setting of a space: its fixed keys and its searched hyperparameters."""
+
+    fixed: dict[str, Any]
+    searched: tuple[Param, ...] = ()
+
+
+RESOURCE_KEYS = ("workers", "gpus_per_worker", "cpus_per_worker", "max_concurrent")
+BUDGET_KEYS = ("num_samples", "grace_period", "reduction_factor")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    description: str
+    fixed: dict[str, Any]
+    variants: dict[str, Variant]
+    metric: str = "test_top1"
+    mode: str = "max"
+    scheduler_metric: tuple[str, str] | None = None  # (metric, mode) for ASHA if not the objective
+    num_samples: int = 12
+    grace_period: int = 10
+    reduction_factor: int = 3
+    workers: int = 1
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float = 4.0
+    max_concurrent: int | None = None
+    searched: tuple[Param, ...] = field(default=())  # shared by every variant
+
+    def define_by_run(self, trial, fixed: frozenset[str] = frozenset()) -> None:
+        """Optuna define-by-run sampling: choose a variant, then draw its hyperparameters (except `fixed` keys)."""
+        names = list(self.variants)
+        variant = trial.suggest_categorical("variant", names) if len(names) > 1 else names[0]
+        drawn: dict[str, Any] = {}
+        for param in self.searched + self.variants[variant].searched:
+            if param.key not in fixed:
+                drawn[param.key] = param.suggest(trial, variant, drawn)
+
+    def trial_config(self, sampled: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The flat TrialConfig dict of one trial from Tune's sampled config ({variant, <variant>: {...}})."""
+        variant = sampled.get("variant", next(iter(self.variants)))
+        config = {**self.fixed, **self.variants[variant].fixed, **sampled.get(variant, {})}
+        config.update(overrides or {})
+        return config
+
+    def corner_draws(self, fixed: frozenset[str]) -> list[dict[str, Any]]:
+        """Tune-style samples at every variant's lowest and highest draws (to validate before a study starts)."""
+        draws = []
+        for name, variant in self.variants.items():
+            params = [p for p in self.searched + variant.searched if p.key not in fixed]
+            for pick in (0, -1):
+                draws.append({"variant": name, name: {p.key: p.extremes()[pick] for p in params}})
+        return draws
+
+    def with_budget(self, **changes: Any) -> "SearchSpace":
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able definition (logged with every study)."""
+        def param(p: Param) -> dict[str, Any]:
+            return {"type": type(p).__name__, **dataclasses.asdict(p)}
+
+        return {
+            "name": self.name, "description": self.description, "fixed": self.fixed,
+            "variants": {k: {"fixed": v.fixed, "searched": [param(p) for p in v.searched]}
+                         for k, v in self.variants.items()},
+            "searched": [param(p) for p in self.searched],
+            "objective": {"metric": self.metric, "mode": self.mode, "scheduler_metric": self.scheduler_metric},
+            "budget": {k: getattr(self, k) for k in BUDGET_KEYS},
+            "resources": {k: getattr(self, k) for k in RESOURCE_KEYS},
+        }

@@ -1,0 +1,121 @@
+"""`StudyPlan`: a search space plus the command line's overrides, checked before anything starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optim import OPTIMIZERS, optimizer_hparams
+from search_spaces import get_space
+from search_spaces.spec import BUDGET_KEYS, RESOURCE_KEYS, SearchSpace
+from trainables.config import TrialConfig
+
+_INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent"}
+_FLOAT_KEYS = {"gpus_per_worker", "cpus_per_worker"}
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values: JSON literals (numbers, true/false, null, lists) or else plain strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def find_data_dir(dataset: str, given: str | None) -> str | None:
+    """--data-dir, else $LAYERWISE_DATA/<dataset>, else ../shared/data/<dataset> beside the checkout or cwd."""
+    if given:
+        return str(Path(given).resolve())
+    roots = [os.environ.get("LAYERWISE_DATA"), Path.cwd().parent / "shared" / "data",
+             Path(__file__).resolve().parents[2] / "shared" / "data"]
+    for root in roots:
+        if root and (Path(root) / dataset).is_dir():
+            return str((Path(root) / dataset).resolve())
+    return None
+
+
+@dataclass
+class StudyPlan:
+    space: SearchSpace
+    overrides: dict[str, Any] = field(default_factory=dict)  # fixed trial settings from --set / flags
+
+    @property
+    def max_epoch(self) -> int:
+        config = {**self.space.fixed, **self.overrides}
+        return int(config["epochs"]) + (int(config.get("linear_epochs", 10)) if config.get("task") == "bt" else 0)
+
+    @property
+    def concurrency(self) -> int:
+        return self.space.max_concurrent or 4
+
+    def threads_per_worker(self) -> int:
+        cores = os.cpu_count() or 1
+        return max(1, cores // (self.space.workers * self.concurrency)) if not self.space.gpus_per_worker else 1
+
+    def overrides_for(self, variant: str) -> dict[str, Any]:
+        """The overrides that apply to `variant` (an optimizer hyperparameter only where its optimizer has it)."""
+        optimizer = {**self.space.fixed, **self.space.variants[variant].fixed, **self.overrides}.get("optimizer")
+        return {k: v for k, v in self.overrides.items() if k in TRIAL_FIELDS or _hyperparameter_of(k, optimizer)}
+
+    def trial_config(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        variant = sampled.get("variant", next(iter(self.space.variants)))
+        config = self.space.trial_config({**sampled, "variant": variant}, self.overrides_for(variant))
+        config.setdefault("threads", self.threads_per_worker())
+        return config
+
+
+def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None = None, epochs: int | None = None,
+              seed: int | None = None, data_dir: str | None = None) -> StudyPlan:
+    """Resolve a space with overrides; raise ValueError naming the bad input before any work."""
+    space = get_space(space_name)
+    budget = {k: sets.pop(k) for k in list(sets) if k in BUDGET_KEYS + RESOURCE_KEYS}
+    if num_samples is not None:
+        budget["num_samples"] = num_samples
+    for key, value in budget.items():
+        wanted = int if key in _INT_KEYS else float
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (wanted is int and not isinstance(value, int)):
+            raise ValueError(f"{key}: expected {wanted.__name__}, got {value!r}")
+        if value < (0 if key == "gpus_per_worker" else 1):
+            raise ValueError(f"{key}: must be >= {0 if key == 'gpus_per_worker' else 1}, got {value}")
+    space = dataclasses.replace(space, **budget)
+    overrides = dict(sets)
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    if seed is not None:
+        overrides["seed"] = seed
+    dataset = {**space.fixed, **overrides}.get("dataset", "cifar10")
+    overrides["data_dir"] = overrides.get("data_dir") or find_data_dir(dataset, data_dir)
+    plan = StudyPlan(space, overrides)
+    optimizers = {v.fixed.get("optimizer", space.fixed.get("optimizer")) for v in space.variants.values()}
+    for key in overrides:
+        if key not in TRIAL_FIELDS and not any(_hyperparameter_of(key, o) for o in optimizers):
+            raise ValueError(f"{key}: not a trial setting nor a hyperparameter of this space's optimizers "
+                             f"({', '.join(sorted(map(str, optimizers)))})")
+    for draw in space.corner_draws(frozenset(overrides)):
+        TrialConfig.from_dict(plan.trial_config(draw))  # types, optimizer values, data path
+    if space.grace_period > plan.max_epoch:
+        plan.space = dataclasses.replace(space, grace_period=plan.max_epoch)
+    return plan
+
+
+TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)} - {"optimizer_params"}
+
+
+def _hyperparameter_of(key: str, optimizer: str | None) -> bool:
+    if optimizer not in OPTIMIZERS:
+        return False
+    return key in optimizer_hparams(optimizer) or (key == "delay_epochs" and optimizer == "tvlars")

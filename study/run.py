@@ -1,0 +1,183 @@
+"""`python -m study.run --space NAME`: run (or `--resume`) a named study and record it in MLflow.
+
+Every input is checked before anything is written: the space and `--set` keys/values (through the
+same validation a trial uses), the data directory, the MLflow store and the Ray address. A bad
+input prints one `error:` line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from study.plan import StudyPlan, make_plan, parse_sets
+from trainables.data import load_dataset
+
+STUDY_FILE = "study.json"
+
+
+class InputError(Exception):
+    """Bad command-line input: reported as one line, exit status 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
+    p.add_argument("--space", help="search space name (see --list)")
+    p.add_argument("--list", action="store_true", help="print every space with a one-line description")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a trial setting or hyperparameter, or change budget/resources (num_samples, workers, …)")
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0, help="Optuna sampler seed and trial seed (default 0)")
+    p.add_argument("--data-dir")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: local)")
+    p.add_argument("--storage", default="results", help="study storage: a shared path or URI (default ./results)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the space name)")
+    p.add_argument("--resume", action="store_true", help="continue the latest interrupted study of this space")
+    p.add_argument("--max-failures", type=int, default=1, help="worker-crash retries per trial (default 1)")
+    return p.parse_args(argv)
+
+
+def list_spaces() -> None:
+    from search_spaces import SPACES
+
+    width = max(map(len, SPACES))
+    for name, space in SPACES.items():
+        print(f"{name:<{width}}  {space.description}")
+
+
+def check_address(address: str | None) -> None:
+    """Fail fast on an unreachable `host:port` Ray address (ray.init would retry for a long time)."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError):
+        raise InputError(f"--address: cannot reach a Ray cluster at {address!r}") from None
+
+
+def connect_ray(address: str | None, plan: StudyPlan) -> None:
+    import ray
+
+    from trainables.launch import init_local_ray, local_cpu_slots
+
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as err:
+            raise InputError(f"--address: cannot join Ray at {address!r}: {err}") from None
+        return
+    slots = local_cpu_slots(plan.space.workers * plan.concurrency, plan.space.cpus_per_worker)
+    cache = os.environ.get("LAYERWISE_CACHE")
+    init_local_ray(slots, runtime_env={"env_vars": {"LAYERWISE_CACHE": cache}} if cache else None)
+
+
+def study_dirs(storage: Path, space: str) -> list[Path]:
+    return sorted((p for p in storage.glob(f"{space}-*") if (p / STUDY_FILE).is_file()), key=lambda p: p.name)
+
+
+def prepare(args: argparse.Namespace) -> tuple[StudyPlan, Path, dict[str, Any]]:
+    """Resolve the plan, the study folder and the tracking settings (new or resumed); writes nothing."""
+    from study.tracking import check_tracking_uri, default_tracking_uri
+
+    storage = Path(args.storage).resolve()
+    if args.resume:
+        found = study_dirs(storage, args.space)
+        if not found:
+            raise InputError(f"--resume: no study of space {args.space!r} under {storage}")
+        study_dir = found[-1]
+        saved = json.loads((study_dir / STUDY_FILE).read_text())
+        plan = make_plan(saved["space"], dict(saved["overrides"]))
+        check_tracking_uri(saved["tracking_uri"])
+        return plan, study_dir, saved
+    plan = make_plan(args.space, parse_sets(args.set), num_samples=args.num_samples, epochs=args.epochs,
+                     seed=args.seed, data_dir=args.data_dir)
+    data_dir = plan.overrides.get("data_dir")
+    if not data_dir:
+        raise InputError("--data-dir: no data found for this space; pass --data-dir")
+    fixed = plan.space.trial_config({}, plan.overrides)
+    load_dataset(fixed["dataset"], data_dir, fixed.get("image_size"))  # layout errors now; trials hit the cache
+    tracking_uri = args.tracking_uri or default_tracking_uri(storage)
+    if args.tracking_uri:
+        check_tracking_uri(tracking_uri)
+    study_dir = storage / f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return plan, study_dir, {"space": args.space, "overrides": plan.overrides, "seed": args.seed,
+                             "tracking_uri": tracking_uri, "experiment": args.experiment or args.space}
+
+
+def run(args: argparse.Namespace, plan: StudyPlan, study_dir: Path, saved: dict[str, Any]) -> int:
+    from study.tracking import StudyRecorder, check_tracking_uri, experiment_id, start_parent_run
+    from study.tuner import new_tuner, restored_tuner
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    client = check_tracking_uri(saved["tracking_uri"])
+    exp_id = experiment_id(client, saved["experiment"], study_dir.parent / "mlartifacts")
+    parent = start_parent_run(client, exp_id, str(study_dir), plan.space.describe() | {"overrides": plan.overrides},
+                              {"space": saved["space"], "command": " ".join(sys.argv)})
+    saved["parent_run_id"] = parent
+    (study_dir / STUDY_FILE).write_text(json.dumps(saved, indent=1))
+    print(f"study {study_dir.name}: space {saved['space']}, {plan.space.num_samples} trials, "
+          f"MLflow experiment {saved['experiment']!r} run {parent}", flush=True)
+
+    started = time.time()
+    if args.resume:
+        tuner = restored_tuner(plan, study_dir, args.max_failures)
+    else:
+        recorder = StudyRecorder(saved["tracking_uri"], exp_id, parent, plan.trial_config, plan.max_epoch)
+        tuner = new_tuner(plan, study_dir, saved["seed"], [recorder], args.max_failures)
+    results = tuner.fit()
+    summarize(results, plan, client, parent, saved["tracking_uri"], time.time() - started)
+    return 0
+
+
+def summarize(results, plan: StudyPlan, client, parent: str, tracking_uri: str, seconds: float) -> None:
+    """Print the best trial and how to review the study; close the parent run with its summary."""
+    space = plan.space
+    best, best_value = None, -math.inf
+    for result in results:
+        value = (result.metrics or {}).get(space.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            score = value if space.mode == "max" else -value
+            if score > best_value:
+                best, best_value = result, score
+    errors = sum(1 for r in results if r.error)
+    print(f"\n{len(results)} trials in {seconds:.0f} s ({errors} errored)")
+    if best is not None:
+        value = best.metrics[space.metric]
+        print(f"best {space.metric} = {value:.2f} (epoch {best.metrics.get('epoch')}): "
+              f"{json.dumps(plan.trial_config(best.config), default=str)}")
+        client.log_metric(parent, f"best_{space.metric}", float(value))
+    client.log_metric(parent, "wall_seconds", seconds)
+    client.set_terminated(parent, "FINISHED")
+    print(f"review: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        list_spaces()
+        return 0
+    if not args.space:
+        print("error: --space is required (see --list)", file=sys.stderr)
+        return 2
+    try:  # every input check, before anything is written
+        plan, study_dir, saved = prepare(args)
+        check_address(args.address)
+        connect_ray(args.address, plan)
+    except (InputError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run(args, plan, study_dir, saved)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

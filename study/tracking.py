@@ -1,0 +1,203 @@
+"""MLflow records of a study: one parent run per study, one nested run per trial.
+
+Everything is written from the Tune driver process by a `tune.Callback` through `MlflowClient`, so
+concurrent trials never write to the store at the same time. Epochs are logged idempotently: the
+`epoch` metric's history in MLflow is the ledger, and gaps (e.g. epochs reported while the study
+driver was down) are filled from the trial's checkpoint `history.json`. Ray's own
+`MLflowLoggerCallback` makes flat runs without nesting, status tags or gap filling — hence this one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+PARENT_TAG = "mlflow.parentRunId"
+STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
+
+
+def default_tracking_uri(results_dir: Path) -> str:
+    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+def check_tracking_uri(uri: str) -> MlflowClient:
+    """A client for `uri`, or ValueError if the store cannot be reached."""
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as err:  # MLflow raises many types for unusable URIs
+        raise ValueError(f"--tracking-uri: cannot use MLflow store {uri!r}: {str(err).splitlines()[0]}") from None
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_root: Path) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    import optuna
+    import ray
+    import torch
+
+    return {"ray_version": ray.__version__, "optuna_version": optuna.__version__, "torch_version": torch.__version__,
+            "mlflow_version": mlflow.__version__, "python_version": sys.version.split()[0]}
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def start_parent_run(client: MlflowClient, exp_id: str, study_path: str, definition: dict[str, Any],
+                     tags: dict[str, str]) -> str:
+    """Create the study's parent run (or reopen it on --resume); returns its id."""
+    found = client.search_runs([exp_id], f"tags.study_path = '{study_path}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(exp_id, run_name=Path(study_path).name,
+                            tags={"study_path": study_path, "git_commit": git_commit(), **library_versions(), **tags})
+    params: dict[str, str] = {}
+    _flatten("", {k: v for k, v in definition.items() if k != "variants"}, params)
+    params["variants"] = ",".join(definition["variants"])
+    client.log_batch(run.info.run_id, params=[Param(k[:250], v[:6000]) for k, v in params.items()])
+    client.log_dict(run.info.run_id, definition, "space.json")
+    return run.info.run_id
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "restarts"}
+
+
+class StudyRecorder(tune.Callback):
+    """Tune callback writing each trial as a nested MLflow run (params, per-epoch metrics, status, telemetry)."""
+
+    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, trial_config, max_epoch: int):
+        self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
+        self.trial_config = trial_config  # Tune config → flat trial settings (logged as params)
+        self.max_epoch = max_epoch
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+        self._logged: dict[str, set[int]] = {}
+        self._started: dict[str, float] = {}
+        self._last: dict[str, dict[str, Any]] = {}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:  # created lazily: the callback is pickled with the Tuner
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    def run_for(self, trial) -> str:
+        """The trial's MLflow run: found by tag (resume) or created, with the trial's params."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        query = f"tags.trial_id = '{trial.trial_id}' and tags.`{PARENT_TAG}` = '{self.parent}'"
+        found = self.client.search_runs([self.exp_id], query, max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._logged[trial.trial_id] = {int(m.value) for m in history}
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            settings = self.trial_config(trial.config)
+            label = trial.config.get("variant") or settings.get("optimizer")
+            run_id = self.client.create_run(self.exp_id, run_name=f"{label}-{trial.trial_id}", tags={
+                PARENT_TAG: self.parent, "trial_id": trial.trial_id, "variant": str(trial.config.get("variant", "")),
+                STATUS_TAG: "running"}).info.run_id
+            self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(settings.items())])
+            self._logged[trial.trial_id] = set()
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def _log_epochs(self, trial, epochs: list[dict[str, Any]]) -> None:
+        run_id, logged = self.run_for(trial), self._logged.setdefault(trial.trial_id, set())
+        batch, now = [], int(time.time() * 1000)
+        for metrics in epochs:
+            epoch = int(metrics.get("epoch", 0))
+            if epoch < 1 or epoch in logged:
+                continue
+            batch += [Metric(k, v if math.isfinite(v) else float("nan"), now, epoch)
+                      for k, v in _numeric(metrics).items()]
+            logged.add(epoch)
+        for start in range(0, len(batch), 900):  # MLflow caps a batch at 1000 entries
+            self.client.log_batch(run_id, metrics=batch[start:start + 900])
+
+    def _checkpoint_history(self, result: dict[str, Any]) -> list[dict[str, Any]]:
+        path = result.get("checkpoint_path")
+        if path and (Path(path) / "history.json").is_file():
+            return json.loads((Path(path) / "history.json").read_text())
+        return []
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_for(trial)
+        self._started[trial.trial_id] = time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = int(result.get("epoch", 0))
+        known = self._logged.get(trial.trial_id, set())
+        if epoch > 1 and not set(range(1, epoch)) <= known:
+            self._log_epochs(trial, self._checkpoint_history(result))  # fill epochs the driver missed
+        self._log_epochs(trial, [result])
+        self._last[trial.trial_id] = result
+        started = self._started.pop(trial.trial_id, None)
+        if started is not None and "epoch_seconds" in result:
+            # Ray's per-trial start overhead: wall time to the first report minus that epoch's training
+            overhead = time.time() - started - float(result["epoch_seconds"])
+            self.client.log_metric(self.run_for(trial), "start_overhead_seconds", overhead)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = self._last.get(trial.trial_id, trial.last_result or {})
+        if last.get("status") == "diverged":
+            status = "diverged"
+        elif int(last.get("epoch", 0)) < self.max_epoch:
+            status = "stopped_by_asha"
+        else:
+            status = "completed"
+        self._finish(trial, status, last)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "errored", self._last.get(trial.trial_id, {}))
+
+    def _finish(self, trial, status: str, last: dict[str, Any]) -> None:
+        run_id = self.run_for(trial)
+        history = self._checkpoint_history(last)
+        if history:
+            self._log_epochs(trial, history)
+        checkpoint = last.get("checkpoint_path")
+        if checkpoint and (Path(checkpoint) / "telemetry.parquet").is_file():
+            self.client.log_artifact(run_id, str(Path(checkpoint) / "telemetry.parquet"))
+        if status == "errored" and trial.error_file and Path(trial.error_file).is_file():
+            self.client.log_artifact(run_id, trial.error_file)
+        self.client.set_tag(run_id, STATUS_TAG, status)
+        self.client.set_terminated(run_id, "FAILED" if status == "errored" else "FINISHED")

@@ -1,0 +1,65 @@
+"""Named search spaces: every definition validates, the paper grid is complete, constraints hold by construction."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from search_spaces import SPACES, get_space
+from search_spaces.paper import PAPER_LRS
+from trainables.config import TrialConfig
+
+
+def test_every_space_validates_at_its_extremes():
+    for name, space in SPACES.items():
+        for draw in space.corner_draws(frozenset()):
+            TrialConfig.from_dict(space.trial_config(draw), check_data=False)
+
+
+def test_paper_grid_names_and_settings():
+    assert len(SPACES) == 1 + 8 * 6 * 3 * 2
+    assert get_space("tvlars_bs16k").fixed["batch_size"] == 16384
+    assert get_space("lars_warmup_bs4k").variants["lars_warmup"].fixed["scheduler"] == "warmup_cosine"
+    assert get_space("lars_nowarmup_bs4k").variants["lars_nowarmup"].fixed["scheduler"] == "poly"
+    assert get_space("lambc_bs2k").variants["lambc"].fixed["optimizer"] == "lambc"
+    assert get_space("tvlars_tinyimagenet_bs512").fixed["model"] == "resnet34"
+    bt = get_space("bt_tvlars_bs16k")
+    assert bt.fixed["task"] == "bt" and bt.scheduler_metric == ("train_loss", "min") and bt.metric == "test_top1"
+
+
+@pytest.mark.parametrize("size", sorted(PAPER_LRS))
+def test_lr_ranges_bracket_the_paper_sets(size):
+    for family in ("tvlars", "lars_warmup", "lamb_nowarmup", "clars"):
+        name = f"{family}_bs{size // 1024}k" if size >= 1024 else f"{family}_bs{size}"
+        (lr,) = [p for p in get_space(name).variants[family].searched if p.key == "lr"]
+        assert lr.low < min(PAPER_LRS[size]) and lr.high > max(PAPER_LRS[size])
+
+
+def _draws(space, n, fixed=frozenset()):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        space.define_by_run(trial, fixed)
+        out.append(trial.params)
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_clip_bounds_hold_by_construction():
+    draws = _draws(get_space("lambc_bs1k"), 200)
+    assert all(d["lambc/clip_lower"] <= d["lambc/clip_upper"] for d in draws)
+    assert min(d["lambc/clip_lower"] for d in draws) >= 1e-3
+
+
+def test_tvlars_lambda_is_log_uniform_over_the_paper_range():
+    lams = [d["tvlars/lam"] for d in _draws(get_space("tvlars_bs16k"), 300)]
+    assert 1e-6 <= min(lams) and max(lams) <= 1e-2
+    decades = {int(__import__("math").floor(__import__("math").log10(x))) for x in lams}
+    assert decades == {-6, -5, -4, -3}  # every decade is visited: log-uniform, not uniform
+
+
+def test_demo_variants_and_fixed_keys_are_not_sampled():
+    draws = _draws(get_space("demo"), 40, fixed=frozenset({"lr"}))
+    assert {d["variant"] for d in draws} == {"tvlars", "lars_warmup", "lars_nowarmup", "lamb_warmup"}
+    assert not any(k.endswith("/lr") for d in draws for k in d)

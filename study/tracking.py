@@ -93,7 +93,7 @@ def start_parent_run(client: MlflowClient, exp_id: str, study_path: str, definit
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "restarts"}
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class StudyRecorder(tune.Callback):
@@ -128,7 +128,6 @@ class StudyRecorder(tune.Callback):
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, "epoch")
             self._logged[trial.trial_id] = {int(m.value) for m in history}
-            self.client.update_run(run_id, status="RUNNING")
         else:
             settings = self.trial_config(trial.config)
             label = trial.config.get("variant") or settings.get("optimizer")
@@ -191,6 +190,9 @@ class StudyRecorder(tune.Callback):
 
     def _finish(self, trial, status: str, last: dict[str, Any]) -> None:
         run_id = self.run_for(trial)
+        run = self.client.get_run(run_id)
+        if run.info.status != "RUNNING" and run.data.tags.get(STATUS_TAG) != "running":
+            return  # already closed (a trial restored after the driver died reports its end again)
         history = self._checkpoint_history(last)
         if history:
             self._log_epochs(trial, history)

@@ -1,0 +1,136 @@
+"""End to end: `python -m study.run` as users run it — killed mid-study and resumed, and submitted as a Ray job.
+
+Both run a shrunken `demo` (4 trials × 3 epochs of 4 steps) with a real local Ray and a real MLflow
+sqlite store in a temp folder, then read the store back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--num-samples", "4", "--set", "epochs=3", "--set", "limit=1200", "--set", "test_limit=400",
+         "--set", "batch_size=300", "--set", "grace_period=1", "--set", "reduction_factor=2"]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _env(data_cache: str) -> dict[str, str]:
+    return {**os.environ, "LAYERWISE_CACHE": data_cache}
+
+
+def _query(db: Path, sql: str) -> list[tuple]:
+    if not db.is_file():
+        return []
+    try:
+        with sqlite3.connect(db) as con:
+            return con.execute(sql).fetchall()
+    except sqlite3.Error:
+        return []
+
+
+def _trial_runs(uri: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("demo")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "trial_id" not in r.data.tags]
+    return client, parents, [r for r in runs if "trial_id" in r.data.tags]
+
+
+def _epochs(client, run) -> list[int]:
+    return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch"))
+
+
+def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10_dir, data_cache):
+    storage, db = tmp_path / "results", tmp_path / "results" / "mlflow.db"
+    cmd = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
+           "--data-dir", cifar10_dir, *SMALL]
+    first = subprocess.Popen(cmd, cwd=REPO, env=_env(data_cache), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 420
+    # Kill once a trial has finished while another has checkpointed an epoch but not finished.
+    while time.time() < deadline and first.poll() is None:
+        time.sleep(1)
+        done = {r[0] for r in _query(db, "select run_uuid from tags where key='status' and value!='running'")}
+        midway = {r[0] for r in _query(db, "select run_uuid from metrics where key='epoch'")} - done
+        if done and midway:
+            break
+    assert first.poll() is None, "the study ended before it could be interrupted"
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray
+    first.wait()
+    uri = f"sqlite:///{db}"
+    client, _, before = _trial_runs(uri)
+    finished = {r.info.run_id: r.info.end_time for r in before if r.data.tags["status"] != "running"}
+    interrupted = [r.info.run_id for r in before if r.data.tags["status"] == "running" and _epochs(client, r)]
+    assert finished and interrupted
+
+    resumed = subprocess.run([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
+                              "--resume"], cwd=REPO, env=_env(data_cache), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "best test_top1 = " in resumed.stdout and "mlflow ui --backend-store-uri" in resumed.stdout
+
+    client, parents, after = _trial_runs(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"space.json"}
+    assert parents[0].data.params["budget.num_samples"] == "4"
+    assert len(after) == 4 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in after)
+    for run in after:
+        epochs = _epochs(client, run)
+        assert epochs == list(range(1, len(epochs) + 1)), (run.info.run_name, epochs)  # each epoch exactly once
+        status = run.data.tags["status"]
+        assert status == ("completed" if epochs[-1] == 3 else "stopped_by_asha"), (run.info.run_name, status)
+        assert len(client.get_metric_history(run.info.run_id, "test_top1")) == len(epochs)
+        assert {"lr", "optimizer", "batch_size", "seed"} <= set(run.data.params)
+        assert "telemetry.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        if run.info.run_id in finished:
+            assert run.info.end_time == finished[run.info.run_id]  # not re-run
+    for run_id in interrupted:  # continued from its checkpoint, not restarted from scratch
+        restarts = client.get_metric_history(run_id, "restarts")
+        assert max(m.value for m in restarts) == 1 and min(m.value for m in restarts) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("ray", path=str(Path(sys.executable).parent)) is None, reason="ray CLI not installed")
+def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    port, dashboard = _free_port(), _free_port()
+    # the job's `python` is this environment's (as with an activated virtualenv)
+    # token auth (Ray's default for new clusters) for the head and the job client alike
+    env = {**_env(data_cache), "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    start = subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                            "--num-cpus=8", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                            f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                           env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        storage = tmp_path / "results"
+        job = subprocess.run(
+            [ray_cli, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
+             "--", "python", "-m", "study.run", "--space", "demo", "--set", "epochs=1", "--num-samples", "2",
+             "--set", "limit=600", "--set", "test_limit=200", "--set", "batch_size=200",
+             "--data-dir", cifar10_dir, "--storage", str(storage)],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert "succeeded" in job.stdout.lower()
+        client, parents, trials = _trial_runs(f"sqlite:///{storage / 'mlflow.db'}")
+        assert len(parents) == 1 and len(trials) == 2
+        assert all(_epochs(client, r) == [1] for r in trials)
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -99,6 +99,9 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
         overrides["seed"] = seed
     dataset = {**space.fixed, **overrides}.get("dataset", "cifar10")
     overrides["data_dir"] = overrides.get("data_dir") or find_data_dir(dataset, data_dir)
+    if overrides["data_dir"] is None:
+        raise ValueError(f"--data-dir: no {dataset} data found in $LAYERWISE_DATA/{dataset} or "
+                         f"../shared/data/{dataset}; pass --data-dir")
     plan = StudyPlan(space, overrides)
     optimizers = {v.fixed.get("optimizer", space.fixed.get("optimizer")) for v in space.variants.values()}
     for key in overrides:

@@ -101,9 +101,7 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, Path, dict[str, Any]]:
         return plan, study_dir, saved
     plan = make_plan(args.space, parse_sets(args.set), num_samples=args.num_samples, epochs=args.epochs,
                      seed=args.seed, data_dir=args.data_dir)
-    data_dir = plan.overrides.get("data_dir")
-    if not data_dir:
-        raise InputError("--data-dir: no data found for this space; pass --data-dir")
+    data_dir = plan.overrides["data_dir"]
     fixed = plan.space.trial_config({}, plan.overrides)
     load_dataset(fixed["dataset"], data_dir, fixed.get("image_size"))  # layout errors now; trials hit the cache
     tracking_uri = args.tracking_uri or default_tracking_uri(storage)

@@ -16,13 +16,14 @@ from study.run import main
     (["--space", "demo", "--set", "num_samples=0"], "num_samples: must be >= 1, got 0"),
     (["--space", "demo", "--set", "noequals"], "--set: expected key=value"),
     (["--space", "demo", "--data-dir", "/nonexistent/cifar"], "cifar10 data at '/nonexistent/cifar': directory not found"),
-    (["--space", "demo", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
-    (["--space", "demo", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),
+    (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
+    (["--space", "demo", "--data-dir", "{data}", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),
     (["--space", "demo", "--resume"], "--resume: no study of space 'demo'"),
+    (["--space", "demo", "--set", "dataset=cifar100"], "--data-dir: no cifar100 data found"),
 ])
 def test_bad_input_is_one_error_and_nothing_written(extra, message, tmp_path, capsys, cifar10_dir, data_cache):
     storage = tmp_path / "results"
-    code = main(["--storage", str(storage), *extra])
+    code = main(["--storage", str(storage), *(a.format(data=cifar10_dir) for a in extra)])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1

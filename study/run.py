@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="Optuna sampler seed and trial seed (default 0)")
     p.add_argument("--data-dir")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: local)")
-    p.add_argument("--storage", default="results", help="study storage: a shared path or URI (default ./results)")
+    p.add_argument("--storage", default="results", help="study storage: a path every node sees (default ./results)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space name)")
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted study of this space")
@@ -89,6 +89,9 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, Path, dict[str, Any]]:
     """Resolve the plan, the study folder and the tracking settings (new or resumed); writes nothing."""
     from study.tracking import check_tracking_uri, default_tracking_uri
 
+    if "://" in args.storage:
+        raise InputError("--storage: object-store URIs are not supported yet; use a path every node sees "
+                         "(a shared filesystem for multi-node clusters)")
     storage = Path(args.storage).resolve()
     if args.resume:
         found = study_dirs(storage, args.space)

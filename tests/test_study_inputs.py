@@ -19,6 +19,7 @@ from study.run import main
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
     (["--space", "demo", "--data-dir", "{data}", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),
     (["--space", "demo", "--resume"], "--resume: no study of space 'demo'"),
+    (["--space", "demo", "--storage", "s3://bucket/x"], "--storage: object-store URIs are not supported yet"),
     (["--space", "demo", "--set", "dataset=cifar100"], "--data-dir: no cifar100 data found"),
 ])
 def test_bad_input_is_one_error_and_nothing_written(extra, message, tmp_path, capsys, cifar10_dir, data_cache):

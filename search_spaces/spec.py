@@ -112,9 +112,6 @@ class SearchSpace:
                 draws.append({"variant": name, name: {p.key: p.extremes()[pick] for p in params}})
         return draws
 
-    def with_budget(self, **changes: Any) -> "SearchSpace":
-        return dataclasses.replace(self, **changes)
-
     def describe(self) -> dict[str, Any]:
         """A JSON-able definition (logged with every study)."""
         def param(p: Param) -> dict[str, Any]:

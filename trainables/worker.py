@@ -224,10 +224,6 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def tensors_to_device(params: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in params.items()}
-
-
 def steps(iterable: Iterator, meter: EpochMeter, env: WorkerEnv, check_every: int = 20) -> Iterator:
     """Yield from `iterable`; every `check_every` items stop early if any worker's loss went non-finite."""
     for i, item in enumerate(iterable):

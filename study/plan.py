@@ -56,7 +56,7 @@ class StudyPlan:
     @property
     def max_epoch(self) -> int:
         config = {**self.space.fixed, **self.overrides}
-        return int(config["epochs"]) + (int(config.get("linear_epochs", 10)) if config.get("task") == "bt" else 0)
+        return int(config["epochs"]) + (int(config.get("linear_epochs", TrialConfig.linear_epochs)) if config.get("task") == "bt" else 0)
 
     @property
     def concurrency(self) -> int:

@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 
 
 from trainables.barlow_twins import train_barlow_twins
+from trainables.batches import per_worker_batch
 from trainables.classification import train_classifier
 from trainables.config import TrialConfig
 
@@ -71,8 +72,7 @@ def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool
                   max_failures: int = 0, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer for `config` (validated here, before Ray schedules anything)."""
     cfg = TrialConfig.from_dict(config)
-    if cfg.batch_size % num_workers:
-        raise ValueError(f"batch_size: the global batch {cfg.batch_size} is not divisible by {num_workers} workers")
+    per_worker_batch(cfg.batch_size, num_workers)  # the global batch must split evenly, checked before Ray starts
     if cfg.threads is None:
         cfg.threads = default_threads(num_workers, use_gpu)
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})

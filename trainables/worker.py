@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from optim import build_optimizer, build_scheduler
 from optim.layerwise import LayerwiseOptimizer
+from trainables.batches import eval_indices
 from trainables.config import TrialConfig
 from trainables.data import Dataset, balanced_subset, load_dataset
 
@@ -201,8 +202,6 @@ class EpochMeter:
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, env: WorkerEnv, prepare, batch: int = 1000
              ) -> dict[str, float]:
     """Test loss / top-1 / top-5 over this worker's strided share, summed over workers."""
-    from trainables.batches import eval_indices
-
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=env.device)

@@ -10,11 +10,11 @@ from study.run import main
 
 @pytest.mark.parametrize("extra,message", [
     (["--space", "tvlars_bs16"], "--space: unknown 'tvlars_bs16'. Did you mean tvlars_bs16k"),
-    (["--space", "demo", "--set", "lamda=0.1"], "lamda: not a trial setting nor a hyperparameter of this space"),
-    (["--space", "demo", "--set", "epochs=ten"], "epochs: expected int, got 'ten'"),
-    (["--space", "demo", "--set", "momentum=1.5"], "momentum: must be in [0, 1), got 1.5"),
-    (["--space", "demo", "--set", "num_samples=0"], "num_samples: must be >= 1, got 0"),
-    (["--space", "demo", "--set", "noequals"], "--set: expected key=value"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "lamda=0.1"], "lamda: not a trial setting nor a hyperparameter of this space"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "epochs=ten"], "epochs: expected int, got 'ten'"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "momentum=1.5"], "momentum: must be in [0, 1), got 1.5"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "num_samples=0"], "num_samples: must be >= 1, got 0"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "noequals"], "--set: expected key=value"),
     (["--space", "demo", "--data-dir", "/nonexistent/cifar"], "cifar10 data at '/nonexistent/cifar': directory not found"),
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
     (["--space", "demo", "--data-dir", "{data}", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),

@@ -133,7 +133,8 @@ def run(args: argparse.Namespace, plan: StudyPlan, study_dir: Path, saved: dict[
     if args.resume:
         tuner = restored_tuner(plan, study_dir, args.max_failures)
     else:
-        recorder = StudyRecorder(saved["tracking_uri"], exp_id, parent, plan.trial_config, plan.max_epoch)
+        recorder = StudyRecorder(saved["tracking_uri"], exp_id, parent, plan.trial_config, plan.max_epoch,
+                                 str(study_dir / "train"))
         tuner = new_tuner(plan, study_dir, saved["seed"], [recorder], args.max_failures)
     results = tuner.fit()
     summarize(results, plan, client, parent, saved["tracking_uri"], time.time() - started)

@@ -99,8 +99,10 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 class StudyRecorder(tune.Callback):
     """Tune callback writing each trial as a nested MLflow run (params, per-epoch metrics, status, telemetry)."""
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, trial_config, max_epoch: int):
+    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, trial_config, max_epoch: int,
+                 train_storage: str):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
+        self.train_storage = train_storage  # the trials' Ray Train folders (checkpoints epoch_NNNN)
         self.trial_config = trial_config  # Tune config → flat trial settings (logged as params)
         self.max_epoch = max_epoch
         self._client: MlflowClient | None = None
@@ -158,6 +160,13 @@ class StudyRecorder(tune.Callback):
             return json.loads((Path(path) / "history.json").read_text())
         return []
 
+    def _latest_checkpoint(self, trial, last: dict[str, Any]) -> Path | None:
+        """The trial's newest Train checkpoint: Tune may never have seen it (e.g. the Train run finished its
+        last epochs while the study driver was down, and had nothing left to report when resumed)."""
+        found = [*(Path(self.train_storage) / trial.trial_id).glob("epoch_*"), Path(last.get("checkpoint_path") or "-")]
+        found = [d for d in found if (d / "history.json").is_file()]
+        return max(found, key=lambda d: d.name) if found else None
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_for(trial)
         self._started[trial.trial_id] = time.time()
@@ -177,6 +186,10 @@ class StudyRecorder(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = self._last.get(trial.trial_id, trial.last_result or {})
+        checkpoint = self._latest_checkpoint(trial, last)
+        history = self._checkpoint_history({"checkpoint_path": checkpoint}) if checkpoint else []
+        if history and int(history[-1].get("epoch", 0)) > int(last.get("epoch", 0)):
+            last = {**history[-1], "checkpoint_path": str(checkpoint)}
         if last.get("status") == "diverged":
             status = "diverged"
         elif int(last.get("epoch", 0)) < self.max_epoch:
@@ -186,7 +199,9 @@ class StudyRecorder(tune.Callback):
         self._finish(trial, status, last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "errored", self._last.get(trial.trial_id, {}))
+        last = self._last.get(trial.trial_id, {})
+        checkpoint = self._latest_checkpoint(trial, last)
+        self._finish(trial, "errored", {**last, "checkpoint_path": str(checkpoint)} if checkpoint else last)
 
     def _finish(self, trial, status: str, last: dict[str, Any]) -> None:
         run_id = self.run_for(trial)

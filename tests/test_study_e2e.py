@@ -6,6 +6,7 @@ sqlite store in a temp folder, then read the store back.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -51,6 +52,16 @@ def _epochs(client, run) -> list[int]:
     return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch"))
 
 
+def _checkpointed_epoch(storage: Path, trial_id: str) -> int:
+    """The epoch of the trial's newest checkpoint registered by Ray Train (0 if none)."""
+    for snapshot in storage.glob(f"demo-*/train/{trial_id}/checkpoint_manager_snapshot.json"):
+        try:
+            return int(json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["epoch"])
+        except (ValueError, KeyError, TypeError):  # being written
+            return 0
+    return 0
+
+
 def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10_dir, data_cache):
     storage, db = tmp_path / "results", tmp_path / "results" / "mlflow.db"
     cmd = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
@@ -58,14 +69,14 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
     first = subprocess.Popen(cmd, cwd=REPO, env=_env(data_cache), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 420
-    # Kill once a trial has finished while another has a registered epoch checkpoint but has not finished.
+    # Kill once a trial has finished while another is mid-run: a registered checkpoint, epochs still to go.
     while time.time() < deadline and first.poll() is None:
         time.sleep(1)
         done = {r[0] for r in _query(db, "select run_uuid from tags where key='status' and value!='running'")}
         running = {t for t, in _query(db, "select t.value from tags t join tags s on t.run_uuid = s.run_uuid "
                                           "where t.key='trial_id' and s.key='status' and s.value='running'")}
-        checkpointed = {t for t in running if list(storage.glob(f"demo-*/train/{t}/checkpoint_manager_snapshot.json"))}
-        if done and checkpointed:
+        mid_run = {t for t in running if 0 < _checkpointed_epoch(storage, t) < 3}
+        if done and mid_run:
             break
     assert first.poll() is None, "the study ended before it could be interrupted"
     os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray
@@ -73,8 +84,9 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
     uri = f"sqlite:///{db}"
     client, _, before = _trial_runs(uri)
     finished = {r.info.run_id: r.info.end_time for r in before if r.data.tags["status"] != "running"}
-    interrupted = [r.info.run_id for r in before if r.data.tags["status"] == "running"
-                   and list(storage.glob(f"demo-*/train/{r.data.tags['trial_id']}/checkpoint_manager_snapshot.json"))]
+    interrupted = {r.info.run_id: _checkpointed_epoch(storage, r.data.tags["trial_id"]) for r in before
+                   if r.data.tags["status"] == "running"}
+    interrupted = {run_id: epoch for run_id, epoch in interrupted.items() if 0 < epoch < 3}
     assert finished and interrupted
 
     resumed = subprocess.run([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
@@ -98,9 +110,10 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
         assert "telemetry.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
         if run.info.run_id in finished:
             assert run.info.end_time == finished[run.info.run_id]  # not re-run
-    for run_id in interrupted:  # continued from its checkpoint, not restarted from scratch
-        restarts = client.get_metric_history(run_id, "restarts")
-        assert max(m.value for m in restarts) == 1 and min(m.value for m in restarts) == 0
+    for run_id, checkpointed in interrupted.items():  # continued from its checkpoint, not restarted from scratch
+        restarts = {int(m.step): m.value for m in client.get_metric_history(run_id, "restarts")}
+        assert restarts == {e: float(e > checkpointed) for e in range(1, max(restarts) + 1)}, (checkpointed, restarts)
+        assert max(restarts) > checkpointed
 
 
 def _free_port() -> int:

@@ -1,1 +1,1 @@
-"""Tables and figures from MLflow / parquet (issue 5; not built yet)."""
+"""Tables and figures from MLflow: `python -m reports.table --experiment NAME` (see `reports.build`)."""

@@ -138,7 +138,24 @@ def run(args: argparse.Namespace, plan: StudyPlan, study_dir: Path, saved: dict[
         tuner = new_tuner(plan, study_dir, saved["seed"], [recorder], args.max_failures)
     results = tuner.fit()
     summarize(results, plan, client, parent, saved["tracking_uri"], time.time() - started)
+    write_report(saved, study_dir, parent)
     return 0
+
+
+def write_report(saved: dict[str, Any], study_dir: Path, parent: str) -> None:
+    """The study's report (tables, parquet, figures) into <study>/report and onto its parent MLflow run."""
+    from reports.build import FORMATS, build_report
+
+    try:
+        report = build_report(saved["tracking_uri"], saved["experiment"], study_dir / "report", formats=FORMATS,
+                              study=parent)
+    except Exception as err:  # the trials are recorded already: a failed report must not fail the study
+        print(f"warning: the report failed ({type(err).__name__}: {err}); retry with: python -m reports.table "
+              f"--experiment {saved['experiment']} --tracking-uri {saved['tracking_uri']} --study {parent}",
+              file=sys.stderr)
+        return
+    print("\n" + report.markdown)
+    print(f"report: {study_dir / 'report'} ({len(report.files)} files; also on MLflow run {parent} under report/)")
 
 
 def summarize(results, plan: StudyPlan, client, parent: str, tracking_uri: str, seconds: float) -> None:

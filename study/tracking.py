@@ -22,6 +22,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from trainables.config import TrialConfig
+
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
 
@@ -91,6 +93,12 @@ def start_parent_run(client: MlflowClient, exp_id: str, study_path: str, definit
     return run.info.run_id
 
 
+def resolved(settings: dict[str, Any]) -> dict[str, Any]:
+    """Every setting of the trial, defaults included, plus `lr_effective` (the lr after batch scaling)."""
+    config = TrialConfig.from_dict(settings, check_data=False)
+    return {**config.to_dict(), "lr_effective": config.learning_rate()}
+
+
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -136,7 +144,7 @@ class StudyRecorder(tune.Callback):
             run_id = self.client.create_run(self.exp_id, run_name=f"{label}-{trial.trial_id}", tags={
                 PARENT_TAG: self.parent, "trial_id": trial.trial_id, "variant": str(trial.config.get("variant", "")),
                 STATUS_TAG: "running"}).info.run_id
-            self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(settings.items())])
+            self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(resolved(settings).items())])
             self._logged[trial.trial_id] = set()
         self._runs[trial.trial_id] = run_id
         return run_id

@@ -62,6 +62,14 @@ def _checkpointed_epoch(storage: Path, trial_id: str) -> int:
     return 0
 
 
+def _mid_run(storage: Path, db: Path) -> tuple[set[str], set[str]]:
+    """(finished trial runs, running trials with a registered checkpoint before the last epoch)."""
+    done = {r[0] for r in _query(db, "select run_uuid from tags where key='status' and value!='running'")}
+    running = {t for t, in _query(db, "select t.value from tags t join tags s on t.run_uuid = s.run_uuid "
+                                      "where t.key='trial_id' and s.key='status' and s.value='running'")}
+    return done, {t for t in running if 0 < _checkpointed_epoch(storage, t) < 3}
+
+
 def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10_dir, data_cache):
     storage, db = tmp_path / "results", tmp_path / "results" / "mlflow.db"
     cmd = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
@@ -70,14 +78,16 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 420
     # Kill once a trial has finished while another is mid-run: a registered checkpoint, epochs still to go.
+    # The study is frozen (SIGSTOP) before the state is judged, so what is judged is what gets killed.
     while time.time() < deadline and first.poll() is None:
         time.sleep(1)
-        done = {r[0] for r in _query(db, "select run_uuid from tags where key='status' and value!='running'")}
-        running = {t for t, in _query(db, "select t.value from tags t join tags s on t.run_uuid = s.run_uuid "
-                                          "where t.key='trial_id' and s.key='status' and s.value='running'")}
-        mid_run = {t for t in running if 0 < _checkpointed_epoch(storage, t) < 3}
-        if done and mid_run:
+        if not _mid_run(storage, db)[1]:
+            continue
+        os.killpg(first.pid, signal.SIGSTOP)
+        finished, interrupted = _mid_run(storage, db)
+        if finished and interrupted:
             break
+        os.killpg(first.pid, signal.SIGCONT)
     assert first.poll() is None, "the study ended before it could be interrupted"
     os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray
     first.wait()
@@ -97,7 +107,10 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
 
     client, parents, after = _trial_runs(uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"space.json"}
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"space.json", "report"}
+    report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/table.md", "report/trials.parquet", "report/figures"} <= report
+    assert "## Test top-1, best epoch" in resumed.stdout and "## Study budget" in resumed.stdout
     assert parents[0].data.params["budget.num_samples"] == "4"
     assert len(after) == 4 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in after)
     for run in after:
@@ -148,5 +161,6 @@ def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
         client, parents, trials = _trial_runs(f"sqlite:///{storage / 'mlflow.db'}")
         assert len(parents) == 1 and len(trials) == 2
         assert all(_epochs(client, r) == [1] for r in trials)
+        assert "report/table.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)

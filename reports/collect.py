@@ -1,0 +1,132 @@
+"""Read a study's MLflow records into two tables: one row per trial, one row per (trial, epoch).
+
+Only MLflow is read (through `MlflowClient`): a trial run is a run with a `trial_id` tag nested under
+a study's parent run (as `study.tracking` writes them); its params are the trial's full settings.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"
+METRIC = "test_top1"
+BASELINE_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad", "rmsprop": "RMSprop"}
+# Rows in the TVLARS paper's order, then the other layer-wise methods, then baselines.
+ROW_ORDER = ("LARS + warm-up", "LARS", "LAMB + warm-up", "LAMB", "TVLARS", "LAMBC + warm-up", "LAMBC",
+             "LARC + warm-up", "LARC", "CLARS + warm-up", "CLARS")
+
+
+class ReportError(ValueError):
+    """Nothing to report on (unknown experiment, no trials, unknown study)."""
+
+
+@dataclass
+class StudyData:
+    trials: pd.DataFrame  # one row per trial run
+    epochs: pd.DataFrame  # one row per (trial, epoch): every metric logged at that epoch
+    parents: list[Run]  # the studies' parent runs, oldest first
+
+
+def _value(text: str | None) -> object:
+    """An MLflow param string back to a number / None where it is one."""
+    if text is None or text == "None":
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+
+
+def row_label(params: dict[str, object]) -> str:
+    """The table row of a trial: the optimizer, with ' + warm-up' when its schedule warms up."""
+    name = str(params.get("optimizer", "?"))
+    label = BASELINE_NAMES.get(name, name.upper())
+    warmup = params.get("scheduler") == "warmup_cosine" and float(params.get("warmup_epochs") or 0) > 0
+    return f"{label} + warm-up" if warmup and name != "tvlars" else label
+
+
+def row_rank(label: str) -> tuple[int, str]:
+    return (ROW_ORDER.index(label), "") if label in ROW_ORDER else (len(ROW_ORDER), label)
+
+
+def find_parents(client: MlflowClient, experiment: str, study: str | None = None) -> tuple[str, list[Run]]:
+    """The experiment's id and its study parent runs (one study when `study` names a run id or run name)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(f"--experiment: no MLflow experiment {experiment!r}; this store has: {', '.join(names)}")
+    runs = client.search_runs([exp.experiment_id], "tags.study_path != ''", max_results=10_000,
+                              order_by=["attributes.start_time ASC"])
+    if study is not None:
+        runs = [r for r in runs if study in (r.info.run_id, r.info.run_name)]
+        if not runs:
+            raise ReportError(f"--study: no study run with id or name {study!r} in experiment {experiment!r}")
+    if not runs:
+        raise ReportError(f"experiment {experiment!r} has no study runs (made by `python -m study.run`)")
+    return exp.experiment_id, runs
+
+
+def collect(client: MlflowClient, experiment: str, study: str | None = None) -> StudyData:
+    exp_id, parents = find_parents(client, experiment, study)
+    trials, epochs = [], []
+    for parent in parents:
+        runs = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'", max_results=10_000)
+        for run in runs:
+            if "trial_id" not in run.data.tags:
+                continue
+            trial, history = _trial(client, run, parent)
+            trials.append(trial)
+            epochs += history
+    if not trials:
+        raise ReportError(f"experiment {experiment!r} has study runs but no trial runs yet")
+    return StudyData(pd.DataFrame(trials), pd.DataFrame(epochs), parents)
+
+
+def _trial(client: MlflowClient, run: Run, parent: Run) -> tuple[dict, list[dict]]:
+    params = {k: _value(v) for k, v in run.data.params.items()}
+    per_epoch: dict[int, dict[str, float]] = {}
+    for key in run.data.metrics:
+        for m in client.get_metric_history(run.info.run_id, key):
+            if m.step >= 1:
+                per_epoch.setdefault(int(m.step), {})[key] = m.value
+    scores = [(e, v[METRIC]) for e, v in sorted(per_epoch.items()) if METRIC in v and math.isfinite(v[METRIC])]
+    resources = parent.data.params
+    end = run.info.end_time or run.info.start_time
+    lr = params.get("lr_effective", params.get("lr"))
+    trial = {
+        "run_id": run.info.run_id, "run_name": run.info.run_name, "trial_id": run.data.tags["trial_id"],
+        "study": parent.info.run_name, "study_run_id": parent.info.run_id,
+        "variant": run.data.tags.get("variant", ""), "status": run.data.tags.get("status", "running"),
+        "label": row_label(params), "task": params.get("task", "clf"), "dataset": params.get("dataset", "?"),
+        "model": params.get("model", "?"), "epochs": int(params.get("epochs") or 0),
+        "batch_size": int(params.get("batch_size") or 0), "lr": float(lr) if lr is not None else math.nan,
+        "seed": params.get("seed"), "epochs_run": max(per_epoch, default=0),
+        "best": max((v for _, v in scores), default=math.nan), "final": scores[-1][1] if scores else math.nan,
+        "best_epoch": max(scores, key=lambda s: s[1])[0] if scores else 0,
+        "wall_seconds": (end - run.info.start_time) / 1000, "start_time": run.info.start_time, "end_time": end,
+        "workers": int(float(resources.get("resources.workers", 1))),
+        "cpus_per_worker": float(resources.get("resources.cpus_per_worker", 1)),
+        "gpus_per_worker": float(resources.get("resources.gpus_per_worker", 0)),
+        "params": params,
+    }
+    history = [{"run_id": run.info.run_id, "trial_id": trial["trial_id"], "label": trial["label"], "epoch": e, **v}
+               for e, v in sorted(per_epoch.items())]
+    return trial, history
+
+
+def telemetry(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
+    """The trial's trust-ratio telemetry (step, layer, rho, w_norm, g_norm), or None if it has none."""
+    if "telemetry.parquet" not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, "telemetry.parquet", tmp)
+        return pq.read_table(Path(path)).to_pandas()

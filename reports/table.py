@@ -1,0 +1,49 @@
+"""`python -m reports.table --experiment NAME`: the comparison table (markdown on stdout), the other
+formats, parquet exports and figures; all logged to the study's parent MLflow run under `report/`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reports.build import FORMATS, METRICS, build_report
+from reports.collect import ReportError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m reports.table", description=__doc__)
+    p.add_argument("--experiment", required=True, help="MLflow experiment (study.run's --experiment; default there: the space name)")
+    p.add_argument("--tracking-uri", default="sqlite:///results/mlflow.db",
+                   help="MLflow store (default: study.run's default, sqlite:///results/mlflow.db)")
+    p.add_argument("--metric", default="best", choices=METRICS, help="test top-1 at the best epoch or the final one")
+    p.add_argument("--format", default="md", help=f"comma-separated, of {', '.join(FORMATS)} (markdown is always written)")
+    p.add_argument("--study", help="only this study: its parent run id or name (default: every study in the experiment)")
+    p.add_argument("--out", type=Path, help="output folder (default: reports-out/<experiment>)")
+    p.add_argument("--no-log", action="store_true", help="do not log the files to MLflow")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    out = args.out or Path("reports-out") / args.experiment
+    if args.tracking_uri.startswith("sqlite:///"):
+        db = Path(args.tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():  # MLflow would silently create an empty store
+            print(f"error: --tracking-uri: no MLflow database at {db.resolve()}", file=sys.stderr)
+            return 2
+    try:
+        report = build_report(args.tracking_uri, args.experiment, out, args.metric, ("md", *formats), args.study,
+                              log=not args.no_log)
+    except (ReportError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.markdown)
+    print(f"wrote {len(report.files)} files to {out}" + (f"; logged to MLflow run {report.logged_to} under report/"
+                                                        if report.logged_to else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The comparison table (TVLARS paper Table 1 layout), the warm-up gap and the study budget.
+
+A *configuration* is everything a trial was given except its seed; its trials are seeds. A *cell*
+is (row = optimizer ± warm-up) × (column = task, dataset, model, epochs, batch size, lr); when a
+cell holds several configurations (e.g. TVLARS at several λ), it shows the best one by mean.
+Only trials that ran their full length (completed or diverged) are statistics; a cell whose trials
+were all stopped by ASHA shows the best stopped trial, marked as such, and is never marked best.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from reports.collect import row_rank
+from reports.reference import attach_paper, lr_key
+
+COLUMN = ["task", "dataset", "model", "epochs", "batch_size", "lr"]
+# Settings that do not make a different configuration: the seed, where/how fast it ran, and the lr
+# (the column holds it, at 4 significant digits).
+NOT_CONFIG = {"seed", "lr", "base_lr", "lr_effective", "data_dir", "device", "precision", "threads", "inject_kill_after_epoch", "telemetry_every"}
+FULL_LENGTH = ("completed", "diverged")
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, int]:
+    """(mean, half-width of the two-sided Student-t interval, n); the half-width is NaN for n < 2."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(x[0]), math.nan, 1
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    return float(x.mean()), float(half), n
+
+
+def config_key(params: dict) -> str:
+    return json.dumps({k: v for k, v in sorted(params.items()) if k not in NOT_CONFIG}, default=str)
+
+
+def configurations(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per (cell, configuration): statistics over its seeds."""
+    t = trials.assign(lr=trials["lr"].map(lr_key), config=trials["params"].map(config_key))
+    rows = []
+    for (label, *column, config), group in t.groupby(["label", *COLUMN, "config"], sort=False, dropna=False):
+        full = group[group["status"].isin(FULL_LENGTH)]
+        ok = full[(full["status"] == "completed") & full[metric].notna()]
+        mean, half, n = mean_ci(ok[metric].tolist())
+        stopped = group[group["status"] == "stopped_by_asha"]
+        best_stopped = stopped.loc[stopped[metric].idxmax()] if stopped[metric].notna().any() else None
+        rows.append({
+            "label": label, **dict(zip(COLUMN, column)), "config": config, "mean": mean, "ci95": half, "n": n,
+            "diverged": int((full["status"] == "diverged").sum()), "errored": int((group["status"] == "errored").sum()),
+            "stopped": len(stopped), "stopped_best": best_stopped[metric] if best_stopped is not None else math.nan,
+            "stopped_epoch": int(best_stopped["epochs_run"]) if best_stopped is not None else 0,
+            "seeds": ",".join(str(s) for s in sorted(ok["seed"].dropna().unique())),
+        })
+    return pd.DataFrame(rows)
+
+
+def cells(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per cell: its best configuration (by mean), how many it held, the paper's number, best-in-column."""
+    configs = configurations(trials, metric)
+    configs["_score"] = configs["mean"].fillna(-math.inf)
+    configs["_stop"] = configs["stopped_best"].fillna(-math.inf)
+    ranked = configs.sort_values(["_score", "n", "_stop"], ascending=False)
+    best = ranked.groupby(["label", *COLUMN], sort=False, dropna=False)
+    out = best.head(1).copy()
+    out["configs"] = best["config"].transform("size").loc[out.index]
+    out["cell_diverged"] = best["diverged"].transform("sum").loc[out.index]
+    out = out.drop(columns=["_score", "_stop"])
+    out = attach_paper(out)
+    column_best = out.groupby(COLUMN, dropna=False)["mean"].transform("max")
+    out["best_in_column"] = out["mean"].notna() & (out["mean"] == column_best)
+    order = out["label"].map(row_rank)
+    return out.assign(_order=order).sort_values(["_order", *COLUMN]).drop(columns="_order").reset_index(drop=True)
+
+
+def cell_text(cell: pd.Series) -> str:
+    """'77.50 ± 0.40 (n=3)', 'diverged (n=2)', '33.10 @e2 (ASHA)', '—'."""
+    if cell["n"] > 0:
+        text = f"{cell['mean']:.2f}" + ("" if math.isnan(cell["ci95"]) else f" ± {cell['ci95']:.2f}")
+        extra = [f"n={cell['n']}"] + ([f"{cell['diverged']} diverged"] if cell["diverged"] else [])
+        text += f" ({', '.join(extra)})"
+    elif cell["diverged"]:
+        text = f"diverged (n={cell['diverged']})"
+    elif cell["stopped"]:
+        text = f"{cell['stopped_best']:.2f} @e{cell['stopped_epoch']} (ASHA)" if not math.isnan(
+            cell["stopped_best"]) else f"stopped @e{cell['stopped_epoch']} (ASHA)"
+    elif cell["errored"]:
+        text = f"errored (n={cell['errored']})"
+    else:
+        text = "—"
+    others = cell["cell_diverged"] - cell["diverged"]
+    if cell["configs"] > 1:
+        text += f" [best of {cell['configs']}" + (f"; {others} diverged" if others else "") + "]"
+    return text
+
+
+NAMES = {"task": "", "dataset": "", "model": "", "epochs": "{}ep", "batch_size": "bs{}", "lr": "lr={:g}"}
+
+
+def _title(column: tuple, fields: list[str]) -> str:
+    return " ".join(NAMES[f].format(v) if NAMES[f] else str(v) for f, v in zip(COLUMN, column) if f in fields)
+
+
+def wide(cell_rows: pd.DataFrame, bold=lambda s: f"**{s}**", columns: list[str] = COLUMN) -> tuple[pd.DataFrame, str]:
+    """The paper's layout: a row per optimizer (and per matching paper row), a column per setting.
+
+    Returns the table and a caption naming the settings shared by every column (left out of the titles).
+    With `columns` = the setting without lr, each cell is the best lr's, which the cell then names.
+    """
+    settings = sorted({tuple(r) for r in cell_rows[columns].itertuples(index=False)})
+    varying = [f for i, f in enumerate(columns) if len({c[i] for c in settings}) > 1] or [columns[-1]]
+    shared = [f for f in columns if f not in varying]
+    caption = _title(settings[0], shared) if shared and settings else ""
+    ranked = cell_rows.assign(_score=cell_rows["mean"].fillna(-math.inf), _stop=cell_rows["stopped_best"].fillna(-math.inf))
+    ranked = ranked.sort_values(["_score", "n", "_stop"], ascending=False).drop_duplicates(["label", *columns])
+    table: dict[str, dict[str, str]] = {}
+    for label in dict.fromkeys(cell_rows["label"]):
+        table[label], papers = {}, {}
+        for _, cell in ranked[ranked["label"] == label].iterrows():
+            title = _title(tuple(cell[c] for c in columns), varying)
+            text = cell_text(cell) if columns == COLUMN else f"lr={cell['lr']:g}: {cell_text(cell)}"
+            best = cell["best_in_column"] if columns == COLUMN else _best_for_setting(cell, cell_rows, columns)
+            table[label][title] = bold(text) if best else text
+            if isinstance(cell.get("paper"), str):
+                papers.setdefault(f"{label} ({cell['paper']})", {})[title] = f"{cell['paper_top1']:.2f}"
+        table.update(papers)
+    frame = pd.DataFrame.from_dict(table, orient="index", columns=[_title(c, varying) for c in settings])
+    frame.index.name = "optimizer"
+    return frame.fillna(""), caption
+
+
+def _best_for_setting(cell: pd.Series, cell_rows: pd.DataFrame, columns: list[str]) -> bool:
+    same = (cell_rows[columns] == cell[columns]).all(axis=1)
+    return cell["n"] > 0 and cell["mean"] == cell_rows.loc[same, "mean"].max()
+
+
+def warmup_gap(cell_rows: pd.DataFrame) -> pd.DataFrame:
+    """Per setting without lr: best mean with warm-up − best mean without, for LARS and LAMB; and
+    TVLARS (no warm-up) − LARS with warm-up. Positive = the first is better."""
+    setting = COLUMN[:-1]
+    best = cell_rows[cell_rows["n"] > 0].groupby([*setting, "label"])["mean"].max().unstack("label")
+    gaps = pd.DataFrame(index=best.index)
+    for first, second, name in (("LARS + warm-up", "LARS", "LARS: warm-up − none"),
+                                ("LAMB + warm-up", "LAMB", "LAMB: warm-up − none"),
+                                ("TVLARS", "LARS + warm-up", "TVLARS − LARS + warm-up")):
+        gaps[name] = best[first] - best[second] if {first, second} <= set(best.columns) else math.nan
+    return gaps.reset_index()
+
+
+def budget(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per study and in total: trials by status, epochs run, epochs ASHA saved, CPU/GPU hours."""
+    t = trials.assign(
+        saved=np.where(trials["status"] == "stopped_by_asha", trials["epochs"] - trials["epochs_run"], 0),
+        gpu_hours=trials["wall_seconds"] * trials["workers"] * trials["gpus_per_worker"] / 3600,
+        cpu_hours=trials["wall_seconds"] * trials["workers"] * trials["cpus_per_worker"] / 3600)
+    t.loc[t["gpus_per_worker"] > 0, "cpu_hours"] = 0.0  # a GPU trial's budget is its GPU hours
+
+    def summary(group: pd.DataFrame) -> dict:
+        counts = group["status"].value_counts()
+        return {"trials": len(group), **{s: int(counts.get(s, 0)) for s in
+                                         ("completed", "stopped_by_asha", "diverged", "errored", "running")},
+                "epochs_run": int(group["epochs_run"].sum()), "epochs_saved_by_asha": int(group["saved"].sum()),
+                "epochs_without_asha": int(group["epochs"].sum()),
+                "cpu_hours": round(float(group["cpu_hours"].sum()), 3),
+                "gpu_hours": round(float(group["gpu_hours"].sum()), 3)}
+
+    rows = [{"study": name, **summary(group)} for name, group in t.groupby("study", sort=False)]
+    if len(rows) > 1:
+        rows.append({"study": "total", **summary(t)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,202 @@
+"""Reports from a real MLflow store built here with known values: exact table text, CI math, markers,
+every output format parsed back, parquet exports, figures, and artifacts on the parent run."""
+
+from __future__ import annotations
+
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from reports.build import build_report
+from reports.collect import ReportError
+from reports.table import main as table_main
+from reports.tables import mean_ci
+
+HOUR_MS = 3_600_000
+COMMON = {"task": "clf", "dataset": "cifar10", "model": "resnet18", "epochs": 100, "batch_size": 512,
+          "momentum": 0.9, "weight_decay": 0.0005, "device": "cuda", "threads": 4}
+LARS_WU = {**COMMON, "optimizer": "lars", "scheduler": "warmup_cosine", "warmup_epochs": 5.0, "lr": 2.0}
+LARS = {**COMMON, "optimizer": "lars", "scheduler": "poly", "warmup_epochs": 5.0, "lr": 2.0}
+TVLARS = {**COMMON, "optimizer": "tvlars", "scheduler": "none", "lr": 2.0}
+LAMB_WU = {**COMMON, "optimizer": "lamb", "scheduler": "warmup_cosine", "warmup_epochs": 5.0, "lr": 0.01}
+# (settings, status, test_top1 per epoch {epoch: value}); final = last epoch, best = max
+TRIALS = [
+    ({**LARS_WU, "seed": 0}, "completed", {1: 30.0, 50: 71.0, 100: 70.0}),
+    ({**LARS_WU, "seed": 1}, "completed", {1: 30.0, 50: 73.0, 100: 72.0}),
+    ({**LARS_WU, "seed": 2}, "completed", {1: 30.0, 50: 75.0, 100: 74.0}),
+    ({**LARS, "seed": 0}, "completed", {1: 20.0, 50: 61.0, 100: 60.0}),
+    ({**LARS, "seed": 1}, "completed", {1: 20.0, 50: 65.0, 100: 64.0}),
+    ({**LARS, "seed": 2}, "diverged", {1: 10.0, 50: 10.0}),
+    ({**TVLARS, "lam": 0.001, "seed": 0}, "completed", {1: 40.0, 50: 76.0, 100: 75.0}),
+    ({**TVLARS, "lam": 0.01, "seed": 0}, "diverged", {1: 10.0, 50: 10.0}),
+    ({**LAMB_WU, "seed": 0}, "stopped_by_asha", {1: 25.0, 30: 50.0}),
+]
+T_975 = {2: 12.706204736174707, 3: 4.302652729749464}  # Student t quantiles (tables), n = 2, 3
+
+
+def build_store(root: Path, experiment: str = "known") -> tuple[str, str]:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(exp, run_name="known-study", start_time=1000, tags={"study_path": str(root / "study")})
+    pid = parent.info.run_id
+    client.log_batch(pid, params=[Param("resources.workers", "2"), Param("resources.cpus_per_worker", "4"),
+                                  Param("resources.gpus_per_worker", "0")])
+    for i, (settings, status, curve) in enumerate(TRIALS):
+        run = client.create_run(exp, run_name=f"t{i}", start_time=1000, tags={
+            "mlflow.parentRunId": pid, "trial_id": f"trial_{i}", "variant": settings["optimizer"], "status": status})
+        params = {**settings, "lr_effective": settings["lr"]}
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()], metrics=[
+            Metric(k, v, 0, epoch) for epoch, top1 in curve.items()
+            for k, v in (("epoch", float(epoch)), ("test_top1", top1), ("train_loss", 1.0 / epoch))])
+        client.set_terminated(run.info.run_id, "FINISHED", end_time=1000 + HOUR_MS)
+    client.set_terminated(pid, "FINISHED", end_time=1000 + 2 * HOUR_MS)
+    return uri, pid
+
+
+@pytest.fixture()
+def store(tmp_path):
+    return build_store(tmp_path)
+
+
+def test_mean_ci_is_the_student_t_interval():
+    mean, half, n = mean_ci([70.0, 72.0, 74.0])
+    assert (mean, n) == (72.0, 3) and half == pytest.approx(T_975[3] * 2.0 / math.sqrt(3), rel=1e-12)
+    mean, half, n = mean_ci([60.0, 64.0])
+    assert (mean, n) == (62.0, 2) and half == pytest.approx(T_975[2] * math.sqrt(8) / math.sqrt(2), rel=1e-12)
+    mean, half, n = mean_ci([5.0])
+    assert (mean, n) == (5.0, 1) and math.isnan(half)
+
+
+EXPECTED_FINAL = """\
+| optimizer                     | lr=0.01          | lr=2                                        |
+|:------------------------------|:-----------------|:--------------------------------------------|
+| LARS + warm-up                |                  | 72.00 ± 4.97 (n=3)                          |
+| LARS + warm-up (TVLARS paper) |                  | 77.49                                       |
+| LARS                          |                  | 62.00 ± 25.41 (n=2, 1 diverged)             |
+| LAMB + warm-up                | 50.00 @e30 (ASHA) |                                             |
+| TVLARS                        |                  | **75.00 (n=1) [best of 2; 1 diverged]**     |
+| TVLARS (TVLARS paper)         |                  | 81.42                                       |"""
+
+
+def _cells(markdown: str, heading: str) -> dict[tuple[str, str], str]:
+    """{(row, column): text} of the markdown table under `heading`."""
+    block = markdown.split(f"## {heading}")[1].split("\n## ")[0]
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    header, rows = split[0], split[2:]
+    return {(row[0], col): text for row in rows for col, text in zip(header[1:], row[1:])}
+
+
+def test_known_store_gives_exactly_the_expected_table(store, tmp_path):
+    uri, parent = store
+    report = build_report(uri, "known", tmp_path / "out", metric="final", formats=("md", "csv", "latex", "html"))
+    expected = _cells("## T\n" + EXPECTED_FINAL, "T")
+    assert _cells(report.markdown, "Test top-1, final epoch") == expected
+    assert "All columns: clf cifar10 resnet18 100ep bs512." in report.markdown
+    gap = _cells(report.markdown, "Warm-up gap")
+    assert gap[("clf", "LARS: warm-up − none")] == "10.00"  # 72 − 62
+    assert gap[("clf", "TVLARS − LARS + warm-up")] == "3.00"  # 75 − 72
+    assert gap[("clf", "LAMB: warm-up − none")] == "—"  # LAMB never ran to the end
+    budget = _cells(report.markdown, "Study budget")
+    assert budget[("known-study", "trials")] == "9" and budget[("known-study", "completed")] == "6"
+    assert budget[("known-study", "diverged")] == "2" and budget[("known-study", "stopped_by_asha")] == "1"
+    assert budget[("known-study", "epochs_run")] == str(6 * 100 + 2 * 50 + 30)
+    assert budget[("known-study", "epochs_saved_by_asha")] == "70"
+    assert budget[("known-study", "cpu_hours")] == "72.00"  # 9 trials × 1 h × 2 workers × 4 CPUs
+    best_lr = _cells(report.markdown, "Best learning rate per setting")
+    assert best_lr[("TVLARS", "bs512")] == "**lr=2: 75.00 (n=1) [best of 2; 1 diverged]**"
+    assert report.logged_to == parent
+
+    best = build_report(uri, "known", tmp_path / "best", metric="best", log=False)
+    assert _cells(best.markdown, "Test top-1, best epoch")[("LARS + warm-up", "lr=2")] == "73.00 ± 4.97 (n=3)"
+
+
+def test_every_format_is_written_parses_and_is_logged(store, tmp_path):
+    uri, parent = store
+    out = tmp_path / "out"
+    build_report(uri, "known", out, metric="final", formats=("md", "csv", "latex", "html"))
+    cells = pd.read_csv(out / "table.csv")
+    assert len(cells) == 4 and set(cells["label"]) == {"LARS + warm-up", "LARS", "LAMB + warm-up", "TVLARS"}
+    lars = cells[cells["label"] == "LARS"].iloc[0]
+    assert (lars["mean"], lars["n"], lars["diverged"]) == (62.0, 2, 1)
+    assert lars["ci95"] == pytest.approx(T_975[2] * 2.0, rel=1e-9)
+    assert cells.loc[cells["label"] == "LARS + warm-up", "paper_top1"].item() == 77.49
+    assert cells.loc[cells["best_in_column"], "label"].tolist() == ["TVLARS"]
+    assert pd.read_csv(out / "budget.csv")["trials"].tolist() == [9]
+
+    tex = (out / "table.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 4
+    assert r"\textbf{75.00 (n=1) [best of 2; 1 diverged]}" in tex and r"72.00 $\pm$ 4.97 (n=3)" in tex
+    assert "\x01" not in tex and "_" not in tex.replace(r"\_", "")
+
+    class Tables(HTMLParser):
+        tables, in_bold, bold = 0, False, []
+
+        def handle_starttag(self, tag, attrs):
+            self.tables += tag == "table"
+            self.in_bold = self.in_bold or tag == "b"
+
+        def handle_endtag(self, tag):
+            self.in_bold = self.in_bold and tag != "b"
+
+        def handle_data(self, data):
+            if self.in_bold:
+                self.bold.append(data)
+
+    html = Tables()
+    html.feed((out / "table.html").read_text())
+    assert html.tables == 4 and html.bold == ["75.00 (n=1) [best of 2; 1 diverged]", "lr=2: 75.00 (n=1) [best of 2; 1 diverged]"]
+
+    trials = pq.read_table(out / "trials.parquet").to_pandas()
+    assert len(trials) == 9 and sorted(trials["final"].dropna()) == [10, 10, 50, 60, 64, 70, 72, 74, 75]
+    assert json.loads(trials.loc[trials["trial_id"] == "trial_6", "params"].item())["lam"] == 0.001
+    epochs = pq.read_table(out / "epochs.parquet").to_pandas()
+    assert len(epochs) == sum(len(c) for _, _, c in TRIALS) and {"epoch", "test_top1", "train_loss"} <= set(epochs)
+
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == ["accuracy_vs_epoch_clf_cifar10_bs512.png", "accuracy_vs_lambda.png",
+                       "best_so_far_vs_epochs.png", "trust_ratio_vs_step.png", "warmup_gap_vs_batch.png"]
+    for name in figures:
+        image = matplotlib.image.imread(out / "figures" / name)
+        assert image.shape[0] > 300 and image.shape[1] > 500
+
+    client = MlflowClient(uri)
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {f"report/{n}" for n in ("table.md", "table.csv", "table.tex", "table.html", "trials.parquet",
+                                    "epochs.parquet", "budget.csv", "warmup_gap.csv", "figures")} <= logged
+    assert len(client.list_artifacts(parent, "report/figures")) == 5
+
+
+def test_bad_input_gets_one_clear_error(store, tmp_path, capsys):
+    uri, _ = store
+    with pytest.raises(ReportError, match="no MLflow experiment 'nope'; this store has: .*known"):
+        build_report(uri, "nope", tmp_path / "x")
+    with pytest.raises(ValueError, match="--format: unknown 'pdf'"):
+        build_report(uri, "known", tmp_path / "x", formats=("md", "pdf"))
+    assert table_main(["--experiment", "known", "--tracking-uri", uri, "--study", "other"]) == 2
+    assert "error: --study: no study run with id or name 'other'" in capsys.readouterr().err
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    assert table_main(["--experiment", "known", "--tracking-uri", missing]) == 2
+    assert "no MLflow database at" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_prints_markdown_and_writes_chosen_formats(store, tmp_path, capsys):
+    uri, parent = store
+    out = tmp_path / "cli"
+    assert table_main(["--experiment", "known", "--tracking-uri", uri, "--metric", "final",
+                       "--format", "csv,html", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| LARS + warm-up (TVLARS paper) |" in printed and "| 77.49 " in printed
+    assert f"logged to MLflow run {parent} under report/" in printed
+    assert {p.name for p in out.iterdir()} >= {"table.md", "table.csv", "table.html", "trials.parquet"}
+    assert not (out / "table.tex").exists()

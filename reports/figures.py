@@ -34,6 +34,8 @@ def _save(fig, path: Path) -> Path:
 
 def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.35", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def accuracy_vs_epoch(trials: pd.DataFrame, epochs: pd.DataFrame, out: Path, metric: str = "test_top1") -> list[Path]:
@@ -97,6 +99,9 @@ def accuracy_vs_lambda(trials: pd.DataFrame, metric: str, out: Path) -> Path:
         if not part.empty:
             y = part[metric].fillna(0 if status == "diverged" else np.nan)
             ax.plot(part["lam"], y, ls="none", ms=7, color="C3", label=status.replace("_", " "), **style)
+            for lam, value, run in zip(part["lam"], y, part.itertuples()):
+                ax.annotate(f"lr={run.lr:.3g}, e{run.epochs_run}", (lam, value), textcoords="offset points",
+                            xytext=(5, 4), fontsize=7, color="0.3")
     if not tv.empty:
         ax.set_xscale("log")
         ax.legend(loc="best")

@@ -80,7 +80,7 @@ def trust_ratio(trials: pd.DataFrame, load: Callable[[str], pd.DataFrame | None]
         ax.legend(loc="best")
     else:
         _empty(ax, "no trial has trust-ratio telemetry")
-    ax.set(xlabel="optimizer step", ylabel="trust ratio ‖w‖/‖g‖ (per layer)",
+    ax.set(xlabel="optimizer step", ylabel="trust ratio (per layer, as the optimizer applies it)",
            title="Layer-wise trust ratio: median, band = 10–90% of layers")
     return _save(fig, out / "trust_ratio_vs_step.png")
 

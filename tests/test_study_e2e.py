@@ -62,6 +62,17 @@ def _checkpointed_epoch(storage: Path, trial_id: str) -> int:
     return 0
 
 
+def _signal_session(sid: int, sig: int) -> None:
+    """Signal every process of the study's session: Ray's worker processes (the Train controller and
+    workers among them) run in process groups of their own, so `killpg` would leave them running."""
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if os.getsid(pid) == sid:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _mid_run(storage: Path, db: Path) -> tuple[set[str], set[str]]:
     """(finished trial runs, running trials with a registered checkpoint before the last epoch)."""
     done = {r[0] for r in _query(db, "select run_uuid from tags where key='status' and value!='running'")}
@@ -78,18 +89,18 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 420
     # Kill once a trial has finished while another is mid-run: a registered checkpoint, epochs still to go.
-    # The study is frozen (SIGSTOP) before the state is judged, so what is judged is what gets killed.
+    # The study is frozen (SIGSTOP, whole session) before the state is judged: what is judged is what gets killed.
     while time.time() < deadline and first.poll() is None:
         time.sleep(1)
         if not _mid_run(storage, db)[1]:
             continue
-        os.killpg(first.pid, signal.SIGSTOP)
+        _signal_session(first.pid, signal.SIGSTOP)
         finished, interrupted = _mid_run(storage, db)
         if finished and interrupted:
             break
-        os.killpg(first.pid, signal.SIGCONT)
+        _signal_session(first.pid, signal.SIGCONT)
     assert first.poll() is None, "the study ended before it could be interrupted"
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray
+    _signal_session(first.pid, signal.SIGKILL)  # the driver and its local Ray, all frozen since the check
     first.wait()
     uri = f"sqlite:///{db}"
     client, _, before = _trial_runs(uri)

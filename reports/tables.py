@@ -62,17 +62,19 @@ def configurations(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def by_merit(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows best first: by mean over completed seeds, then n, then the best ASHA-stopped accuracy."""
+    keys = pd.DataFrame({"score": rows["mean"].fillna(-math.inf), "n": rows["n"],
+                         "stop": rows["stopped_best"].fillna(-math.inf)})
+    return rows.loc[keys.sort_values(["score", "n", "stop"], ascending=False).index]
+
+
 def cells(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per cell: its best configuration (by mean), how many it held, the paper's number, best-in-column."""
-    configs = configurations(trials, metric)
-    configs["_score"] = configs["mean"].fillna(-math.inf)
-    configs["_stop"] = configs["stopped_best"].fillna(-math.inf)
-    ranked = configs.sort_values(["_score", "n", "_stop"], ascending=False)
-    best = ranked.groupby(["label", *COLUMN], sort=False, dropna=False)
+    best = by_merit(configurations(trials, metric)).groupby(["label", *COLUMN], sort=False, dropna=False)
     out = best.head(1).copy()
     out["configs"] = best["config"].transform("size").loc[out.index]
     out["cell_diverged"] = best["diverged"].transform("sum").loc[out.index]
-    out = out.drop(columns=["_score", "_stop"])
     out = attach_paper(out)
     column_best = out.groupby(COLUMN, dropna=False)["mean"].transform("max")
     out["best_in_column"] = out["mean"].notna() & (out["mean"] == column_best)
@@ -118,8 +120,7 @@ def wide(cell_rows: pd.DataFrame, bold=lambda s: f"**{s}**", columns: list[str] 
     varying = [f for i, f in enumerate(columns) if len({c[i] for c in settings}) > 1] or [columns[-1]]
     shared = [f for f in columns if f not in varying]
     caption = _title(settings[0], shared) if shared and settings else ""
-    ranked = cell_rows.assign(_score=cell_rows["mean"].fillna(-math.inf), _stop=cell_rows["stopped_best"].fillna(-math.inf))
-    ranked = ranked.sort_values(["_score", "n", "_stop"], ascending=False).drop_duplicates(["label", *columns])
+    ranked = by_merit(cell_rows).drop_duplicates(["label", *columns])
     table: dict[str, dict[str, str]] = {}
     for label in dict.fromkeys(cell_rows["label"]):
         table[label], papers = {}, {}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -83,3 +86,47 @@ def data_cache(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("decode-cache"))
     os.environ["LAYERWISE_CACHE"] = path
     return path
+
+
+# --- no process outlives its test module --------------------------------------------------------------
+# Every child of this pytest run inherits this variable, including daemons that `ray start` detaches
+# from their parent, so what a test module started can be found afterwards whoever its parent is now.
+RUN_MARKER = "LAYERWISE_TEST_RUN"
+os.environ[RUN_MARKER] = uuid.uuid4().hex
+LEFTOVER_GRACE_S = 60  # Ray's workers exit a few seconds after their raylet
+
+
+def _marked_processes() -> dict[int, str]:
+    """pid → command line of every live process (but this one) started from this pytest run."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter(["pid", "status"]):
+        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if proc.environ().get(RUN_MARKER) == os.environ[RUN_MARKER]:
+                found[proc.pid] = " ".join(proc.cmdline())[:200]
+        except (psutil.Error, OSError):  # exited meanwhile, or not ours to read
+            continue
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Fail the module (and kill the rest) if a process it started — Ray, a server, a browser — outlives it."""
+    import psutil
+
+    before = set(_marked_processes())
+    yield
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := {p: c for p, c in _marked_processes().items() if p not in before}) and time.monotonic() < deadline:
+        time.sleep(1)
+    if left:
+        for pid in left:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+        pytest.fail(f"{len(left)} process(es) outlived the test module by {LEFTOVER_GRACE_S} s (killed now):\n"
+                    + "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(left.items())))

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import sys
+
+from subprocs import assert_succeeds
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_optim_imports_no_ray_or_mlflow():
+def test_optim_imports_no_ray_or_mlflow(tmp_path):
     code = ("import sys, optim, optim.bench; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')); print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    out = assert_succeeds([sys.executable, "-c", code], tmp_path / "imports.log", cwd=ROOT, timeout=120).output
+    assert out.strip().splitlines()[-1] == "[]", out
     for path in (ROOT / "optim").glob("*.py"):
         text = path.read_text()
         assert "import ray" not in text and "import mlflow" not in text, path

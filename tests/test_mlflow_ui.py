@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from subprocs import describe, start_logged
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SERVER_START_TIMEOUT_S = 120  # generous: `mlflow server` imports a lot, and CI machines may be busy
@@ -63,7 +65,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(tmp_path: Path) -> Iterator[Any]:
     """A headless Chromium WebDriver; skips, saying what is missing and how to install it, without one."""
     missing = []
     try:
@@ -83,18 +85,16 @@ def browser() -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1600,1200", "--disable-extensions", "--no-first-run"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    log = tmp_path / "chromedriver.log"
+    try:
+        driver = webdriver.Chrome(service=Service(chromedriver, log_output=str(log)), options=options)
+    except Exception as err:  # say why the browser did not start, from its own log
+        pytest.fail(describe([chromedriver], log, f"could not start Chromium ({type(err).__name__}: {err})"))
     driver.set_page_load_timeout(UI_TIMEOUT_S)
     try:
         yield driver
     finally:
         driver.quit()
-
-
-def _server_log(log) -> str:
-    log.flush()
-    log.seek(0)
-    return log.read().decode(errors="replace")[-6000:]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -135,15 +135,14 @@ def mlflow_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     # No job execution: it would start several huey consumers (slow, and they ignore SIGTERM) and a /dev/shm dir.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
            "DO_NOT_TRACK": "true"}
-    log = (tmp_path / "mlflow-server.log").open("w+b")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env=env)
+    log = tmp_path / "mlflow-server.log"
+    proc = start_logged(cmd, log, cwd=tmp_path, start_new_session=True, env=env)
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{_server_log(log)}")
+                pytest.fail(describe(cmd, log, f"exited with status {proc.returncode}"))
             try:
                 with urllib.request.urlopen(f"{base_url}/health", timeout=5) as resp:
                     if resp.status == 200:
@@ -151,15 +150,13 @@ def mlflow_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"`{' '.join(cmd)}` did not answer /health in {SERVER_START_TIMEOUT_S}s:\n"
-                            f"{_server_log(log)}")
+                pytest.fail(describe(cmd, log, f"did not answer /health in {SERVER_START_TIMEOUT_S} s"))
             time.sleep(0.5)
         yield {"base_url": base_url, "experiment_id": experiment.experiment_id,
                "parent_run_id": parents[0].info.run_id, "parent_run_name": parent_name,
                "trial_run_names": trial_names, "report_artifacts": artifacts}
     finally:
         _stop(proc)
-        log.close()
 
 
 def _wait(driver, condition: Callable[[Any], Any], what: str, timeout: float = UI_TIMEOUT_S) -> Any:

@@ -12,13 +12,14 @@ import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from subprocs import assert_succeeds, describe, start_logged
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--num-samples", "4", "--set", "epochs=3", "--set", "limit=1200", "--set", "test_limit=400",
@@ -85,8 +86,8 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
     storage, db = tmp_path / "results", tmp_path / "results" / "mlflow.db"
     cmd = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
            "--data-dir", cifar10_dir, *SMALL]
-    first = subprocess.Popen(cmd, cwd=REPO, env=_env(data_cache), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    first_log = tmp_path / "study-first.log"
+    first = start_logged(cmd, first_log, cwd=REPO, env=_env(data_cache), start_new_session=True)
     deadline = time.time() + 420
     # Kill once a trial has finished while another is mid-run: a registered checkpoint, epochs still to go.
     # The study is frozen (SIGSTOP, whole session) before the state is judged: what is judged is what gets killed.
@@ -99,7 +100,8 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
         if finished and interrupted:
             break
         _signal_session(first.pid, signal.SIGCONT)
-    assert first.poll() is None, "the study ended before it could be interrupted"
+    assert first.poll() is None, describe(cmd, first_log, f"ended (status {first.returncode}) before it could be "
+                                                          "interrupted")
     _signal_session(first.pid, signal.SIGKILL)  # the driver and its local Ray, all frozen since the check
     first.wait()
     uri = f"sqlite:///{db}"
@@ -108,20 +110,19 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
     interrupted = {r.info.run_id: _checkpointed_epoch(storage, r.data.tags["trial_id"]) for r in before
                    if r.data.tags["status"] == "running"}
     interrupted = {run_id: epoch for run_id, epoch in interrupted.items() if 0 < epoch < 3}
-    assert finished and interrupted
+    assert finished and interrupted, describe(cmd, first_log, "was killed")
 
-    resumed = subprocess.run([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
-                              "--resume"], cwd=REPO, env=_env(data_cache), capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "best test_top1 = " in resumed.stdout and "mlflow ui --backend-store-uri" in resumed.stdout
+    resumed = assert_succeeds([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
+                               "--resume"], tmp_path / "study-resumed.log", cwd=REPO, env=_env(data_cache),
+                              timeout=600).output
+    assert "best test_top1 = " in resumed and "mlflow ui --backend-store-uri" in resumed
 
     client, parents, after = _trial_runs(uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"space.json", "report"}
     report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/table.md", "report/trials.parquet", "report/figures"} <= report
-    assert "## Test top-1, best epoch" in resumed.stdout and "## Study budget" in resumed.stdout
+    assert "## Test top-1, best epoch" in resumed and "## Study budget" in resumed
     assert parents[0].data.params["budget.num_samples"] == "4"
     assert len(after) == 4 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in after)
     for run in after:
@@ -154,24 +155,22 @@ def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
     # token auth (Ray's default for new clusters) for the head and the job client alike
     env = {**_env(data_cache), "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    start = subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                            "--num-cpus=8", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                            f"--dashboard-port={dashboard}", "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stderr[-2000:]
     try:
+        assert_succeeds([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                         "--num-cpus=8", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                         f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                        tmp_path / "ray-start.log", env=env, timeout=180)
         storage = tmp_path / "results"
-        job = subprocess.run(
+        job = assert_succeeds(
             [ray_cli, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
              "--", "python", "-m", "study.run", "--space", "demo", "--set", "epochs=1", "--num-samples", "2",
              "--set", "limit=600", "--set", "test_limit=200", "--set", "batch_size=200",
              "--data-dir", cifar10_dir, "--storage", str(storage)],
-            env=env, capture_output=True, text=True, timeout=600)
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
-        assert "succeeded" in job.stdout.lower()
+            tmp_path / "ray-job.log", env=env, timeout=600)
+        assert "succeeded" in job.output.lower(), job.explain()
         client, parents, trials = _trial_runs(f"sqlite:///{storage / 'mlflow.db'}")
         assert len(parents) == 1 and len(trials) == 2
         assert all(_epochs(client, r) == [1] for r in trials)
         assert "report/table.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
-    finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    finally:  # also after a failed start: `ray stop` resets /tmp/ray/ray_current_cluster
+        assert_succeeds([ray_cli, "stop", "--force"], tmp_path / "ray-stop.log", env=env, timeout=120)

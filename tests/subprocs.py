@@ -1,0 +1,70 @@
+"""Subprocesses in tests: each child's stdout+stderr kept in a file under the test's temp dir, and the
+end of that file in every failure message, so a red CI run says why without a rerun."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TAIL_LINES = 40
+
+
+def tail(log: Path, lines: int = TAIL_LINES) -> str:
+    """The last `lines` lines of a log file ('' if it does not exist)."""
+    try:
+        text = Path(log).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def describe(cmd: list[str], log: Path, what: str) -> str:
+    """`cmd` + what happened + the end of its log: the body of an assertion message."""
+    return f"`{shlex.join(map(str, cmd))}` {what}; last {TAIL_LINES} lines of {log}:\n{tail(log)}"
+
+
+@dataclass
+class Finished:
+    """A child that ran to its end: its command, exit status and log file."""
+
+    cmd: list[str]
+    returncode: int
+    log: Path
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def explain(self) -> str:
+        return describe(self.cmd, self.log, f"exited with status {self.returncode}")
+
+
+def run_logged(cmd: list[str], log: Path, *, timeout: float, **popen: Any) -> Finished:
+    """Run `cmd` to its end with its output in `log`; a time-out is an assertion naming the log's tail."""
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        try:
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  timeout=timeout, **popen)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(describe(cmd, log, f"did not finish within {timeout:.0f} s")) from None
+    return Finished(list(cmd), done.returncode, log)
+
+
+def assert_succeeds(cmd: list[str], log: Path, *, timeout: float, **popen: Any) -> Finished:
+    """`run_logged`, asserting exit status 0 (the message carries the child's last lines)."""
+    done = run_logged(cmd, log, timeout=timeout, **popen)
+    assert done.returncode == 0, done.explain()
+    return done
+
+
+def start_logged(cmd: list[str], log: Path, **popen: Any) -> subprocess.Popen:
+    """Start `cmd` in the background with its output in `log` (closed when the child is reaped)."""
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen)

@@ -60,6 +60,9 @@ def test_clars_training_step_with_exact_norms():
     loss_fn(model(x), y).backward()
     opt.set_per_sample_grad_norms(model.parameters(), per_sample_grad_norms(model, loss_fn, x, y))
     opt.step()
-    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # every parameter with a gradient moved (the conv bias before BatchNorm has a zero gradient up to
+    # float64 rounding, ~1e-17: its step is below the resolution of its value)
+    moved = [not torch.equal(a, p) for a, p in zip(before, model.parameters()) if p.grad.norm() > 1e-12]
+    assert len(moved) == len(before) - 1 and all(moved)
     with pytest.raises(RuntimeError, match="per-sample"):  # the norms were consumed by that step
         opt.step()

@@ -115,4 +115,5 @@ def test_barlow_twins_pretext_then_linear_evaluation(local_ray, base, tmp_path):
                                                                     (4, "linear")]
     assert outcome.history[1]["train_loss"] < outcome.history[0]["train_loss"]
     assert "trust_ratio_median" in outcome.history[0]
+    assert outcome.history[3]["train_loss"] < outcome.history[2]["train_loss"]  # the linear probe learns
     assert 10 < outcome.metrics["test_top1"] <= 100  # linear-eval accuracy above chance

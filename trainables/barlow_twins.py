@@ -3,8 +3,8 @@
 Pretext: two augmented views → backbone → projector (Linear-BN-ReLU …, last Linear) → batch-normalised
 embeddings; loss Σ(1 − C_ii)² + λ_BT Σ_{i≠j} C_ij² with C the cross-correlation over the global
 batch (all-reduced, differentiably, across workers). The chosen optimizer and schedule train the
-backbone + projector. Linear evaluation: frozen backbone, a linear classifier trained with SGD +
-cosine at `linear_lr` on crop-and-flip inputs; its test top-1 is the trial's result.
+backbone + projector. Linear evaluation: frozen backbone, a linear classifier (after a parameter-free
+BatchNorm) trained with SGD + cosine at `linear_lr` on crop-and-flip inputs; its test top-1 is the trial's result.
 """
 
 from __future__ import annotations
@@ -76,6 +76,17 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float, global_batch: int, w
     return on_diag + lambd * off_diag
 
 
+def linear_probe(feature_dim: int, num_classes: int) -> nn.Sequential:
+    """The linear-evaluation head: BatchNorm without affine parameters, then a linear layer (MoCo v3 / MAE).
+
+    Without the normalisation the probe's stable lr depends on the frozen features' scale, which the
+    pretext optimizer sets: after 2 LARS epochs (lr 1.0) a bare linear head at lr 0.05 diverged
+    (train loss 43 → 158, test top-1 10% = chance). momentum=None: running statistics are the exact
+    mean over the probe's steps, which are few in short trials.
+    """
+    return nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False, momentum=None), nn.Linear(feature_dim, num_classes))
+
+
 def train_barlow_twins(config: dict[str, Any]) -> list[dict[str, Any]]:
     """`train_loop_per_worker`: Barlow Twins pretext, then linear evaluation; one report per epoch, returns the history."""
     cfg = TrialConfig.from_dict(config)
@@ -88,7 +99,7 @@ def train_barlow_twins(config: dict[str, Any]) -> list[dict[str, Any]]:
                                                    init=cfg.init, width=cfg.width))
     model = place_model(BarlowTwins(backbone, feature_dim, cfg.bt_projector), env)
     optimizer, scheduler, telemetry = build_training(cfg, model, shard.steps, cfg.epochs)
-    classifier = nn.Linear(feature_dim, data.num_classes).to(env.device)
+    classifier = linear_probe(feature_dim, data.num_classes).to(env.device)
     linear_opt = torch.optim.SGD(classifier.parameters(), lr=cfg.linear_lr, momentum=0.9, weight_decay=1e-6)
     linear_sched = CosineAnnealingLR(linear_opt, T_max=cfg.linear_epochs * linear_shard.steps)
     modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "classifier": classifier,
@@ -126,6 +137,7 @@ def train_barlow_twins(config: dict[str, Any]) -> list[dict[str, Any]]:
                        **state.add_telemetry(telemetry and telemetry.collect(), epoch + 1)}
         else:
             model.eval()
+            classifier.train()  # evaluation left it in eval mode
             for step, index in steps(linear_shard.epoch(epoch), meter, env):
                 draws = take(sample_crop_flip(linear_shard.global_batch,
                                               generator(cfg.seed, epoch, step, AUGMENT_STREAM)), linear_shard.rows)

@@ -13,6 +13,7 @@ from optim import OPTIMIZERS, optimizer_hparams
 from search_spaces import get_space
 from search_spaces.spec import BUDGET_KEYS, RESOURCE_KEYS, SearchSpace
 from trainables.config import TrialConfig
+from trainables.data import default_data_root
 
 _INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent"}
 _FLOAT_KEYS = {"gpus_per_worker", "cpus_per_worker"}
@@ -36,22 +37,19 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def find_data_dir(dataset: str, given: str | None) -> str | None:
-    """--data-dir, else $LAYERWISE_DATA/<dataset>, else ../shared/data/<dataset> beside the checkout or cwd."""
+def find_data_dir(dataset: str, given: str | None) -> str:
+    """--data-dir, else $LAYERWISE_DATA/<dataset>, else <user cache>/data/<dataset> (downloaded there if absent)."""
     if given:
-        return str(Path(given).resolve())
-    roots = [os.environ.get("LAYERWISE_DATA"), Path.cwd().parent / "shared" / "data",
-             Path(__file__).resolve().parents[2] / "shared" / "data"]
-    for root in roots:
-        if root and (Path(root) / dataset).is_dir():
-            return str((Path(root) / dataset).resolve())
-    return None
+        return str(Path(given).expanduser().resolve())
+    root = os.environ.get("LAYERWISE_DATA") or default_data_root()
+    return str((Path(root).expanduser() / dataset).resolve())
 
 
 @dataclass
 class StudyPlan:
     space: SearchSpace
     overrides: dict[str, Any] = field(default_factory=dict)  # fixed trial settings from --set / flags
+    capacity: int | None = None  # trials the cluster holds at once (study.cluster), when known
 
     @property
     def max_epoch(self) -> int:
@@ -60,7 +58,7 @@ class StudyPlan:
 
     @property
     def concurrency(self) -> int:
-        return self.space.max_concurrent or 4
+        return self.space.max_concurrent or self.capacity or 1
 
     def threads_per_worker(self) -> int:
         cores = os.cpu_count() or 1
@@ -99,9 +97,6 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
         overrides["seed"] = seed
     dataset = {**space.fixed, **overrides}.get("dataset", "cifar10")
     overrides["data_dir"] = overrides.get("data_dir") or find_data_dir(dataset, data_dir)
-    if overrides["data_dir"] is None:
-        raise ValueError(f"--data-dir: no {dataset} data found in $LAYERWISE_DATA/{dataset} or "
-                         f"../shared/data/{dataset}; pass --data-dir")
     plan = StudyPlan(space, overrides)
     optimizers = {v.fixed.get("optimizer", space.fixed.get("optimizer")) for v in space.variants.values()}
     for key in overrides:
@@ -109,7 +104,7 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
             raise ValueError(f"{key}: not a trial setting nor a hyperparameter of this space's optimizers "
                              f"({', '.join(sorted(map(str, optimizers)))})")
     for draw in space.corner_draws(frozenset(overrides)):
-        TrialConfig.from_dict(plan.trial_config(draw))  # types, optimizer values, data path
+        TrialConfig.from_dict(plan.trial_config(draw), check_data=False)  # types, values; data comes later
     if space.grace_period > plan.max_epoch:
         plan.space = dataclasses.replace(space, grace_period=plan.max_epoch)
     return plan

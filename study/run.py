@@ -14,17 +14,17 @@ import os
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
+from study.cluster import TrialShape, fit_trials, local_nodes, ray_nodes
+from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
 from study.plan import StudyPlan, make_plan, parse_sets
-from trainables.data import load_dataset
+from trainables.data import load_dataset, unwritable
+from trainables.download import DATA_URL_ENV, ensure_dataset
 
 STUDY_FILE = "study.json"
-
-
-class InputError(Exception):
-    """Bad command-line input: reported as one line, exit status 2."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,13 +36,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=0, help="Optuna sampler seed and trial seed (default 0)")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="the dataset's folder (default $LAYERWISE_DATA/<dataset>, else the user's cache; "
+                                     "CIFAR and Tiny ImageNet are downloaded there when absent)")
+    p.add_argument("--data-url", default=os.environ.get(DATA_URL_ENV),
+                   help=f"a mirror's base URL for the download (same file names and checksums; ${DATA_URL_ENV})")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: local)")
     p.add_argument("--storage", default="results", help="study storage: a path every node sees (default ./results)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space name)")
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted study of this space")
     p.add_argument("--max-failures", type=int, default=1, help="worker-crash retries per trial (default 1)")
+    p.add_argument("--wait-for-resources", action="store_true",
+                   help="skip the check that the cluster can place one trial (autoscaling clusters)")
     return p.parse_args(argv)
 
 
@@ -65,20 +70,40 @@ def check_address(address: str | None) -> None:
         raise InputError(f"--address: cannot reach a Ray cluster at {address!r}") from None
 
 
-def connect_ray(address: str | None, plan: StudyPlan) -> None:
+def join_cluster(address: str) -> None:
+    """Connect to the Ray cluster at `address` (its reachability was checked already)."""
     import ray
 
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except Exception as err:  # Ray's own failures are the platform's, never the user's input
+        raise PlatformError(f"could not join the Ray cluster at {address!r}: {one_line(err)}") from err
+
+
+def start_local_ray(plan: StudyPlan) -> None:
     from trainables.launch import init_local_ray, local_cpu_slots
 
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RuntimeError) as err:
-            raise InputError(f"--address: cannot join Ray at {address!r}: {err}") from None
-        return
     slots = local_cpu_slots(plan.space.workers * plan.concurrency, plan.space.cpus_per_worker)
     cache = os.environ.get("LAYERWISE_CACHE")
-    init_local_ray(slots, runtime_env={"env_vars": {"LAYERWISE_CACHE": cache}} if cache else None)
+    try:
+        init_local_ray(slots, runtime_env={"env_vars": {"LAYERWISE_CACHE": cache}} if cache else None)
+    except Exception as err:
+        raise PlatformError(f"could not start a local Ray: {one_line(err)}") from err
+
+
+def fit_to_cluster(plan: StudyPlan, address: str | None, wait: bool) -> None:
+    """Fail fast if no trial can ever be placed; else size the default concurrency to the cluster."""
+    space = plan.space
+    shape = TrialShape(space.workers, space.cpus_per_worker, space.gpus_per_worker)
+    nodes, where = (ray_nodes(), f"the Ray cluster at {address}") if address else (local_nodes(shape), "this machine")
+    plan.capacity = fit_trials(nodes, shape, where, wait)
+
+
+def obtain_data(plan: StudyPlan, data_url: str | None) -> None:
+    """The dataset on disk (downloaded once if absent) and decoded into the cache, before any trial starts."""
+    fixed = plan.space.trial_config({}, plan.overrides)
+    ensure_dataset(fixed["dataset"], plan.overrides["data_dir"], data_url)
+    load_dataset(fixed["dataset"], plan.overrides["data_dir"], fixed.get("image_size"))  # trials hit the cache
 
 
 def study_dirs(storage: Path, space: str) -> list[Path]:
@@ -104,9 +129,9 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, Path, dict[str, Any]]:
         return plan, study_dir, saved
     plan = make_plan(args.space, parse_sets(args.set), num_samples=args.num_samples, epochs=args.epochs,
                      seed=args.seed, data_dir=args.data_dir)
-    data_dir = plan.overrides["data_dir"]
-    fixed = plan.space.trial_config({}, plan.overrides)
-    load_dataset(fixed["dataset"], data_dir, fixed.get("image_size"))  # layout errors now; trials hit the cache
+    why = unwritable(storage)
+    if why:
+        raise InputError(f"--storage: cannot write to {storage} ({why})")
     tracking_uri = args.tracking_uri or default_tracking_uri(storage)
     if args.tracking_uri:
         check_tracking_uri(tracking_uri)
@@ -180,22 +205,52 @@ def summarize(results, plan: StudyPlan, client, parent: str, tracking_uri: str, 
     print(f"review: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")
 
 
+def fail(code: int, message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         list_spaces()
         return 0
     if not args.space:
-        print("error: --space is required (see --list)", file=sys.stderr)
-        return 2
-    try:  # every input check, before anything is written
+        return fail(INPUT_ERROR, "--space is required (see --list)")
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    try:
+        return _checked_run(args)
+    finally:
+        if not ray_was_up and ray.is_initialized():  # leave an in-process caller's process as it was
+            ray.shutdown()
+
+
+def _checked_run(args: argparse.Namespace) -> int:
+    try:  # cheapest checks first: settings and services, the cluster, then the data (maybe a download)
         plan, study_dir, saved = prepare(args)
         check_address(args.address)
-        connect_ray(args.address, plan)
-    except (InputError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return run(args, plan, study_dir, saved)
+        if args.address:
+            join_cluster(args.address)
+        fit_to_cluster(plan, args.address, args.wait_for_resources)
+        obtain_data(plan, args.data_url)
+    except PlatformError as err:
+        return fail(PLATFORM_ERROR, str(err))
+    except (InputError, ValueError) as err:  # ValueError: a setting or the data rejected by their own checks
+        return fail(INPUT_ERROR, str(err))
+    try:
+        if not args.address:
+            start_local_ray(plan)
+        return run(args, plan, study_dir, saved)
+    except PlatformError as err:
+        return fail(PLATFORM_ERROR, str(err))
+    except Exception as err:  # the study crashed: say what, keep the traceback out of the user's way
+        log = study_dir / "error.log"
+        if study_dir.is_dir():
+            log.write_text(traceback.format_exc())
+        return fail(PLATFORM_ERROR, f"the study failed: {one_line(err)}"
+                                    + (f" (traceback in {log})" if log.is_file() else ""))
 
 
 if __name__ == "__main__":

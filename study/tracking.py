@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import socket
 import subprocess
+import urllib.parse
 import sys
 import time
 from pathlib import Path
@@ -26,19 +30,47 @@ from trainables.config import TrialConfig
 
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
+ERROR_TAG = "error"  # an errored trial's exception line
+ERROR_FILE = "error.txt"  # an errored trial's full error text (artifact)
 
 
 def default_tracking_uri(results_dir: Path) -> str:
     return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
 
 
+SERVER_CHECK_TIMEOUT_S = 10  # MLflow's own client retries an unreachable server for minutes
+
+
+def _reach_server(uri: str) -> None:
+    """Connect to an http(s) tracking server's port (ValueError naming the URI if nothing answers)."""
+    parsed = urllib.parse.urlsplit(uri)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=SERVER_CHECK_TIMEOUT_S).close()
+    except OSError as err:
+        raise ValueError(f"--tracking-uri: cannot reach the MLflow tracking server at {uri!r} "
+                         f"({err.strerror or err})") from None
+
+
 def check_tracking_uri(uri: str) -> MlflowClient:
-    """A client for `uri`, or ValueError if the store cannot be reached."""
+    """A client for `uri`, or ValueError if the store cannot be reached (within seconds, not MLflow's retries)."""
+    is_server = uri.startswith(("http://", "https://"))
+    if is_server:
+        _reach_server(uri)
+    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT_S)}
+    saved = {k: os.environ.get(k) for k in fast}
+    os.environ.update(fast if is_server else {})
     try:
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as err:  # MLflow raises many types for unusable URIs
         raise ValueError(f"--tracking-uri: cannot use MLflow store {uri!r}: {str(err).splitlines()[0]}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return client
 
 
@@ -222,7 +254,24 @@ class StudyRecorder(tune.Callback):
         checkpoint = last.get("checkpoint_path")
         if checkpoint and (Path(checkpoint) / "telemetry.parquet").is_file():
             self.client.log_artifact(run_id, str(Path(checkpoint) / "telemetry.parquet"))
-        if status == "errored" and trial.error_file and Path(trial.error_file).is_file():
-            self.client.log_artifact(run_id, trial.error_file)
+        if status == "errored":
+            self._record_error(trial, run_id)
         self.client.set_tag(run_id, STATUS_TAG, status)
         self.client.set_terminated(run_id, "FAILED" if status == "errored" else "FINISHED")
+
+    def _record_error(self, trial, run_id: str) -> None:
+        """The trial's error text: its full file as an artifact, its last line as the `error` tag and in the log."""
+        error_file = Path(trial.error_file) if trial.error_file else None
+        text = error_file.read_text(errors="replace") if error_file and error_file.is_file() else ""
+        line = error_summary(text) or "unknown error (Ray left no error file)"
+        if text:
+            self.client.log_text(run_id, text, ERROR_FILE)
+        self.client.set_tag(run_id, ERROR_TAG, line[:5000])
+        print(f"trial {trial.trial_id} errored: {line}", file=sys.stderr, flush=True)
+
+
+def error_summary(text: str) -> str:
+    """The deepest exception line of a (possibly nested, Ray-wrapped) traceback text."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*:", ln)]
+    return raised[-1] if raised else (lines[-1] if lines else "")

@@ -1,11 +1,18 @@
-"""`python -m study.run` rejects bad input with one clear error, exit status 2, before writing anything."""
+"""`python -m study.run` rejects bad input with one clear error, exit status 2, before writing anything;
+a platform failure (Ray cannot start) is exit status 1 with the underlying message."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 
 from search_spaces import SPACES
 from study.run import main
+from subprocs import assert_succeeds
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -15,20 +22,27 @@ from study.run import main
     (["--space", "demo", "--data-dir", "{data}", "--set", "momentum=1.5"], "momentum: must be in [0, 1), got 1.5"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "num_samples=0"], "num_samples: must be >= 1, got 0"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "noequals"], "--set: expected key=value"),
-    (["--space", "demo", "--data-dir", "/nonexistent/cifar"], "cifar10 data at '/nonexistent/cifar': directory not found"),
+    (["--space", "demo", "--set", "dataset=parquet", "--data-dir", "/nonexistent/x"], "parquet data at '/nonexistent/x': directory not found"),
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
     (["--space", "demo", "--data-dir", "{data}", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),
     (["--space", "demo", "--resume"], "--resume: no study of space 'demo'"),
     (["--space", "demo", "--storage", "s3://bucket/x"], "--storage: object-store URIs are not supported yet"),
-    (["--space", "demo", "--set", "dataset=cifar100"], "--data-dir: no cifar100 data found"),
+    (["--space", "demo", "--data-dir", "{data}", "--storage", "/proc/nope"], "--storage: cannot write to /proc/nope ("),
+    (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "http://127.0.0.1:9/"],
+     "--tracking-uri: cannot reach the MLflow tracking server at 'http://127.0.0.1:9/' ("),
+    pytest.param(["--space", "tvlars_bs16k", "--data-dir", "{data}"],
+                 "one trial needs 1 worker(s) × (4 CPU + 1 GPU), but this machine has 1 node(s), ",
+                 marks=pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="this machine has a GPU")),
 ])
 def test_bad_input_is_one_error_and_nothing_written(extra, message, tmp_path, capsys, cifar10_dir, data_cache):
     storage = tmp_path / "results"
     code = main(["--storage", str(storage), *(a.format(data=cifar10_dir) for a in extra)])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not storage.exists()
+    if "tvlars_bs16k" in extra:  # the missing GPU, and the fix
+        assert "0 GPU in all: no GPU for it" in err and "--set gpus_per_worker=0" in err
 
 
 def test_list_prints_every_space(capsys):
@@ -36,3 +50,36 @@ def test_list_prints_every_space(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(SPACES)
     assert lines[0].split()[0] == "demo" and "TVLARS" in lines[0]
+
+
+def test_a_failing_subprocess_shows_its_output_in_the_assertion(tmp_path):
+    """A study asserted to succeed that cannot (its data dir is wrong): the message carries its `error:` line."""
+    cmd = [sys.executable, "-m", "study.run", "--space", "demo", "--set", "dataset=parquet",
+           "--data-dir", str(tmp_path / "nowhere"), "--storage", str(tmp_path / "results")]
+    with pytest.raises(AssertionError) as failure:
+        assert_succeeds(cmd, tmp_path / "study.log", cwd=REPO, timeout=120)
+    message = str(failure.value)
+    assert "exited with status 2" in message and str(tmp_path / "study.log") in message
+    assert f"error: parquet data at '{tmp_path / 'nowhere'}': directory not found" in message
+
+
+def test_ray_that_cannot_start_is_a_platform_error_not_an_input_error(tmp_path, capsys, monkeypatch, cifar10_dir,
+                                                                      data_cache):
+    """Exit 1 with Ray's own message. The message is the one Ray gave when a stale
+    /tmp/ray/ray_current_cluster made ray.init join a dead cluster: exit 2 was the CI flake's symptom."""
+    import ray
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        raise ValueError("When connecting to an existing cluster, num_cpus and num_gpus must not be provided.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    code = main(["--space", "demo", "--data-dir", cifar10_dir, "--storage", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err == ("error: could not start a local Ray: ValueError: When connecting to an existing cluster, "
+                   "num_cpus and num_gpus must not be provided.\n")
+    assert calls and calls[0]["address"] == "local"  # a local study never joins a cluster it did not ask for

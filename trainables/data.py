@@ -1,10 +1,11 @@
-"""Image datasets decoded once into uint8 tensors, from a local `data_dir` only (nothing is downloaded).
+"""Image datasets decoded once into uint8 tensors, from a local `data_dir` (`trainables.download` fetches them).
 
 Loaders: `cifar10`, `cifar100` (torchvision's own pickled format, or `train.parquet`/`test.parquet`),
 `tinyimagenet` (the standard `tiny-imagenet-200` folder), `imagefolder` (`train/` + `val/` or `test/`,
 one sub-folder per class) and `parquet` (HF-style `img{bytes,path}` + `label`). Decoded tensors are
-cached on disk (`$LAYERWISE_CACHE`, default `~/.cache/layerwise-study`) keyed by the source files'
-sizes and mtimes, so a study's trials and a run's workers decode each dataset once.
+cached on disk (`$LAYERWISE_CACHE`, default `$XDG_CACHE_HOME/layerwise-study`, i.e. `~/.cache/…`) keyed
+by the source files' sizes and mtimes, so a study's trials and a run's workers decode each dataset once.
+Datasets themselves default to `data/<dataset>` in that same per-user folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,8 +184,43 @@ def _imagefolder(root: Path, image_size: int) -> tuple[ImageData, ImageData]:
 
 # --- cache + entry point --------------------------------------------------------------------------
 
+def user_cache() -> Path:
+    """The per-user folder of this project: `$XDG_CACHE_HOME/layerwise-study` (default `~/.cache/…`)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layerwise-study"
+
+
+def default_data_root() -> Path:
+    """Where datasets live when neither --data-dir nor $LAYERWISE_DATA says otherwise."""
+    return user_cache() / "data"
+
+
 def _cache_dir() -> Path:
-    return Path(os.environ.get("LAYERWISE_CACHE", Path.home() / ".cache" / "layerwise-study"))
+    return Path(os.environ.get("LAYERWISE_CACHE") or user_cache())
+
+
+def first_missing(path: Path) -> Path | None:
+    """The topmost folder of `path` that does not exist yet (None if `path` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
+
+
+def unwritable(path: Path) -> str | None:
+    """Why files cannot be written in folder `path` (None if they can); leaves behind no folder it made."""
+    created = first_missing(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+    return None
 
 
 def _fingerprint(dataset: str, root: Path, image_size: int | None) -> str:

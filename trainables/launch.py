@@ -43,8 +43,11 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     if not ray.is_initialized():
         # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner needs to free the
         # resources of a run whose controller was killed (e.g. a trial stopped by ASHA).
-        ray.init(num_cpus=num_cpus or local_cpu_slots(1), include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=False, **kwargs)
+        # address="local": always a new local instance. Without it ray.init joins whatever
+        # /tmp/ray/ray_current_cluster names (left by any earlier `ray start`, even a dead one) and then
+        # refuses num_cpus with a ValueError: the CI flake of a study exiting 2 before its Ray started.
+        ray.init(address="local", num_cpus=num_cpus or local_cpu_slots(1), include_dashboard=True,
+                 dashboard_host="127.0.0.1", log_to_driver=False, **kwargs)
 
 
 def default_threads(num_workers: int, use_gpu: bool) -> int:
@@ -82,7 +85,9 @@ def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
-            failure_config=FailureConfig(max_failures=max_failures),
+            # the controller's own retries are bounded too (Ray's default is unlimited): a trial whose
+            # workers cannot start ends as an error instead of retrying forever
+            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )

@@ -35,6 +35,9 @@ from trainables.config import TrialConfig
 from trainables.data import Dataset, balanced_subset, load_dataset
 
 STATE_FILE, TELEMETRY_FILE, HISTORY_FILE = "state.pt", "telemetry.parquet", "history.json"
+# Test-only fault injection through the environment (workers inherit the driver's): "raise_after_epoch=K"
+# makes every worker raise after epoch K's report, so a study sees a trial whose workers crash.
+FAULT_ENV = "LAYERWISE_FAULT"
 
 
 @dataclass
@@ -171,6 +174,8 @@ def report(env: WorkerEnv, state: RunState, metrics: dict[str, Any], modules: di
         # (the controller collects reports asynchronously; this call waits for it).
         ray.train.get_all_reported_checkpoints()
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(FAULT_ENV) == f"raise_after_epoch={state.next_epoch}":
+        raise RuntimeError(f"injected fault: {FAULT_ENV}=raise_after_epoch={state.next_epoch}")
 
 
 class EpochMeter:

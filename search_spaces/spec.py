@@ -87,14 +87,16 @@ class SearchSpace:
     max_concurrent: int | None = None
     searched: tuple[Param, ...] = field(default=())  # shared by every variant
 
-    def define_by_run(self, trial, fixed: frozenset[str] = frozenset()) -> None:
-        """Optuna define-by-run sampling: choose a variant, then draw its hyperparameters (except `fixed` keys)."""
+    def define_by_run(self, trial, fixed: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Optuna define-by-run sampling: choose a variant, then draw its hyperparameters (except `fixed` keys);
+        returns the draw in Tune's form, `{"variant": name, name: {key: value}}`."""
         names = list(self.variants)
         variant = trial.suggest_categorical("variant", names) if len(names) > 1 else names[0]
         drawn: dict[str, Any] = {}
         for param in self.searched + self.variants[variant].searched:
             if param.key not in fixed:
                 drawn[param.key] = param.suggest(trial, variant, drawn)
+        return {"variant": variant, variant: drawn}
 
     def trial_config(self, sampled: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The flat TrialConfig dict of one trial from Tune's sampled config ({variant, <variant>: {...}})."""

@@ -6,14 +6,13 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from optim import OPTIMIZERS, optimizer_hparams
 from search_spaces import get_space
 from search_spaces.spec import BUDGET_KEYS, RESOURCE_KEYS, SearchSpace
 from trainables.config import TrialConfig
-from trainables.data import default_data_root
+from trainables.data import data_dir_for
 
 _INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent"}
 _FLOAT_KEYS = {"gpus_per_worker", "cpus_per_worker"}
@@ -35,14 +34,6 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set: expected key=value, got {item!r}")
         out[key.strip()] = parse_value(value.strip())
     return out
-
-
-def find_data_dir(dataset: str, given: str | None) -> str:
-    """--data-dir, else $LAYERWISE_DATA/<dataset>, else <user cache>/data/<dataset> (downloaded there if absent)."""
-    if given:
-        return str(Path(given).expanduser().resolve())
-    root = os.environ.get("LAYERWISE_DATA") or default_data_root()
-    return str((Path(root).expanduser() / dataset).resolve())
 
 
 @dataclass
@@ -70,10 +61,18 @@ class StudyPlan:
         return {k: v for k, v in self.overrides.items() if k in TRIAL_FIELDS or _hyperparameter_of(k, optimizer)}
 
     def trial_config(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """A trial's complete settings from a draw (`{"variant": name, name: {...}}`) and the overrides."""
         variant = sampled.get("variant", next(iter(self.space.variants)))
         config = self.space.trial_config({**sampled, "variant": variant}, self.overrides_for(variant))
         config.setdefault("threads", self.threads_per_worker())
         return config
+
+    def define_by_run(self, trial) -> dict[str, Any]:
+        """Ray's OptunaSearch space: draw a trial and return its complete settings, which Ray merges into the
+        Tune config (as in Ray's Optuna define-by-run example) — the trial, its MLflow record and the
+        summary read them from there (`settings_of`) instead of deriving them again."""
+        sampled = self.space.define_by_run(trial, frozenset(self.overrides))
+        return {"variant": sampled["variant"], SETTINGS_KEY: self.trial_config(sampled)}
 
 
 def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None = None, epochs: int | None = None,
@@ -96,7 +95,7 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
     if seed is not None:
         overrides["seed"] = seed
     dataset = {**space.fixed, **overrides}.get("dataset", "cifar10")
-    overrides["data_dir"] = overrides.get("data_dir") or find_data_dir(dataset, data_dir)
+    overrides["data_dir"] = overrides.get("data_dir") or data_dir_for(dataset, data_dir)
     plan = StudyPlan(space, overrides)
     optimizers = {v.fixed.get("optimizer", space.fixed.get("optimizer")) for v in space.variants.values()}
     for key in overrides:
@@ -108,6 +107,14 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
     if space.grace_period > plan.max_epoch:
         plan.space = dataclasses.replace(space, grace_period=plan.max_epoch)
     return plan
+
+
+SETTINGS_KEY = "settings"  # where a Tune config holds the trial's complete settings
+
+
+def settings_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The complete trial settings in a Tune trial config made by `StudyPlan.define_by_run`."""
+    return config[SETTINGS_KEY]
 
 
 TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)} - {"optimizer_params"}

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import socket
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from study.cluster import TrialShape, fit_trials, local_nodes, ray_nodes
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
-from study.plan import StudyPlan, make_plan, parse_sets
-from trainables.data import load_dataset, unwritable
+from study.plan import StudyPlan, make_plan, parse_sets, settings_of
+from study.record import StudyRecord
+from trainables.data import Dataset, load_dataset, unwritable
 from trainables.download import DATA_URL_ENV, ensure_dataset
-
-STUDY_FILE = "study.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,19 +96,15 @@ def fit_to_cluster(plan: StudyPlan, address: str | None, wait: bool) -> None:
     plan.capacity = fit_trials(nodes, shape, where, wait)
 
 
-def obtain_data(plan: StudyPlan, data_url: str | None) -> None:
-    """The dataset on disk (downloaded once if absent) and decoded into the cache, before any trial starts."""
-    fixed = plan.space.trial_config({}, plan.overrides)
-    ensure_dataset(fixed["dataset"], plan.overrides["data_dir"], data_url)
-    load_dataset(fixed["dataset"], plan.overrides["data_dir"], fixed.get("image_size"))  # trials hit the cache
+def obtain_data(plan: StudyPlan, data_url: str | None) -> Dataset:
+    """The dataset on disk (downloaded once if absent) and decoded (cached), before any trial starts."""
+    fixed = plan.trial_config({})
+    ensure_dataset(fixed["dataset"], fixed["data_dir"], data_url)
+    return load_dataset(fixed["dataset"], fixed["data_dir"], fixed.get("image_size"))
 
 
-def study_dirs(storage: Path, space: str) -> list[Path]:
-    return sorted((p for p in storage.glob(f"{space}-*") if (p / STUDY_FILE).is_file()), key=lambda p: p.name)
-
-
-def prepare(args: argparse.Namespace) -> tuple[StudyPlan, Path, dict[str, Any]]:
-    """Resolve the plan, the study folder and the tracking settings (new or resumed); writes nothing."""
+def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
+    """Resolve the plan and the study's record (new, or saved by the study to resume); writes nothing."""
     from study.tracking import check_tracking_uri, default_tracking_uri
 
     if "://" in args.storage:
@@ -119,14 +112,11 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, Path, dict[str, Any]]:
                          "(a shared filesystem for multi-node clusters)")
     storage = Path(args.storage).resolve()
     if args.resume:
-        found = study_dirs(storage, args.space)
-        if not found:
+        record = StudyRecord.latest(storage, args.space)
+        if record is None:
             raise InputError(f"--resume: no study of space {args.space!r} under {storage}")
-        study_dir = found[-1]
-        saved = json.loads((study_dir / STUDY_FILE).read_text())
-        plan = make_plan(saved["space"], dict(saved["overrides"]))
-        check_tracking_uri(saved["tracking_uri"])
-        return plan, study_dir, saved
+        check_tracking_uri(record.tracking_uri)
+        return make_plan(record.space, dict(record.overrides)), record
     plan = make_plan(args.space, parse_sets(args.set), num_samples=args.num_samples, epochs=args.epochs,
                      seed=args.seed, data_dir=args.data_dir)
     why = unwritable(storage)
@@ -135,74 +125,85 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, Path, dict[str, Any]]:
     tracking_uri = args.tracking_uri or default_tracking_uri(storage)
     if args.tracking_uri:
         check_tracking_uri(tracking_uri)
-    study_dir = storage / f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return plan, study_dir, {"space": args.space, "overrides": plan.overrides, "seed": args.seed,
-                             "tracking_uri": tracking_uri, "experiment": args.experiment or args.space}
+    return plan, StudyRecord.new(storage, args.space, overrides=plan.overrides, seed=args.seed,
+                                 tracking_uri=tracking_uri, experiment=args.experiment or args.space)
 
 
-def run(args: argparse.Namespace, plan: StudyPlan, study_dir: Path, saved: dict[str, Any]) -> int:
+def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Dataset) -> int:
+    import ray
+
     from study.tracking import StudyRecorder, check_tracking_uri, experiment_id, start_parent_run
     from study.tuner import new_tuner, restored_tuner
 
-    study_dir.mkdir(parents=True, exist_ok=True)
-    client = check_tracking_uri(saved["tracking_uri"])
-    exp_id = experiment_id(client, saved["experiment"], study_dir.parent / "mlartifacts")
-    parent = start_parent_run(client, exp_id, str(study_dir), plan.space.describe() | {"overrides": plan.overrides},
-                              {"space": saved["space"], "command": " ".join(sys.argv)})
-    saved["parent_run_id"] = parent
-    (study_dir / STUDY_FILE).write_text(json.dumps(saved, indent=1))
-    print(f"study {study_dir.name}: space {saved['space']}, {plan.space.num_samples} trials, "
-          f"MLflow experiment {saved['experiment']!r} run {parent}", flush=True)
+    client = check_tracking_uri(record.tracking_uri)
+    exp_id = experiment_id(client, record.experiment, record.artifact_root)
+    record.parent_run_id = start_parent_run(
+        client, exp_id, str(record.study_dir), plan.space.describe() | {"overrides": plan.overrides},
+        {"space": record.space, "command": " ".join(sys.argv)})
+    record.save()
+    print(f"study {record.name}: space {record.space}, {plan.space.num_samples} trials, "
+          f"MLflow experiment {record.experiment!r} run {record.parent_run_id}", flush=True)
 
     started = time.time()
+    # The decoded dataset goes into Ray's object store once; every trial (and Train worker) reads it
+    # from there, zero-copy on its node, instead of loading and decoding files.
+    data_ref = ray.put(data.to_arrays())
     if args.resume:
-        tuner = restored_tuner(plan, study_dir, args.max_failures)
+        tuner = restored_tuner(plan, record, args.max_failures, data_ref)
     else:
-        recorder = StudyRecorder(saved["tracking_uri"], exp_id, parent, plan.trial_config, plan.max_epoch,
-                                 str(study_dir / "train"))
-        tuner = new_tuner(plan, study_dir, saved["seed"], [recorder], args.max_failures)
+        recorder = StudyRecorder(record.tracking_uri, exp_id, record.parent_run_id, plan.max_epoch,
+                                 str(record.train_dir))
+        tuner = new_tuner(plan, record, [recorder], args.max_failures, data_ref)
     results = tuner.fit()
-    summarize(results, plan, client, parent, saved["tracking_uri"], time.time() - started)
-    write_report(saved, study_dir, parent)
+    summarize(results, plan, record, client, exp_id, started)
+    write_report(record)
     return 0
 
 
-def write_report(saved: dict[str, Any], study_dir: Path, parent: str) -> None:
+def write_report(record: StudyRecord) -> None:
     """The study's report (tables, parquet, figures) into <study>/report and onto its parent MLflow run."""
     from reports.build import FORMATS, build_report
 
     try:
-        report = build_report(saved["tracking_uri"], saved["experiment"], study_dir / "report", formats=FORMATS,
-                              study=parent)
+        report = build_report(record.tracking_uri, record.experiment, record.report_dir, formats=FORMATS,
+                              study=record.parent_run_id)
     except Exception as err:  # the trials are recorded already: a failed report must not fail the study
         print(f"warning: the report failed ({type(err).__name__}: {err}); retry with: python -m reports.table "
-              f"--experiment {saved['experiment']} --tracking-uri {saved['tracking_uri']} --study {parent}",
+              f"--experiment {record.experiment} --tracking-uri {record.tracking_uri} --study {record.parent_run_id}",
               file=sys.stderr)
         return
     print("\n" + report.markdown)
-    print(f"report: {study_dir / 'report'} ({len(report.files)} files; also on MLflow run {parent} under report/)")
+    print(f"report: {record.report_dir} ({len(report.files)} files; also on MLflow run {record.parent_run_id} "
+          "under report/)")
 
 
-def summarize(results, plan: StudyPlan, client, parent: str, tracking_uri: str, seconds: float) -> None:
-    """Print the best trial and how to review the study; close the parent run with its summary."""
-    space = plan.space
-    best, best_value = None, -math.inf
-    for result in results:
-        value = (result.metrics or {}).get(space.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            score = value if space.mode == "max" else -value
-            if score > best_value:
-                best, best_value = result, score
+def summarize(results, plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float) -> None:
+    """Print the best trial, the study's efficiency and how to review it; close the parent run with its summary."""
+    from mlflow.entities import Metric
+
+    from study.tracking import study_efficiency
+
+    space, seconds, parent = plan.space, time.time() - started, record.parent_run_id
+    try:
+        best = results.get_best_result(metric=space.metric, mode=space.mode, scope="last")
+    except RuntimeError:  # no trial reported the metric
+        best = None
     errors = sum(1 for r in results if r.error)
     print(f"\n{len(results)} trials in {seconds:.0f} s ({errors} errored)")
-    if best is not None:
+    efficiency = study_efficiency(client, exp_id, parent, started, seconds, plan.concurrency)
+    if efficiency:
+        client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in efficiency.items()])
+        print(f"train_fraction = {efficiency['train_fraction']:.2f} (trial epoch seconds / (wall seconds × "
+              f"{plan.concurrency} concurrent)); median start overhead "
+              f"{efficiency['start_overhead_median_seconds']:.1f} s")
+    if best is not None and best.metrics and space.metric in best.metrics:
         value = best.metrics[space.metric]
         print(f"best {space.metric} = {value:.2f} (epoch {best.metrics.get('epoch')}): "
-              f"{json.dumps(plan.trial_config(best.config), default=str)}")
+              f"{json.dumps(settings_of(best.config), default=str)}")
         client.log_metric(parent, f"best_{space.metric}", float(value))
     client.log_metric(parent, "wall_seconds", seconds)
     client.set_terminated(parent, "FINISHED")
-    print(f"review: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")
+    print(f"review: mlflow ui --backend-store-uri {record.tracking_uri} --host 127.0.0.1")
 
 
 def fail(code: int, message: str) -> int:
@@ -229,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _checked_run(args: argparse.Namespace) -> int:
     try:  # cheapest checks first: settings and services, the cluster, then the data (maybe a download)
-        plan, study_dir, saved = prepare(args)
+        plan, record = prepare(args)
         check_address(args.address)
         if args.address:
             join_cluster(args.address)
         fit_to_cluster(plan, args.address, args.wait_for_resources)
-        obtain_data(plan, args.data_url)
+        data = obtain_data(plan, args.data_url)
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))
     except (InputError, ValueError) as err:  # ValueError: a setting or the data rejected by their own checks
@@ -242,12 +243,12 @@ def _checked_run(args: argparse.Namespace) -> int:
     try:
         if not args.address:
             start_local_ray(plan)
-        return run(args, plan, study_dir, saved)
+        return run(args, plan, record, data)
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))
     except Exception as err:  # the study crashed: say what, keep the traceback out of the user's way
-        log = study_dir / "error.log"
-        if study_dir.is_dir():
+        log = record.error_log
+        if record.study_dir.is_dir():
             log.write_text(traceback.format_exc())
         return fail(PLATFORM_ERROR, f"the study failed: {one_line(err)}"
                                     + (f" (traceback in {log})" if log.is_file() else ""))

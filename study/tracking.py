@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import statistics
 import socket
 import subprocess
 import urllib.parse
@@ -26,12 +27,14 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from study.plan import settings_of
 from trainables.config import TrialConfig
 
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
 ERROR_TAG = "error"  # an errored trial's exception line
 ERROR_FILE = "error.txt"  # an errored trial's full error text (artifact)
+LOST_TRIAL = "lost: the study was interrupted before Tune saved this trial, and --resume did not continue it"
 
 
 def default_tracking_uri(results_dir: Path) -> str:
@@ -139,17 +142,16 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 class StudyRecorder(tune.Callback):
     """Tune callback writing each trial as a nested MLflow run (params, per-epoch metrics, status, telemetry)."""
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, trial_config, max_epoch: int,
-                 train_storage: str):
+    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, max_epoch: int, train_storage: str):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
         self.train_storage = train_storage  # the trials' Ray Train folders (checkpoints epoch_NNNN)
-        self.trial_config = trial_config  # Tune config → flat trial settings (logged as params)
         self.max_epoch = max_epoch
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._logged: dict[str, set[int]] = {}
         self._started: dict[str, float] = {}
         self._last: dict[str, dict[str, Any]] = {}
+        self._checkpoints: dict[str, str] = {}
 
     @property
     def client(self) -> MlflowClient:
@@ -171,7 +173,7 @@ class StudyRecorder(tune.Callback):
             history = self.client.get_metric_history(run_id, "epoch")
             self._logged[trial.trial_id] = {int(m.value) for m in history}
         else:
-            settings = self.trial_config(trial.config)
+            settings = settings_of(trial.config)
             label = trial.config.get("variant") or settings.get("optimizer")
             run_id = self.client.create_run(self.exp_id, run_name=f"{label}-{trial.trial_id}", tags={
                 PARENT_TAG: self.parent, "trial_id": trial.trial_id, "variant": str(trial.config.get("variant", "")),
@@ -201,11 +203,25 @@ class StudyRecorder(tune.Callback):
         return []
 
     def _latest_checkpoint(self, trial, last: dict[str, Any]) -> Path | None:
-        """The trial's newest Train checkpoint: Tune may never have seen it (e.g. the Train run finished its
-        last epochs while the study driver was down, and had nothing left to report when resumed)."""
-        found = [*(Path(self.train_storage) / trial.trial_id).glob("epoch_*"), Path(last.get("checkpoint_path") or "-")]
-        found = [d for d in found if (d / "history.json").is_file()]
-        return max(found, key=lambda d: d.name) if found else None
+        """The trial's newest checkpoint: Ray Train's (`train/<trial>/epoch_NNNN`), which Tune may never have
+        seen (the Train run finished its last epochs while the study driver was down), or Tune's own
+        (`<trial folder>/checkpoint_NNNNNN`) for trials trained in their Tune actor."""
+        found = [*(Path(self.train_storage) / trial.trial_id).glob("epoch_*"),
+                 *(Path(trial.path).glob("checkpoint_*") if trial.path and "://" not in trial.path else []),
+                 Path(last.get("checkpoint_path") or "-"), Path(self._checkpoints.get(trial.trial_id, "-"))]
+        epochs = {d: self._last_epoch(d) for d in found if (d / "history.json").is_file()}
+        return max(epochs, key=epochs.get) if epochs else None
+
+    @staticmethod
+    def _last_epoch(checkpoint: Path) -> int:
+        try:
+            history = json.loads((checkpoint / "history.json").read_text())
+        except (OSError, ValueError):  # being written or pruned
+            return -1
+        return int(history[-1].get("epoch", 0)) if history else 0
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self._checkpoints[trial.trial_id] = checkpoint.path  # a trial trained in its Tune actor
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_for(trial)
@@ -229,7 +245,9 @@ class StudyRecorder(tune.Callback):
         checkpoint = self._latest_checkpoint(trial, last)
         history = self._checkpoint_history({"checkpoint_path": checkpoint}) if checkpoint else []
         if history and int(history[-1].get("epoch", 0)) > int(last.get("epoch", 0)):
-            last = {**history[-1], "checkpoint_path": str(checkpoint)}
+            last = history[-1]
+        if checkpoint:  # its telemetry and history (in-actor trials' results carry no checkpoint path)
+            last = {**last, "checkpoint_path": str(checkpoint)}
         if last.get("status") == "diverged":
             status = "diverged"
         elif int(last.get("epoch", 0)) < self.max_epoch:
@@ -242,6 +260,21 @@ class StudyRecorder(tune.Callback):
         last = self._last.get(trial.trial_id, {})
         checkpoint = self._latest_checkpoint(trial, last)
         self._finish(trial, "errored", {**last, "checkpoint_path": str(checkpoint)} if checkpoint else last)
+
+    def on_experiment_end(self, trials, **info):
+        """Close the runs of trials that Tune's saved state does not hold: a trial started less than a
+        snapshot interval before the study was killed is forgotten on `--resume` (Tune samples a new one)."""
+        known = {t.trial_id for t in trials}
+        query = f"tags.`{PARENT_TAG}` = '{self.parent}' and tags.{STATUS_TAG} = 'running'"
+        for run in self.client.search_runs([self.exp_id], query):
+            if run.data.tags.get("trial_id") in known:
+                continue
+            if not self.client.get_metric_history(run.info.run_id, "epoch"):
+                self.client.delete_run(run.info.run_id)  # it never trained: nothing to keep
+                continue
+            self.client.set_tag(run.info.run_id, ERROR_TAG, LOST_TRIAL)
+            self.client.set_tag(run.info.run_id, STATUS_TAG, "errored")
+            self.client.set_terminated(run.info.run_id, "FAILED")
 
     def _finish(self, trial, status: str, last: dict[str, Any]) -> None:
         run_id = self.run_for(trial)
@@ -275,3 +308,21 @@ def error_summary(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*:", ln)]
     return raised[-1] if raised else (lines[-1] if lines else "")
+
+
+def study_efficiency(client: MlflowClient, exp_id: str, parent: str, since: float, seconds: float,
+                     concurrency: int) -> dict[str, float]:
+    """`train_fraction` = Σ trial epoch seconds ÷ (wall seconds × concurrent trials), and the median
+    start overhead, over what this session of the study ran (MLflow timestamps ≥ `since`)."""
+    since_ms = int(since * 1000)
+    runs = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent}'")
+
+    def values(key: str) -> list[float]:
+        return [m.value for run in runs for m in client.get_metric_history(run.info.run_id, key)
+                if m.timestamp >= since_ms and math.isfinite(m.value)]
+
+    epoch_seconds, overheads = values("epoch_seconds"), values("start_overhead_seconds")
+    if not epoch_seconds or seconds <= 0:
+        return {}
+    return {"train_fraction": sum(epoch_seconds) / (seconds * concurrency),
+            "start_overhead_median_seconds": statistics.median(overheads) if overheads else math.nan}

@@ -1,14 +1,16 @@
 """The Ray Tune study: OptunaSearch (seeded TPE over the space's define-by-run sampler) + ASHA.
 
-Each trial is a small driver (Ray's documented Train V2 + Tune pattern): it builds the trial's
-TorchTrainer, named by the trial id under the study's storage, and forwards every epoch's report
-to Tune with `TuneReportCallback`. A restored trial re-creates its TorchTrainer with the same
-name, and Train V2 resumes it from its latest checkpoint.
+A one-worker trial trains inside its own Tune actor (Ray's plain-Tune pattern: the worker loop with a
+`TuneSession`, checkpoints through `tune.report`, actors reused between trials), so it starts in
+seconds. A multi-worker trial is a small driver (Ray's documented Train V2 + Tune pattern): it builds
+the trial's TorchTrainer, named by the trial id under the study's storage, and forwards every epoch's
+report to Tune with `TuneReportCallback`; restored, it re-creates the TorchTrainer with the same name
+and Train V2 resumes it from its latest checkpoint. Both run the same loop function, with the same
+checkpoints and reports, and read the study's dataset from Ray's object store.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -27,8 +29,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from study.plan import StudyPlan
-from trainables.launch import build_trainer
+from study.plan import StudyPlan, settings_of
+from study.record import StudyRecord
+from trainables.config import TrialConfig
+from trainables.launch import LOOPS, build_trainer
+from trainables.session import TuneSession
 
 
 FINAL_FILE = "final.json"
@@ -54,32 +59,45 @@ def _jsonable(result: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str, bool)) and k != "done"}
 
 
-def trial_driver(config: dict[str, Any], plan: StudyPlan, train_storage: str, max_failures: int) -> None:
-    """One Tune trial: run the Ray Train job for this sampled configuration."""
+def trial_driver(config: dict[str, Any], plan: StudyPlan, train_storage: str, max_failures: int,
+                 data_ref: Any = None) -> None:
+    """One Tune trial: train this sampled configuration (in this actor, or as a Ray Train job)."""
     trial_id = tune.get_context().get_trial_id()
     final = Path(train_storage) / trial_id / FINAL_FILE
     if final.is_file():  # finished before the study was interrupted: hand back its last result only
         tune.report(json.loads(final.read_text())["result"])
         return
-    space = plan.space
+    space, settings = plan.space, settings_of(config)
+    if space.workers == 1:
+        LOOPS[settings.get("task", TrialConfig.task)](settings, session=TuneSession(), shared_data=data_ref)
+        return
     trainer = build_trainer(
-        plan.trial_config(config), num_workers=space.workers, use_gpu=space.gpus_per_worker > 0,
+        settings, num_workers=space.workers, use_gpu=space.gpus_per_worker > 0,
         cpus_per_worker=space.cpus_per_worker, gpus_per_worker=space.gpus_per_worker or 1.0,
         storage_path=train_storage, name=trial_id, max_failures=max_failures,
-        callbacks=[TuneReportCallback()])
+        callbacks=[TuneReportCallback()], shared_data=data_ref)
     trainer.fit()
 
 
-def trainable(plan: StudyPlan, study_dir: Path, max_failures: int):
-    fn = tune.with_parameters(trial_driver, plan=plan, train_storage=str(study_dir / "train"), max_failures=max_failures)
+def in_actor(plan: StudyPlan) -> bool:
+    """Whether trials train inside their Tune actor (one worker) rather than as a Ray Train job."""
+    return plan.space.workers == 1
+
+
+def trainable(plan: StudyPlan, record: StudyRecord, max_failures: int, data_ref: Any = None):
+    fn = tune.with_parameters(trial_driver, plan=plan, train_storage=str(record.train_dir),
+                              max_failures=max_failures, data_ref=data_ref)
+    space = plan.space
+    if in_actor(plan):  # the actor is the worker: it holds the worker's CPU/GPU reservation
+        return tune.with_resources(fn, {"CPU": space.cpus_per_worker, "GPU": space.gpus_per_worker})
     # The driver only waits on its Train run; its workers hold the real CPU/GPU reservations.
     return tune.with_resources(fn, {"CPU": 0.01})
 
 
 def searcher(plan: StudyPlan, seed: int) -> OptunaSearch:
     space = plan.space
-    return OptunaSearch(space=functools.partial(space.define_by_run, fixed=frozenset(plan.overrides)),
-                        metric=space.metric, mode=space.mode, sampler=optuna.samplers.TPESampler(seed=seed))
+    return OptunaSearch(space=plan.define_by_run, metric=space.metric, mode=space.mode,
+                        sampler=optuna.samplers.TPESampler(seed=seed))
 
 
 def scheduler(plan: StudyPlan) -> ASHAScheduler:
@@ -89,21 +107,28 @@ def scheduler(plan: StudyPlan) -> ASHAScheduler:
                          grace_period=space.grace_period, reduction_factor=space.reduction_factor)
 
 
-def new_tuner(plan: StudyPlan, study_dir: Path, seed: int, callbacks: list, max_failures: int) -> tune.Tuner:
+def new_tuner(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failures: int,
+              data_ref: Any = None) -> tune.Tuner:
     return tune.Tuner(
-        trainable(plan, study_dir, max_failures),
-        tune_config=tune.TuneConfig(search_alg=searcher(plan, seed), scheduler=scheduler(plan),
-                                    num_samples=plan.space.num_samples, max_concurrent_trials=plan.concurrency),
-        run_config=tune.RunConfig(name=study_dir.name, storage_path=str(study_dir.parent),
-                                  callbacks=[*callbacks, FinishedTrials(str(study_dir / "train"))],
-                                  verbose=1),
+        trainable(plan, record, max_failures, data_ref),
+        tune_config=tune.TuneConfig(search_alg=searcher(plan, record.seed), scheduler=scheduler(plan),
+                                    num_samples=plan.space.num_samples, max_concurrent_trials=plan.concurrency,
+                                    reuse_actors=True),  # a trial's actor, process and imports serve the next
+        run_config=tune.RunConfig(
+            name=record.name, storage_path=str(record.storage),
+            callbacks=[*callbacks, FinishedTrials(str(record.train_dir))], verbose=1,
+            # in-actor trials: Tune keeps their checkpoints and retries a crashed one from its latest;
+            # Ray Train trials do both themselves (retrying those here too would square the retries)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=max_failures if in_actor(plan) else 0)),
     )
 
 
-def restored_tuner(plan: StudyPlan, study_dir: Path, max_failures: int) -> tune.Tuner:
+def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data_ref: Any = None) -> tune.Tuner:
     """Continue an interrupted study: finished trials stay finished, unfinished ones resume from checkpoints.
 
     The run config (and with it the MLflow callback, parent run and store) comes back from the study's
     own saved state; Tune restores the Optuna searcher's history too.
     """
-    return tune.Tuner.restore(str(study_dir), trainable(plan, study_dir, max_failures), resume_unfinished=True)
+    return tune.Tuner.restore(str(record.study_dir), trainable(plan, record, max_failures, data_ref),
+                              resume_unfinished=True)

@@ -20,7 +20,6 @@ from mlflow.tracking import MlflowClient
 from torchvision.datasets import CIFAR10
 
 from study.run import main
-from trainables.download import PARTIAL_PREFIX
 from trainables.worker import FAULT_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

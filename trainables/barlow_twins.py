@@ -9,9 +9,9 @@ BatchNorm) trained with SGD + cosine at `linear_lr` on crop-and-flip inputs; its
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-import ray.train.torch
 import torch
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
@@ -20,19 +20,18 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from trainables.augment import crop_flip, normalize, sample_crop_flip, sample_view, take, view
 from trainables.batches import Shard, derived_seed, generator
 from trainables.classification import AUGMENT_STREAM, input_pipeline
-from trainables.config import TrialConfig
 from trainables.models import build_model, split_head
+from trainables.session import Session
 from trainables.worker import (
     EpochMeter,
-    WorkerEnv,
     build_training,
     current_lr,
     evaluate,
-    load_data,
     parameters_finite,
     place_model,
     report,
     restore,
+    start_worker,
     steps,
 )
 
@@ -87,11 +86,13 @@ def linear_probe(feature_dim: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False, momentum=None), nn.Linear(feature_dim, num_classes))
 
 
-def train_barlow_twins(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """`train_loop_per_worker`: Barlow Twins pretext, then linear evaluation; one report per epoch, returns the history."""
-    cfg = TrialConfig.from_dict(config)
-    env = WorkerEnv.create(cfg)
-    data = load_data(cfg, env)
+def train_barlow_twins(config: dict[str, Any], session: Session | None = None, shared_data: Any = None
+                       ) -> list[dict[str, Any]]:
+    """Barlow Twins pretext, then linear evaluation; one report per epoch, returns the history.
+
+    TorchTrainer's `train_loop_per_worker`, or called in a one-worker trial's Tune actor with a `TuneSession`."""
+    entered = time.perf_counter()
+    cfg, env, data = start_worker(config, session, shared_data)
     shard = Shard(len(data.train), cfg.batch_size, env.rank, env.world_size, cfg.seed)
     linear_shard = Shard(len(data.train), cfg.linear_batch_size or cfg.batch_size, env.rank, env.world_size, cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -104,14 +105,15 @@ def train_barlow_twins(config: dict[str, Any]) -> list[dict[str, Any]]:
     linear_sched = CosineAnnealingLR(linear_opt, T_max=cfg.linear_epochs * linear_shard.steps)
     modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "classifier": classifier,
                "linear_optimizer": linear_opt, "linear_scheduler": linear_sched}
-    state = restore(modules, env.device)
-    network = ray.train.torch.prepare_model(model) if env.world_size > 1 else model
-    head = ray.train.torch.prepare_model(classifier) if env.world_size > 1 else classifier
+    state = restore(modules, env)
+    network = env.prepare(model)
+    head = env.prepare(classifier)
     mean_t, std_t = torch.tensor(data.mean, device=env.device), torch.tensor(data.std, device=env.device)
     prepare = input_pipeline(data.mean, data.std, env)
     size = data.image_size
     total = cfg.epochs + cfg.linear_epochs
 
+    state.setup_seconds = time.perf_counter() - entered
     for epoch in range(state.next_epoch, total):
         torch.manual_seed(derived_seed(cfg.seed, epoch, env.rank))
         meter = EpochMeter(env.device)

@@ -1,7 +1,8 @@
-"""Trainable overhead: images/s of the Ray Train classification trial vs a bare PyTorch loop.
+"""Trainable overhead: images/s of the Ray Train classification trial vs a bare PyTorch loop; and a
+study's overhead: wall time of a 6-trial, 1-epoch `demo` study ÷ the sum of its trials' epoch seconds.
 
     python -m trainables.bench [--model resnet8] [--optimizer lars] [--batch-size 512] [--limit 10240]
-                               [--epochs 4] [--device cpu|cuda] [--data-dir DIR]
+                               [--epochs 4] [--device cpu|cuda] [--data-dir DIR] [--no-study]
 
 Both sides train the same model on the same data with the same optimizer, schedule, batch and
 tensor augmentation; the bare loop has no Ray, no telemetry, no metrics, no checkpoints. Training
@@ -14,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,7 +27,8 @@ from torch import nn
 from optim import build_optimizer, build_scheduler, optimizer_hparams
 from trainables.augment import crop_flip, normalize, sample_crop_flip
 from trainables.batches import Shard, generator
-from trainables.data import balanced_subset, load_dataset
+from trainables.data import balanced_subset, data_dir_for, load_dataset
+from trainables.download import ensure_dataset
 from trainables.launch import default_threads, fit
 from trainables.models import build_model
 
@@ -69,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2.0)
-    parser.add_argument("--data-dir", default="../shared/data/cifar10")
+    parser.add_argument("--data-dir", help="CIFAR-10's folder (default: as `python -m study.run` finds it)")
+    parser.add_argument("--no-study", action="store_true", help="skip the study-overhead line")
     args = parser.parse_args(argv)
+    args.data_dir = str(ensure_dataset("cifar10", data_dir_for("cifar10", args.data_dir)))
     gpu = args.device == "cuda"
     cfg = dict(dataset="cifar10", data_dir=args.data_dir, model=args.model or ("resnet18" if gpu else "resnet8"),
                limit=args.limit if args.limit else (None if gpu else 10240), optimizer=args.optimizer, lr=args.lr,
@@ -102,6 +110,34 @@ def main(argv: list[str] | None = None) -> None:
     if gpu:
         per_epoch = statistics.median(h["epoch_seconds"] for h in outcome.history[1:])
         print(f"  trainable seconds/epoch {per_epoch:.2f}   (target <= 3 s for ResNet-18 bs 4096 on an H100)")
+    if not args.no_study:
+        print(study_overhead(args.data_dir))
+
+
+STUDY_TRIALS = 6
+
+
+def study_overhead(data_dir: str) -> str:
+    """Run `python -m study.run --space demo` (6 trials × 1 epoch) and compare its wall time with its trials' epochs."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as storage:
+        cmd = [sys.executable, "-m", "study.run", "--space", "demo", "--num-samples", str(STUDY_TRIALS),
+               "--epochs", "1", "--data-dir", data_dir, "--storage", storage]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        process_wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"the study failed ({done.returncode}): {done.stderr[-2000:]}")
+        client = MlflowClient(f"sqlite:///{Path(storage) / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+        epochs = sum(r.data.metrics.get("epoch_seconds", 0.0) for r in runs)  # 1 epoch each
+        (parent,) = [r for r in runs if "trial_id" not in r.data.tags]
+        loop_wall = parent.data.metrics["wall_seconds"]
+        concurrency = parent.data.params.get("resources.max_concurrent", "?")
+    return (f"  study: demo, {STUDY_TRIALS} trials x 1 epoch, {concurrency} at a time: Tune wall {loop_wall:.0f} s "
+            f"(process {process_wall:.0f} s incl. Ray start and report) / sum of trial epoch seconds {epochs:.0f} s "
+            f"= {loop_wall / epochs:.2f} (process: {process_wall / epochs:.2f})")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ with `status="diverged"` instead of an exception.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable
 
-import ray.train.torch
 import torch
 from torch import Tensor, nn
 
@@ -21,17 +21,18 @@ from trainables.augment import crop_flip, normalize, sample_crop_flip, take
 from trainables.batches import Shard, derived_seed, generator
 from trainables.config import TrialConfig
 from trainables.models import build_model
+from trainables.session import Session
 from trainables.worker import (
     EpochMeter,
     WorkerEnv,
     build_training,
     current_lr,
     evaluate,
-    load_data,
     parameters_finite,
     place_model,
     report,
     restore,
+    start_worker,
     steps,
 )
 
@@ -54,22 +55,25 @@ def clars_norms(cfg: TrialConfig, model: nn.Module, loss_fn, x: Tensor, y: Tenso
     return list(stacked.unbind())
 
 
-def train_classifier(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """`train_loop_per_worker` for TorchTrainer: train and evaluate one configuration; returns the metric history."""
-    cfg = TrialConfig.from_dict(config)
-    env = WorkerEnv.create(cfg)
-    data = load_data(cfg, env)
+def train_classifier(config: dict[str, Any], session: Session | None = None, shared_data: Any = None
+                     ) -> list[dict[str, Any]]:
+    """Train and evaluate one configuration; returns the metric history.
+
+    TorchTrainer's `train_loop_per_worker`, or called in a one-worker trial's Tune actor with a `TuneSession`."""
+    entered = time.perf_counter()
+    cfg, env, data = start_worker(config, session, shared_data)
     shard = Shard(len(data.train), cfg.batch_size, env.rank, env.world_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.image_size, init=cfg.init, width=cfg.width)
     model = place_model(model, env)
     optimizer, scheduler, telemetry = build_training(cfg, model, shard.steps, cfg.epochs)
     modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    state = restore(modules, env.device)
-    network = ray.train.torch.prepare_model(model) if env.world_size > 1 else model
+    state = restore(modules, env)
+    network = env.prepare(model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     prepare = input_pipeline(data.mean, data.std, env)
 
+    state.setup_seconds = time.perf_counter() - entered
     for epoch in range(state.next_epoch, cfg.epochs):
         torch.manual_seed(derived_seed(cfg.seed, epoch, env.rank))
         model.train()

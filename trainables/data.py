@@ -16,8 +16,10 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -68,6 +70,22 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.train.classes)
+
+    def to_arrays(self) -> dict[str, Any]:
+        """NumPy arrays (and plain lists) for Ray's object store, where every actor reads them zero-copy."""
+        return {"train_images": self.train.images.numpy(), "train_labels": self.train.labels.numpy(),
+                "test_images": self.test.images.numpy(), "test_labels": self.test.labels.numpy(),
+                "classes": list(self.train.classes), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, Any]) -> "Dataset":
+        """The inverse of `to_arrays`, sharing the arrays' memory (read-only when they live in the object store)."""
+        with warnings.catch_warnings():  # read-only object-store buffers: nothing writes into a dataset in place
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensor = torch.from_numpy
+            return cls(ImageData(tensor(arrays["train_images"]), tensor(arrays["train_labels"]), arrays["classes"]),
+                       ImageData(tensor(arrays["test_images"]), tensor(arrays["test_labels"]), arrays["classes"]),
+                       tuple(arrays["mean"]), tuple(arrays["std"]))
 
     @property
     def image_size(self) -> int:
@@ -192,6 +210,14 @@ def user_cache() -> Path:
 def default_data_root() -> Path:
     """Where datasets live when neither --data-dir nor $LAYERWISE_DATA says otherwise."""
     return user_cache() / "data"
+
+
+def data_dir_for(dataset: str, given: str | Path | None = None) -> str:
+    """The dataset's folder: `given` (--data-dir), else $LAYERWISE_DATA/<dataset>, else <user cache>/data/<dataset>."""
+    if given:
+        return str(Path(given).expanduser().resolve())
+    root = os.environ.get("LAYERWISE_DATA") or default_data_root()
+    return str((Path(root).expanduser() / dataset).resolve())
 
 
 def _cache_dir() -> Path:

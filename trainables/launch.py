@@ -25,6 +25,7 @@ from trainables.barlow_twins import train_barlow_twins
 from trainables.batches import per_worker_batch
 from trainables.classification import train_classifier
 from trainables.config import TrialConfig
+from trainables.worker import SHARED_DATA_KEY
 
 LOOPS: dict[str, Callable[[dict], None]] = {"clf": train_classifier, "bt": train_barlow_twins}
 
@@ -72,8 +73,9 @@ class TrialOutcome:
 
 def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool = False,
                   cpus_per_worker: float = 1.0, gpus_per_worker: float = 1.0, storage_path: str | None = None, name: str | None = None,
-                  max_failures: int = 0, callbacks: list | None = None) -> TorchTrainer:
-    """A TorchTrainer for `config` (validated here, before Ray schedules anything)."""
+                  max_failures: int = 0, callbacks: list | None = None, shared_data: Any = None) -> TorchTrainer:
+    """A TorchTrainer for `config` (validated here, before Ray schedules anything); `shared_data`: the
+    dataset's reference in Ray's object store, handed to every worker instead of a path to load."""
     cfg = TrialConfig.from_dict(config)
     per_worker_batch(cfg.batch_size, num_workers)  # the global batch must split evenly, checked before Ray starts
     if cfg.threads is None:
@@ -81,7 +83,7 @@ def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         LOOPS[cfg.task],
-        train_loop_config=cfg.to_dict(),
+        train_loop_config=cfg.to_dict() | ({SHARED_DATA_KEY: shared_data} if shared_data is not None else {}),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,

@@ -1,5 +1,6 @@
-"""What every Ray Train worker loop shares: device and data setup, collectives, optimizer + schedule,
-trust-ratio telemetry, divergence checks, and epoch checkpoints through Ray's checkpoint API.
+"""What every worker loop shares: device and data setup, collectives, optimizer + schedule, trust-ratio
+telemetry, divergence checks, and epoch checkpoints through Ray's checkpoint API (via a `Session`:
+a Ray Train worker, or the Tune trial actor itself for one-worker trials).
 
 A checkpoint directory holds `state.pt` (model, optimizer incl. momentum and the step counter t,
 scheduler, next epoch, metric history, stage state), `history.json` (the per-epoch metrics so far)
@@ -22,8 +23,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.train
-import ray.train.torch
+import ray
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -33,11 +33,15 @@ from optim.layerwise import LayerwiseOptimizer
 from trainables.batches import eval_indices
 from trainables.config import TrialConfig
 from trainables.data import Dataset, balanced_subset, load_dataset
+from trainables.session import Session, TrainSession
 
 STATE_FILE, TELEMETRY_FILE, HISTORY_FILE = "state.pt", "telemetry.parquet", "history.json"
 # Test-only fault injection through the environment (workers inherit the driver's): "raise_after_epoch=K"
 # makes every worker raise after epoch K's report, so a study sees a trial whose workers crash.
 FAULT_ENV = "LAYERWISE_FAULT"
+# The study's dataset in Ray's object store travels to Ray Train workers inside their loop config, under
+# this key (TorchTrainer's loop takes one config argument); one-worker trials get it as an argument.
+SHARED_DATA_KEY = "_shared_data"
 
 
 @dataclass
@@ -48,17 +52,24 @@ class WorkerEnv:
     world_size: int
     device: torch.device
     autocast_dtype: torch.dtype | None
+    session: Session
 
     @classmethod
-    def create(cls, cfg: TrialConfig) -> "WorkerEnv":
-        ctx = ray.train.get_context()
+    def create(cls, cfg: TrialConfig, session: Session | None = None) -> "WorkerEnv":
+        session = session or TrainSession.create()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        device = ray.train.torch.get_device() if cfg.device != "cpu" else torch.device("cpu")
-        if cfg.device == "cuda" and device.type != "cuda":
-            raise RuntimeError("device: 'cuda' requested but this worker has no GPU (set use_gpu / GPUs per worker)")
+        device = session.device(cfg.device)
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-        return cls(ctx.get_world_rank(), ctx.get_world_size(), device, torch.bfloat16 if bf16 else None)
+        return cls(session.rank, session.world_size, device, torch.bfloat16 if bf16 else None, session)
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """DDP (Ray's prepare_model) across several workers; the module itself on one."""
+        if self.world_size == 1:
+            return module
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(module)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -77,6 +88,19 @@ class WorkerEnv:
         return torch.channels_last
 
 
+def start_worker(config: dict[str, Any], session: Session | None, shared_data: Any
+                 ) -> tuple[TrialConfig, WorkerEnv, Dataset]:
+    """A loop's start: its settings, its worker environment, and its data on the device.
+
+    `shared_data` is the study's dataset in Ray's object store; a Ray Train worker finds it in its config.
+    """
+    config = dict(config)
+    shared_data = config.pop(SHARED_DATA_KEY, shared_data)
+    cfg = TrialConfig.from_dict(config)
+    env = WorkerEnv.create(cfg, session)
+    return cfg, env, load_data(cfg, env, shared_data)
+
+
 def place_model(model: nn.Module, env: WorkerEnv) -> nn.Module:
     """Move to the device in channels_last; multi-GPU runs get SyncBatchNorm (torch has none on CPU)."""
     if env.world_size > 1 and env.device.type == "cuda":
@@ -84,9 +108,16 @@ def place_model(model: nn.Module, env: WorkerEnv) -> nn.Module:
     return model.to(env.device, memory_format=env.memory_format())
 
 
-def load_data(cfg: TrialConfig, env: WorkerEnv) -> Dataset:
-    """The dataset's (limited) splits, moved whole to the worker's device as uint8."""
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+def load_data(cfg: TrialConfig, env: WorkerEnv, shared: Any = None) -> Dataset:
+    """The dataset's (limited) splits, moved whole to the worker's device as uint8.
+
+    `shared`: the study's decoded dataset in Ray's object store (a reference, or its arrays), read
+    zero-copy; without it the dataset is loaded from `data_dir` (decoded once into the disk cache).
+    """
+    if shared is not None:
+        data = Dataset.from_arrays(ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared)
+    else:
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
     train, test = balanced_subset(data.train, cfg.limit), balanced_subset(data.test, cfg.test_limit)
     for split in (train, test):
         split.images, split.labels = split.images.to(env.device), split.labels.to(env.device)
@@ -118,6 +149,7 @@ class RunState:
     telemetry: list[pa.Table] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     resumed_from: int = 0  # epoch this attempt started at (not saved)
+    setup_seconds: float | None = None  # loop entry to first epoch (data, model, restore); reported once
 
     def add_telemetry(self, batch, epoch: int) -> dict[str, float]:
         """Store one epoch's telemetry; return the trust-ratio summary over layers (per-layer epoch mean)."""
@@ -133,9 +165,10 @@ class RunState:
                 "trust_ratio_max": per_layer.max().item()}
 
 
-def restore(modules: dict[str, Any], device: torch.device) -> RunState:
+def restore(modules: dict[str, Any], env: WorkerEnv) -> RunState:
     """Load the latest Ray checkpoint (if any) into `modules` (name → object with load_state_dict)."""
-    checkpoint = ray.train.get_checkpoint()
+    device = env.device
+    checkpoint = env.session.checkpoint()
     if checkpoint is None:
         return RunState()
     with checkpoint.as_directory() as directory:
@@ -152,11 +185,14 @@ def restore(modules: dict[str, Any], device: torch.device) -> RunState:
 
 def report(env: WorkerEnv, state: RunState, metrics: dict[str, Any], modules: dict[str, Any] | None,
            cfg: TrialConfig) -> None:
-    """`ray.train.report` the epoch's metrics; with `modules`, rank 0 also saves the epoch's checkpoint."""
+    """Report the epoch's metrics; with `modules`, rank 0 also saves the epoch's checkpoint."""
     metrics["restarts"] = state.extra.get("restarts", 0)  # times this run resumed from a checkpoint
+    if state.setup_seconds is not None:  # the first report of this attempt: what its start-up cost inside the loop
+        metrics["setup_seconds"], state.setup_seconds = state.setup_seconds, None
     state.history.append(metrics)
+    name = f"epoch_{state.next_epoch:04d}"
     if modules is None or env.rank != 0:
-        ray.train.report(metrics, checkpoint=None)
+        env.session.report(metrics, None, name)
     else:
         with tempfile.TemporaryDirectory() as directory:
             torch.save({"modules": {k: m.state_dict() for k, m in modules.items()}, "next_epoch": state.next_epoch,
@@ -167,12 +203,11 @@ def report(env: WorkerEnv, state: RunState, metrics: dict[str, Any], modules: di
                 table = pa.concat_tables(state.telemetry)
                 pq.write_table(table, Path(directory) / TELEMETRY_FILE)
                 state.telemetry = [table]
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                             checkpoint_dir_name=f"epoch_{state.next_epoch:04d}")
+            env.session.report(metrics, directory, name)
     if cfg.inject_kill_after_epoch == state.next_epoch and env.rank == 0 and state.resumed_from < state.next_epoch:
         # Fault injection for tests: a hard crash once Ray has registered this epoch's checkpoint
         # (the controller collects reports asynchronously; this call waits for it).
-        ray.train.get_all_reported_checkpoints()
+        env.session.wait_for_checkpoints()
         os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get(FAULT_ENV) == f"raise_after_epoch={state.next_epoch}":
         raise RuntimeError(f"injected fault: {FAULT_ENV}=raise_after_epoch={state.next_epoch}")

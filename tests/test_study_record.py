@@ -1,0 +1,71 @@
+"""The study's typed record, the settings carried in each Tune config, and runs that Tune forgot."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+from mlflow.tracking import MlflowClient
+from ray.tune.search.optuna import OptunaSearch
+
+from study.plan import SETTINGS_KEY, make_plan, settings_of
+from study.record import STUDY_FILE, StudyRecord
+from study.tracking import ERROR_TAG, LOST_TRIAL, PARENT_TAG, STATUS_TAG, StudyRecorder
+from trainables.config import TrialConfig
+
+
+def test_record_round_trips_and_the_latest_study_is_found(tmp_path):
+    older = StudyRecord(space="demo", overrides={"epochs": 3}, seed=1, tracking_uri="sqlite:///x.db",
+                        experiment="demo", study_dir=tmp_path / "demo-20260101-000000", parent_run_id="abc")
+    newer = StudyRecord.new(tmp_path, "demo", overrides={"epochs": 2, "limit": 600}, seed=7,
+                            tracking_uri="sqlite:///y.db", experiment="mine")
+    older.save()
+    newer.save()
+    assert (newer.study_dir / STUDY_FILE).is_file() and newer.study_dir.name.startswith("demo-2")
+    assert StudyRecord.load(older.study_dir) == older
+    assert StudyRecord.latest(tmp_path, "demo") == newer
+    assert StudyRecord.latest(tmp_path, "tvlars_bs16k") is None
+    assert newer.train_dir == newer.study_dir / "train" and newer.artifact_root == tmp_path / "mlartifacts"
+
+
+def test_each_tune_config_carries_the_trials_complete_settings(tmp_path):
+    plan = make_plan("demo", {"epochs": 2, "limit": 600}, seed=3, data_dir=str(tmp_path))
+    search = OptunaSearch(space=plan.define_by_run, metric="test_top1", mode="max",
+                          sampler=optuna.samplers.TPESampler(seed=0))
+    configs = [search.suggest(f"t{i}") for i in range(6)]
+    variants = {c["variant"] for c in configs}
+    assert len(variants) > 1, variants
+    for config in configs:
+        settings = settings_of(config)
+        drawn = config[config["variant"]]
+        assert settings == plan.trial_config({"variant": config["variant"], config["variant"]: drawn})
+        assert settings["epochs"] == 2 and settings["limit"] == 600 and settings["seed"] == 3
+        assert {k: settings[k] for k in drawn} == drawn
+        TrialConfig.from_dict(settings, check_data=False)
+    assert SETTINGS_KEY in configs[0]
+
+
+def test_runs_of_trials_that_tune_forgot_are_closed_at_the_end(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("demo", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp).info.run_id
+
+    def trial_run(trial_id: str, epochs: int) -> str:
+        run_id = client.create_run(exp, tags={PARENT_TAG: parent, "trial_id": trial_id, STATUS_TAG: "running"}
+                                   ).info.run_id
+        for epoch in range(1, epochs + 1):
+            client.log_metric(run_id, "epoch", epoch, step=epoch)
+        return run_id
+
+    kept, never_trained, trained = trial_run("kept", 1), trial_run("gone0", 0), trial_run("gone1", 2)
+    recorder = StudyRecorder(uri, exp, parent, max_epoch=3, train_storage=str(tmp_path / "train"))
+    recorder.on_experiment_end(trials=[SimpleNamespace(trial_id="kept")])
+
+    active = {r.info.run_id for r in client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{parent}'")}
+    assert active == {kept, trained}
+    assert client.get_run(never_trained).info.lifecycle_stage == "deleted"
+    lost = client.get_run(trained)
+    assert (lost.info.status, lost.data.tags[STATUS_TAG], lost.data.tags[ERROR_TAG]) == ("FAILED", "errored",
+                                                                                       LOST_TRIAL)
+    assert client.get_run(kept).data.tags[STATUS_TAG] == "running"

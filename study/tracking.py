@@ -34,6 +34,7 @@ PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
 ERROR_TAG = "error"  # an errored trial's exception line
 ERROR_FILE = "error.txt"  # an errored trial's full error text (artifact)
+LAUNCH_METRIC = "launch_seconds"  # start overhead outside the loop's own setup (Tune, Ray, process, imports)
 LOST_TRIAL = "lost: the study was interrupted before Tune saved this trial, and --resume did not continue it"
 
 
@@ -224,8 +225,8 @@ class StudyRecorder(tune.Callback):
         self._checkpoints[trial.trial_id] = checkpoint.path  # a trial trained in its Tune actor
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_for(trial)
         self._started[trial.trial_id] = time.time()
+        self.run_for(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epoch = int(result.get("epoch", 0))
@@ -238,7 +239,10 @@ class StudyRecorder(tune.Callback):
         if started is not None and "epoch_seconds" in result:
             # Ray's per-trial start overhead: wall time to the first report minus that epoch's training
             overhead = time.time() - started - float(result["epoch_seconds"])
-            self.client.log_metric(self.run_for(trial), "start_overhead_seconds", overhead)
+            phases = [Metric("start_overhead_seconds", overhead, int(time.time() * 1000), 0)]
+            if "setup_seconds" in result:  # the rest: scheduling, actor/worker start, imports, first report
+                phases.append(Metric(LAUNCH_METRIC, overhead - float(result["setup_seconds"]), phases[0].timestamp, 0))
+            self.client.log_batch(self.run_for(trial), metrics=phases)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = self._last.get(trial.trial_id, trial.last_result or {})

@@ -136,6 +136,7 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
     assert {"report/table.md", "report/trials.parquet", "report/figures"} <= report
     assert "## Test top-1, best epoch" in resumed and "## Study budget" in resumed
     assert parents[0].data.params["budget.num_samples"] == "4"
+    assert 0 < parents[0].data.metrics["train_fraction"] <= 1 and "start_overhead_median_seconds" in parents[0].data.metrics
     assert len(after) == 4 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in after)
     for run in after:
         epochs = _epochs(client, run)
@@ -145,6 +146,11 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
         assert len(client.get_metric_history(run.info.run_id, "test_top1")) == len(epochs)
         assert {"lr", "optimizer", "batch_size", "seed"} <= set(run.data.params)
         assert "telemetry.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        # the start overhead of each attempt (from Tune starting it to its first report) and its split
+        overhead, launch, setup = ({m.timestamp: m.value for m in client.get_metric_history(run.info.run_id, k)}
+                                   for k in ("start_overhead_seconds", "launch_seconds", "setup_seconds"))
+        assert launch and launch.keys() <= overhead.keys() and all(s > 0 for s in setup.values()), (overhead, setup)
+        assert all(any(overhead[t] - launch[t] == pytest.approx(s) for s in setup.values()) for t in launch)
         if run.info.run_id in finished:
             assert run.info.end_time == finished[run.info.run_id]  # not re-run
     # Continued from a checkpoint, not from scratch: epochs logged before the kill keep restarts 0 (each epoch

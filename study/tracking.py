@@ -29,6 +29,7 @@ from ray import tune
 
 from study.plan import settings_of
 from trainables.config import TrialConfig
+from trainables.session import ACTOR_STARTED_KEY
 
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
@@ -153,6 +154,10 @@ class StudyRecorder(tune.Callback):
         self._started: dict[str, float] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._checkpoints: dict[str, str] = {}
+        self._experiment_started = time.time()
+
+    def setup(self, **info):
+        self._experiment_started = time.time()  # Tune starting (or restoring) the study: no actor starts before
 
     @property
     def client(self) -> MlflowClient:
@@ -236,6 +241,8 @@ class StudyRecorder(tune.Callback):
         self._log_epochs(trial, [result])
         self._last[trial.trial_id] = result
         started = self._started.pop(trial.trial_id, None)
+        if started is not None and ACTOR_STARTED_KEY in result:  # a new actor: count its process start too
+            started = min(started, max(float(result[ACTOR_STARTED_KEY]), self._experiment_started))
         if started is not None and "epoch_seconds" in result:
             # Ray's per-trial start overhead: wall time to the first report minus that epoch's training
             overhead = time.time() - started - float(result["epoch_seconds"])

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -33,7 +34,7 @@ from study.plan import StudyPlan, settings_of
 from study.record import StudyRecord
 from trainables.config import TrialConfig
 from trainables.launch import LOOPS, build_trainer
-from trainables.session import TuneSession
+from trainables.session import ACTOR_STARTED_KEY, TuneSession
 
 
 FINAL_FILE = "final.json"
@@ -69,7 +70,8 @@ def trial_driver(config: dict[str, Any], plan: StudyPlan, train_storage: str, ma
         return
     space, settings = plan.space, settings_of(config)
     if space.workers == 1:
-        LOOPS[settings.get("task", TrialConfig.task)](settings, session=TuneSession(), shared_data=data_ref)
+        session = TuneSession(first_report=_new_actor_start())
+        LOOPS[settings.get("task", TrialConfig.task)](settings, session=session, shared_data=data_ref)
         return
     trainer = build_trainer(
         settings, num_workers=space.workers, use_gpu=space.gpus_per_worker > 0,
@@ -77,6 +79,17 @@ def trial_driver(config: dict[str, Any], plan: StudyPlan, train_storage: str, ma
         storage_path=train_storage, name=trial_id, max_failures=max_failures,
         callbacks=[TuneReportCallback()], shared_data=data_ref)
     trainer.fit()
+
+
+_trials_in_this_process = 0
+
+
+def _new_actor_start() -> dict[str, float]:
+    """For this process's first trial, when the process started: Tune calls `on_trial_start` only once a new
+    actor is up, after its process start and imports, so the recorder counts those from here."""
+    global _trials_in_this_process
+    _trials_in_this_process += 1
+    return {ACTOR_STARTED_KEY: psutil.Process().create_time()} if _trials_in_this_process == 1 else {}
 
 
 def in_actor(plan: StudyPlan) -> bool:

@@ -8,7 +8,7 @@ controller and worker-group start-up (measured 20–30 s per trial on the 2-core
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import ray
@@ -64,12 +64,16 @@ class TrainSession:
         ray.train.get_all_reported_checkpoints()  # the controller registers reports asynchronously
 
 
+ACTOR_STARTED_KEY = "actor_started_at"  # a trial's first report from a new actor process: when the process started
+
+
 @dataclass
 class TuneSession:
     """The Tune trial actor itself, as the only worker (Tune function API; reports are synchronous)."""
 
     rank: int = 0
     world_size: int = 1
+    first_report: dict[str, Any] = field(default_factory=dict)  # added to the first report only
 
     def device(self, wanted: str) -> torch.device:
         if wanted == "cpu":
@@ -81,6 +85,7 @@ class TuneSession:
         return ray.tune.get_checkpoint()
 
     def report(self, metrics: dict[str, Any], directory: str | None, name: str) -> None:
+        metrics, self.first_report = {**metrics, **self.first_report}, {}
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(directory) if directory else None)
 
     def wait_for_checkpoints(self) -> None:

@@ -236,20 +236,26 @@ class StudyRecorder(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epoch = int(result.get("epoch", 0))
         known = self._logged.get(trial.trial_id, set())
+        new_epoch = epoch not in known
         if epoch > 1 and not set(range(1, epoch)) <= known:
             self._log_epochs(trial, self._checkpoint_history(result))  # fill epochs the driver missed
         self._log_epochs(trial, [result])
         self._last[trial.trial_id] = result
         started = self._started.pop(trial.trial_id, None)
-        if started is not None and ACTOR_STARTED_KEY in result:  # a new actor: count its process start too
+        # only a report of a newly trained epoch times a start (a finished trial restored by --resume
+        # hands back its old last result; a resumed attempt may repeat the epoch after its checkpoint)
+        if started is not None and new_epoch and "epoch_seconds" in result:
+            self._log_start_overhead(trial, result, started)
+
+    def _log_start_overhead(self, trial, result: dict[str, Any], started: float) -> None:
+        """Wall time from the trial's start to its first report minus that epoch's training, and its split."""
+        if ACTOR_STARTED_KEY in result:  # a new actor: count its process start too
             started = min(started, max(float(result[ACTOR_STARTED_KEY]), self._experiment_started))
-        if started is not None and "epoch_seconds" in result:
-            # Ray's per-trial start overhead: wall time to the first report minus that epoch's training
-            overhead = time.time() - started - float(result["epoch_seconds"])
-            phases = [Metric("start_overhead_seconds", overhead, int(time.time() * 1000), 0)]
-            if "setup_seconds" in result:  # the rest: scheduling, actor/worker start, imports, first report
-                phases.append(Metric(LAUNCH_METRIC, overhead - float(result["setup_seconds"]), phases[0].timestamp, 0))
-            self.client.log_batch(self.run_for(trial), metrics=phases)
+        overhead = time.time() - started - float(result["epoch_seconds"])
+        phases = [Metric("start_overhead_seconds", overhead, int(time.time() * 1000), 0)]
+        if "setup_seconds" in result:  # the rest: scheduling, actor/worker start, imports, first report
+            phases.append(Metric(LAUNCH_METRIC, overhead - float(result["setup_seconds"]), phases[0].timestamp, 0))
+        self.client.log_batch(self.run_for(trial), metrics=phases)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = self._last.get(trial.trial_id, trial.last_result or {})

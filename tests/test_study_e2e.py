@@ -146,11 +146,14 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
         assert len(client.get_metric_history(run.info.run_id, "test_top1")) == len(epochs)
         assert {"lr", "optimizer", "batch_size", "seed"} <= set(run.data.params)
         assert "telemetry.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
-        # the start overhead of each attempt (from Tune starting it to its first report) and its split
-        overhead, launch, setup = ({m.timestamp: m.value for m in client.get_metric_history(run.info.run_id, k)}
+        # the start overhead (from Tune starting the trial to its first report) and its split; a resumed
+        # attempt's first report repeats an epoch MLflow has already, so only single-attempt trials add up
+        overhead, launch, setup = ([m.value for m in client.get_metric_history(run.info.run_id, k)]
                                    for k in ("start_overhead_seconds", "launch_seconds", "setup_seconds"))
-        assert launch and launch.keys() <= overhead.keys() and all(s > 0 for s in setup.values()), (overhead, setup)
-        assert all(any(overhead[t] - launch[t] == pytest.approx(s) for s in setup.values()) for t in launch)
+        assert launch and all(s > 0 for s in setup), (overhead, launch, setup)
+        if run.info.run_id not in interrupted:
+            assert len(overhead) == len(launch) == len(setup) == 1, (overhead, launch, setup)
+            assert overhead[0] - launch[0] == pytest.approx(setup[0])
         if run.info.run_id in finished:
             assert run.info.end_time == finished[run.info.run_id]  # not re-run
     # Continued from a checkpoint, not from scratch: epochs logged before the kill keep restarts 0 (each epoch

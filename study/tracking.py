@@ -35,6 +35,7 @@ PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
 ERROR_TAG = "error"  # an errored trial's exception line
 ERROR_FILE = "error.txt"  # an errored trial's full error text (artifact)
+START_OVERHEAD_METRIC = "start_overhead_seconds"  # Tune starting a trial → its first report, minus that epoch
 LAUNCH_METRIC = "launch_seconds"  # start overhead outside the loop's own setup (Tune, Ray, process, imports)
 LOST_TRIAL = "lost: the study was interrupted before Tune saved this trial, and --resume did not continue it"
 
@@ -252,7 +253,7 @@ class StudyRecorder(tune.Callback):
         if ACTOR_STARTED_KEY in result:  # a new actor: count its process start too
             started = min(started, max(float(result[ACTOR_STARTED_KEY]), self._experiment_started))
         overhead = time.time() - started - float(result["epoch_seconds"])
-        phases = [Metric("start_overhead_seconds", overhead, int(time.time() * 1000), 0)]
+        phases = [Metric(START_OVERHEAD_METRIC, overhead, int(time.time() * 1000), 0)]
         if "setup_seconds" in result:  # the rest: scheduling, actor/worker start, imports, first report
             phases.append(Metric(LAUNCH_METRIC, overhead - float(result["setup_seconds"]), phases[0].timestamp, 0))
         self.client.log_batch(self.run_for(trial), metrics=phases)
@@ -290,8 +291,7 @@ class StudyRecorder(tune.Callback):
                 self.client.delete_run(run.info.run_id)  # it never trained: nothing to keep
                 continue
             self.client.set_tag(run.info.run_id, ERROR_TAG, LOST_TRIAL)
-            self.client.set_tag(run.info.run_id, STATUS_TAG, "errored")
-            self.client.set_terminated(run.info.run_id, "FAILED")
+            self._close(run.info.run_id, "errored")
 
     def _finish(self, trial, status: str, last: dict[str, Any]) -> None:
         run_id = self.run_for(trial)
@@ -306,6 +306,10 @@ class StudyRecorder(tune.Callback):
             self.client.log_artifact(run_id, str(Path(checkpoint) / "telemetry.parquet"))
         if status == "errored":
             self._record_error(trial, run_id)
+        self._close(run_id, status)
+
+    def _close(self, run_id: str, status: str) -> None:
+        """Tag the trial run's final status and end it (FAILED for an errored trial)."""
         self.client.set_tag(run_id, STATUS_TAG, status)
         self.client.set_terminated(run_id, "FAILED" if status == "errored" else "FINISHED")
 
@@ -338,7 +342,7 @@ def study_efficiency(client: MlflowClient, exp_id: str, parent: str, since: floa
         return [m.value for run in runs for m in client.get_metric_history(run.info.run_id, key)
                 if m.timestamp >= since_ms and math.isfinite(m.value)]
 
-    epoch_seconds, overheads = values("epoch_seconds"), values("start_overhead_seconds")
+    epoch_seconds, overheads = values("epoch_seconds"), values(START_OVERHEAD_METRIC)
     if not epoch_seconds or seconds <= 0:
         return {}
     return {"train_fraction": sum(epoch_seconds) / (seconds * concurrency),

@@ -69,7 +69,7 @@ def trial_driver(config: dict[str, Any], plan: StudyPlan, train_storage: str, ma
         tune.report(json.loads(final.read_text())["result"])
         return
     space, settings = plan.space, settings_of(config)
-    if space.workers == 1:
+    if in_actor(plan):
         session = TuneSession(first_report=_new_actor_start())
         LOOPS[settings.get("task", TrialConfig.task)](settings, session=session, shared_data=data_ref)
         return

@@ -93,20 +93,28 @@ def main(argv: list[str] | None = None) -> None:
     images = len(balanced_subset(load_dataset("cifar10", args.data_dir).train, cfg["limit"]))
     steps = images // cfg["batch_size"]
 
-    ratios, trial_ips, bare_ips, trial_epochs = [], [], [], []
+    def trial() -> tuple[float, float]:
+        """The trainable's training images/s and seconds/epoch (medians over epochs after the first)."""
+        outcome = fit(cfg, use_gpu=gpu)
+        if outcome.status != "completed":
+            raise SystemExit(f"trial ended {outcome.status}: {outcome.error}")
+        later = outcome.history[1:]
+        return (statistics.median(h["images_per_second"] for h in later),
+                statistics.median(h["epoch_seconds"] for h in later))
+
+    def bare() -> float:
+        seconds = bare_loop(cfg, torch.device(args.device), threads)
+        return statistics.median(steps * cfg["batch_size"] / s for s in seconds[1:])
+
+    trials, bare_ips = [], []
     for round_ in range(args.rounds):  # alternate which side runs first, so load drift falls on both
-        sides = ("trial", "bare") if round_ % 2 == 0 else ("bare", "trial")
-        for side in sides:
-            if side == "trial":
-                outcome = fit(cfg, use_gpu=gpu)
-                if outcome.status != "completed":
-                    raise SystemExit(f"trial ended {outcome.status}: {outcome.error}")
-                trial_ips.append(statistics.median(h["images_per_second"] for h in outcome.history[1:]))
-                trial_epochs.append(statistics.median(h["epoch_seconds"] for h in outcome.history[1:]))
-            else:
-                seconds = bare_loop(cfg, torch.device(args.device), threads)
-                bare_ips.append(statistics.median(steps * cfg["batch_size"] / s for s in seconds[1:]))
-        ratios.append(bare_ips[-1] / trial_ips[-1])
+        if round_ % 2:
+            bare_ips.append(bare())
+        trials.append(trial())
+        if not round_ % 2:
+            bare_ips.append(bare())
+    trial_ips, trial_epochs = zip(*trials)
+    ratios = [b / t for b, t in zip(bare_ips, trial_ips)]
 
     low, _, high = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     print(f"{cfg['model']} {cfg['optimizer']} batch {cfg['batch_size']} on {args.device} ({threads} threads), "

@@ -11,6 +11,7 @@ from typing import Any
 from optim import OPTIMIZERS, optimizer_hparams
 from search_spaces import get_space
 from search_spaces.spec import BUDGET_KEYS, RESOURCE_KEYS, SearchSpace
+from trainables.batches import resolve_batching
 from trainables.config import TrialConfig
 from trainables.data import data_dir_for
 
@@ -65,6 +66,10 @@ class StudyPlan:
         variant = sampled.get("variant", next(iter(self.space.variants)))
         config = self.space.trial_config({**sampled, "variant": variant}, self.overrides_for(variant))
         config.setdefault("threads", self.threads_per_worker())
+        if config.get("task", TrialConfig.task) == "clf":  # written out, so each trial records what ran
+            config["micro_batch_size"], config["bn_group"] = resolve_batching(
+                config.get("batch_size", TrialConfig.batch_size), self.space.workers, config.get("micro_batch_size"),
+                config.get("bn_group"), on_gpu=bool(self.space.gpus_per_worker))
         return config
 
     def define_by_run(self, trial) -> dict[str, Any]:
@@ -106,7 +111,17 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
         TrialConfig.from_dict(plan.trial_config(draw), check_data=False)  # types, values; data comes later
     if space.grace_period > plan.max_epoch:
         plan.space = dataclasses.replace(space, grace_period=plan.max_epoch)
+    check_evaluations(plan)
     return plan
+
+
+def check_evaluations(plan: StudyPlan) -> None:
+    """ASHA compares trials at grace_period × reduction_factor^k epochs: each must be an evaluated epoch."""
+    every = int({**plan.space.fixed, **plan.overrides}.get("eval_every", TrialConfig.eval_every))
+    grace = plan.space.grace_period
+    if grace % every and grace != plan.max_epoch:
+        raise ValueError(f"eval_every: ASHA compares trials at epoch {grace} (grace_period) and its multiples by "
+                         f"{plan.space.reduction_factor}; eval_every={every} must divide {grace}")
 
 
 SETTINGS_KEY = "settings"  # where a Tune config holds the trial's complete settings

@@ -24,10 +24,12 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from study.plan import settings_of
+from trainables.batches import MICRO_CHOSEN_KEY
 from trainables.config import TrialConfig
 from trainables.session import ACTOR_STARTED_KEY
 
@@ -247,6 +249,16 @@ class StudyRecorder(tune.Callback):
         # hands back its old last result; a resumed attempt may repeat the epoch after its checkpoint)
         if started is not None and new_epoch and "epoch_seconds" in result:
             self._log_start_overhead(trial, result, started)
+        if started is not None and MICRO_CHOSEN_KEY in result:
+            self._log_chosen_micro_batch(trial, int(result[MICRO_CHOSEN_KEY]))
+
+    def _log_chosen_micro_batch(self, trial, size: int) -> None:
+        """`micro_batch_size=auto`'s pick as a param; a restart on another device may pick another (then the
+        per-epoch metric of the same name tells, since a param cannot change)."""
+        try:
+            self.client.log_param(self.run_for(trial), MICRO_CHOSEN_KEY, size)
+        except MlflowException:
+            pass
 
     def _log_start_overhead(self, trial, result: dict[str, Any], started: float) -> None:
         """Wall time from the trial's start to its first report minus that epoch's training, and its split."""

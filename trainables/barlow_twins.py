@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from trainables.augment import crop_flip, normalize, sample_crop_flip, sample_view, take, view
-from trainables.batches import Shard, derived_seed, generator
+from trainables.batches import BN_SYNC, Shard, derived_seed, generator
 from trainables.classification import AUGMENT_STREAM, input_pipeline
 from trainables.models import build_model, split_head
 from trainables.session import Session
@@ -98,7 +98,8 @@ def train_barlow_twins(config: dict[str, Any], session: Session | None = None, s
     torch.manual_seed(cfg.seed)
     backbone, feature_dim = split_head(build_model(cfg.model, data.num_classes, data.image_size,
                                                    init=cfg.init, width=cfg.width))
-    model = place_model(BarlowTwins(backbone, feature_dim, cfg.bt_projector), env)
+    # SyncBatchNorm across GPUs: the Barlow Twins loss is defined over the global batch (as in its authors' code)
+    model = place_model(BarlowTwins(backbone, feature_dim, cfg.bt_projector), env, BN_SYNC)
     optimizer, scheduler, telemetry = build_training(cfg, model, shard.steps, cfg.epochs)
     classifier = linear_probe(feature_dim, data.num_classes).to(env.device)
     linear_opt = torch.optim.SGD(classifier.parameters(), lr=cfg.linear_lr, momentum=0.9, weight_decay=1e-6)
@@ -136,7 +137,7 @@ def train_barlow_twins(config: dict[str, Any], session: Session | None = None, s
             train_loss, _, seconds, images_per_second = meter.result(env)
             diverged = not (meter.finite(env) and parameters_finite(model))
             metrics = {"stage": "pretext", "train_loss": train_loss, "lr": current_lr(optimizer),
-                       **state.add_telemetry(telemetry and telemetry.collect(), epoch + 1)}
+                       **state.add_telemetry(telemetry, epoch + 1)}
         else:
             model.eval()
             classifier.train()  # evaluation left it in eval mode
@@ -162,7 +163,7 @@ def train_barlow_twins(config: dict[str, Any], session: Session | None = None, s
         state.next_epoch = epoch + 1
         metrics = {"epoch": epoch + 1, **metrics, "epoch_seconds": seconds, "images_per_second": images_per_second,
                    "status": "diverged" if diverged else ("completed" if epoch + 1 == total else "running")}
-        report(env, state, metrics, None if diverged else modules, cfg)
+        report(env, state, metrics, None if diverged else modules, cfg, total)
         if diverged:
             break
     return state.history

@@ -32,6 +32,43 @@ def per_worker_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
+MICRO_AUTO = "auto"  # micro_batch_size: the largest that fits the device (probed once per run)
+MICRO_CHOSEN_KEY = "micro_batch_size_chosen"  # the metric saying what `auto` picked (a study records it as a param)
+BN_SYNC = "sync"  # bn_group: SyncBatchNorm over the whole global batch (GPUs, no micro-batching)
+
+
+def resolve_batching(global_batch: int, world_size: int, micro_batch_size: int | str | None,
+                     bn_group: int | str | None, on_gpu: bool = True) -> tuple[int | str, int | str]:
+    """(micro_batch_size, bn_group) made explicit for `world_size` workers; ValueError naming the setting.
+
+    Defaults: no micro-batching (the whole per-worker batch) and BatchNorm over each worker's batch
+    (plain DDP, as the TVLARS paper's code), written out as numbers so a trial records what ran.
+    """
+    local = per_worker_batch(global_batch, world_size)
+    micro = local if micro_batch_size is None else micro_batch_size
+    if micro != MICRO_AUTO and local % micro:
+        raise ValueError(f"micro_batch_size: {micro} does not divide the per-worker batch {local} "
+                         f"(batch_size {global_batch} / {world_size} workers)")
+    if bn_group is None:
+        if micro == MICRO_AUTO:
+            raise ValueError("bn_group: set it with micro_batch_size=auto (e.g. bn_group=128), so what BatchNorm "
+                             "normalises over does not depend on the device's free memory")
+        bn_group = micro
+    if bn_group == BN_SYNC:
+        if micro != local:
+            raise ValueError(f"bn_group: 'sync' normalises over the whole global batch, which micro_batch_size={micro} "
+                             f"splits; give a number of samples instead (e.g. bn_group={local})")
+        if world_size > 1 and not on_gpu:
+            raise ValueError("bn_group: 'sync' across workers needs GPUs (torch has no CPU SyncBatchNorm); "
+                             f"give a number of samples instead (e.g. bn_group={local})")
+    elif micro == MICRO_AUTO and local % bn_group:
+        raise ValueError(f"bn_group: {bn_group} does not divide the per-worker batch {local}")
+    elif micro != MICRO_AUTO and micro % bn_group:
+        raise ValueError(f"bn_group: {bn_group} does not divide the micro-batch {micro} "
+                         f"(micro_batch_size, or the per-worker batch {local} without micro-batching)")
+    return micro, bn_group
+
+
 @dataclass(frozen=True)
 class Shard:
     """One worker's view of the training set: `steps` global batches per epoch, its rows of each."""

@@ -8,6 +8,7 @@ with `status="diverged"` instead of an exception.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Callable
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from optim import per_sample_grad_norms
 from optim.clars import CLARS, microbatch_grad_norms
 from trainables.augment import crop_flip, normalize, sample_crop_flip, take
-from trainables.batches import Shard, derived_seed, generator
+from trainables.batches import MICRO_AUTO, MICRO_CHOSEN_KEY, Shard, derived_seed, generator, resolve_batching
 from trainables.config import TrialConfig
 from trainables.models import build_model
 from trainables.session import Session
@@ -27,6 +28,7 @@ from trainables.worker import (
     WorkerEnv,
     build_training,
     current_lr,
+    due,
     evaluate,
     parameters_finite,
     place_model,
@@ -45,14 +47,69 @@ def input_pipeline(mean: tuple, std: tuple, env: WorkerEnv) -> Callable[[Tensor]
     return lambda x: normalize(x, mean_t, std_t).contiguous(memory_format=env.memory_format())
 
 
-def clars_norms(cfg: TrialConfig, model: nn.Module, loss_fn, x: Tensor, y: Tensor, env: WorkerEnv) -> list[Tensor]:
-    """CLARS' (1/B)·Σᵢ‖∇fᵢ‖ per parameter over the global batch (local means averaged over workers)."""
+def clars_norms(cfg: TrialConfig, model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> list[Tensor]:
+    """CLARS' (1/b)·Σᵢ‖∇fᵢ‖ per parameter over this worker's `b` samples `x`."""
     if cfg.clars_norms == "exact":
-        norms = per_sample_grad_norms(model, loss_fn, x, y)
-    else:
-        norms = microbatch_grad_norms(model, loss_fn, x, y, min(cfg.clars_microbatches, x.shape[0]))
-    stacked = env.all_sum(torch.stack(norms).detach()) / env.world_size
-    return list(stacked.unbind())
+        return per_sample_grad_norms(model, loss_fn, x, y)
+    return microbatch_grad_norms(model, loss_fn, x, y, min(cfg.clars_microbatches, x.shape[0]))
+
+
+def accumulation(network: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """DDP's `no_sync` on all but the last micro-batch: gradients all-reduce once per step, accumulated."""
+    return network.no_sync() if not last and hasattr(network, "no_sync") else contextlib.nullcontext()
+
+
+def train_step(cfg: TrialConfig, env: WorkerEnv, network: nn.Module, model: nn.Module, optimizer, loss_fn,
+               x: Tensor, y: Tensor, micro: int) -> tuple[Tensor, Tensor]:
+    """One optimizer step on this worker's batch, forward/backward in micro-batches of `micro` samples.
+
+    The gradients of the micro-batches' losses, each weighted by its share of the batch, add up to the
+    gradient of the batch's mean loss; the optimizer (and so every trust ratio) sees only that sum,
+    all-reduced over workers. Returns the batch's mean loss and its logits (detached).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    pieces = list(zip(x.split(micro), y.split(micro)))
+    losses, outputs, norms = [], [], []
+    for i, (xs, ys) in enumerate(pieces):
+        with accumulation(network, last=i == len(pieces) - 1):
+            with env.autocast():
+                logits = network(xs)
+                loss = loss_fn(logits.float(), ys)
+            (loss * (xs.shape[0] / x.shape[0])).backward()
+        losses.append(loss.detach())
+        outputs.append(logits.detach())
+        if isinstance(optimizer, CLARS):
+            norms.append(torch.stack(clars_norms(cfg, model, loss_fn, xs, ys)).detach())
+    if isinstance(optimizer, CLARS):  # the mean over the global batch: micro-batches and workers are equal-sized
+        mean = env.all_sum(torch.stack(norms).mean(0)) / env.world_size
+        optimizer.set_per_sample_grad_norms(model.parameters(), list(mean.unbind()))
+    optimizer.step()
+    return torch.stack(losses).mean(), torch.cat(outputs)
+
+
+def fitting_micro_batch(cfg: TrialConfig, env: WorkerEnv, network: nn.Module, model: nn.Module, loss_fn,
+                        x: Tensor, y: Tensor, bn_group: int) -> int:
+    """`micro_batch_size=auto`: the largest multiple of `bn_group` dividing this worker's batch whose
+    forward and backward fit the device, probed once (model state untouched); the whole batch on CPU."""
+    local = x.shape[0]
+    if env.device.type != "cuda":
+        return local  # host memory is not probed: a CPU run takes the whole batch
+    saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    try:
+        for size in sorted((d for d in range(bn_group, local + 1, bn_group) if local % d == 0), reverse=True):
+            try:
+                with accumulation(network, last=False), env.autocast():
+                    loss_fn(network(x[:size]).float(), y[:size]).backward()
+                return size
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+            finally:
+                model.zero_grad(set_to_none=True)
+        raise RuntimeError(f"micro_batch_size: even bn_group={bn_group} samples do not fit the device's memory")
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(saved[name])
 
 
 def train_classifier(config: dict[str, Any], session: Session | None = None, shared_data: Any = None
@@ -65,7 +122,9 @@ def train_classifier(config: dict[str, Any], session: Session | None = None, sha
     shard = Shard(len(data.train), cfg.batch_size, env.rank, env.world_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.image_size, init=cfg.init, width=cfg.width)
-    model = place_model(model, env)
+    micro, bn_group = resolve_batching(cfg.batch_size, env.world_size, cfg.micro_batch_size, cfg.bn_group,
+                                       env.device.type == "cuda")
+    model = place_model(model, env, bn_group)
     optimizer, scheduler, telemetry = build_training(cfg, model, shard.steps, cfg.epochs)
     modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     state = restore(modules, env)
@@ -81,14 +140,13 @@ def train_classifier(config: dict[str, Any], session: Session | None = None, sha
         for step, index in steps(shard.epoch(epoch), meter, env):
             draws = take(sample_crop_flip(cfg.batch_size, generator(cfg.seed, epoch, step, AUGMENT_STREAM)), shard.rows)
             x, y = prepare(crop_flip(data.train.images[index], draws)), data.train.labels[index]
-            with env.autocast():
-                logits = network(x)
-                loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if isinstance(optimizer, CLARS):
-                optimizer.set_per_sample_grad_norms(model.parameters(), clars_norms(cfg, model, loss_fn, x, y, env))
-            optimizer.step()
+            if micro == MICRO_AUTO:
+                micro = fitting_micro_batch(cfg, env, network, model, loss_fn, x, y, bn_group)
+            try:
+                loss, logits = train_step(cfg, env, network, model, optimizer, loss_fn, x, y, micro)
+            except torch.OutOfMemoryError as error:
+                raise RuntimeError(f"micro_batch_size: out of device memory at {micro} samples per micro-batch; "
+                                   "set a smaller micro_batch_size, or micro_batch_size=auto") from error
             scheduler.step()
             meter.add(loss, logits, y)
         train_loss, train_top1, seconds, images_per_second = meter.result(env)
@@ -99,12 +157,14 @@ def train_classifier(config: dict[str, Any], session: Session | None = None, sha
         state.next_epoch = epoch + 1
         metrics = {
             "epoch": epoch + 1, "train_loss": train_loss, "train_top1": train_top1,
-            **evaluate(model, data.test.images, data.test.labels, env, prepare),
-            "lr": current_lr(optimizer), **state.add_telemetry(telemetry and telemetry.collect(), epoch + 1),
+            **(evaluate(model, data.test.images, data.test.labels, env, prepare)
+               if due(cfg.eval_every, epoch + 1, cfg.epochs) else {}),
+            "lr": current_lr(optimizer), **state.add_telemetry(telemetry, epoch + 1),
             "epoch_seconds": seconds, "images_per_second": images_per_second,
+            **({MICRO_CHOSEN_KEY: micro} if cfg.micro_batch_size == MICRO_AUTO else {}),
             "status": "diverged" if diverged else ("completed" if epoch + 1 == cfg.epochs else "running"),
         }
-        report(env, state, metrics, None if diverged else modules, cfg)
+        report(env, state, metrics, None if diverged else modules, cfg, cfg.epochs)
         if diverged:
             break
     return state.history

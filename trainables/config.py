@@ -16,6 +16,7 @@ from typing import Any
 
 from optim import SCHEDULERS, optimizer_hparams
 from optim.factory import validate_hparams
+from trainables.batches import BN_SYNC, MICRO_AUTO
 from trainables.data import check_data_dir
 from trainables.models import INITS, MODELS
 
@@ -25,7 +26,8 @@ _CHOICES = {
     "task": TASKS, "model": MODELS, "init": INITS, "scheduler": SCHEDULERS, "lr_scaling": LR_SCALINGS,
     "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16"), "clars_norms": ("exact", "microbatch"),
 }
-_AT_LEAST_ONE = {"batch_size", "epochs", "telemetry_every", "base_batch", "linear_epochs", "clars_microbatches",
+_AT_LEAST_ONE_OR_WORD = {"micro_batch_size": MICRO_AUTO, "bn_group": BN_SYNC}
+_AT_LEAST_ONE = {"batch_size", "epochs", "telemetry_every", "eval_every", "checkpoint_every", "base_batch", "linear_epochs", "clars_microbatches",
                  "threads", "limit", "test_limit", "width", "image_size", "linear_batch_size"}
 _POSITIVE = {"bt_lambda", "linear_lr", "base_lr", "poly_power", "divergence_factor"}
 
@@ -53,6 +55,8 @@ class TrialConfig:
     min_lr_ratio: float = 0.0
     poly_power: float = 2.0
     batch_size: int = 512  # global batch, over all workers
+    micro_batch_size: int | str | None = None  # per worker: gradient accumulation; None = whole batch, or "auto"
+    bn_group: int | str | None = None  # samples per BatchNorm group (ghost BN); None = the micro-batch, or "sync"
     epochs: int = 10
     seed: int = 0
     label_smoothing: float = 0.0
@@ -67,6 +71,8 @@ class TrialConfig:
     linear_batch_size: int | None = None  # default: batch_size
     # runtime
     telemetry_every: int = 1
+    eval_every: int = 1  # classification: evaluate every N epochs (and the last); ASHA's rungs must be multiples
+    checkpoint_every: int = 1  # save a checkpoint every N epochs (and the last)
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
     threads: int | None = None  # torch intra-op threads per worker
@@ -98,6 +104,16 @@ class TrialConfig:
         for key in _AT_LEAST_ONE:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key, word in _AT_LEAST_ONE_OR_WORD.items():
+            value = getattr(self, key)
+            if isinstance(value, str) and value != word or isinstance(value, int) and value < 1:
+                raise ValueError(f"{key}: must be a number >= 1 or {word!r}, got {value!r}")
+        if self.task == "bt" and (self.micro_batch_size, self.bn_group) != (None, None):
+            raise ValueError("micro_batch_size: Barlow Twins' loss needs the whole batch at once; micro_batch_size "
+                             "and bn_group apply to classification (task=clf) only")
+        if self.task == "bt" and self.eval_every != 1:
+            raise ValueError("eval_every: Barlow Twins evaluates every linear-evaluation epoch; it applies to "
+                             "classification (task=clf) only")
         for key in _POSITIVE:
             if getattr(self, key) is not None and not getattr(self, key) > 0:
                 raise ValueError(f"{key}: must be positive, got {getattr(self, key)}")

@@ -22,7 +22,7 @@ from ray.train.torch import TorchTrainer
 
 
 from trainables.barlow_twins import train_barlow_twins
-from trainables.batches import per_worker_batch
+from trainables.batches import resolve_batching
 from trainables.classification import train_classifier
 from trainables.config import TrialConfig
 from trainables.worker import SHARED_DATA_KEY
@@ -77,7 +77,8 @@ def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool
     """A TorchTrainer for `config` (validated here, before Ray schedules anything); `shared_data`: the
     dataset's reference in Ray's object store, handed to every worker instead of a path to load."""
     cfg = TrialConfig.from_dict(config)
-    per_worker_batch(cfg.batch_size, num_workers)  # the global batch must split evenly, checked before Ray starts
+    # the global batch must split evenly into workers, micro-batches and BatchNorm groups: checked before Ray starts
+    resolve_batching(cfg.batch_size, num_workers, cfg.micro_batch_size, cfg.bn_group, use_gpu)
     if cfg.threads is None:
         cfg.threads = default_threads(num_workers, use_gpu)
     resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if use_gpu else {})

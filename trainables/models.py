@@ -108,6 +108,52 @@ def build_model(name: str, num_classes: int, image_size: int, *, init: str = "ka
     return model
 
 
+class _GhostBatchNorm:
+    """BatchNorm over groups of `group` samples (ghost batch norm; Hoffer et al. 2017) in training.
+
+    Each group is normalised by its own statistics and updates the running statistics in turn, exactly
+    as BatchNorm over consecutive micro-batches of `group` samples does — so a batch at `bn_group=m`
+    trains like the same batch split into micro-batches of m. Evaluation and batches of at most `group`
+    samples (e.g. CLARS' per-sample gradients) are plain BatchNorm.
+    """
+
+    group: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] <= self.group:
+            return super().forward(x)
+        if x.shape[0] % self.group:
+            raise ValueError(f"bn_group: {self.group} does not divide a batch of {x.shape[0]} samples")
+        # one BatchNorm call per group (not a reshaped single call): the running statistics must see the
+        # groups one after another, as consecutive micro-batches do, for the two to train alike
+        return torch.cat([super(_GhostBatchNorm, self).forward(chunk) for chunk in x.split(self.group)])
+
+
+class GhostBatchNorm1d(_GhostBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class GhostBatchNorm2d(_GhostBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+_GHOSTS = {nn.BatchNorm1d: GhostBatchNorm1d, nn.BatchNorm2d: GhostBatchNorm2d}
+
+
+def set_bn_group(model: nn.Module, group: int) -> nn.Module:
+    """Make every BatchNorm layer of `model` normalise over groups of `group` samples (in place).
+
+    The layers change class rather than being rebuilt, so parameter names, state dicts and the
+    optimizer's view of the parameters stay the same.
+    """
+    for module in model.modules():
+        ghost = _GHOSTS.get(type(module)) or (type(module) if isinstance(module, _GhostBatchNorm) else None)
+        if ghost is not None:
+            module.__class__ = ghost
+            module.group = group
+    return model
+
+
 def split_head(model: nn.Module) -> tuple[nn.Module, int]:
     """Replace the classifier head by identity; return (backbone, feature dimension)."""
     if isinstance(model, CifarResNet) or hasattr(model, "fc"):

@@ -30,9 +30,11 @@ from torch import Tensor, nn
 
 from optim import build_optimizer, build_scheduler
 from optim.layerwise import LayerwiseOptimizer
-from trainables.batches import eval_indices
+from optim.telemetry import TrustRatioTelemetry
+from trainables.batches import BN_SYNC, eval_indices
 from trainables.config import TrialConfig
 from trainables.data import Dataset, balanced_subset, load_dataset
+from trainables.models import set_bn_group
 from trainables.session import Session, TrainSession
 
 STATE_FILE, TELEMETRY_FILE, HISTORY_FILE = "state.pt", "telemetry.parquet", "history.json"
@@ -60,6 +62,8 @@ class WorkerEnv:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = session.device(cfg.device)
+        if device.type == "cuda":  # fixed shapes every step: let cuDNN pick its fastest convolutions once
+            torch.backends.cudnn.benchmark = True
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         return cls(session.rank, session.world_size, device, torch.bfloat16 if bf16 else None, session)
 
@@ -101,10 +105,12 @@ def start_worker(config: dict[str, Any], session: Session | None, shared_data: A
     return cfg, env, load_data(cfg, env, shared_data)
 
 
-def place_model(model: nn.Module, env: WorkerEnv) -> nn.Module:
-    """Move to the device in channels_last; multi-GPU runs get SyncBatchNorm (torch has none on CPU)."""
-    if env.world_size > 1 and env.device.type == "cuda":
+def place_model(model: nn.Module, env: WorkerEnv, bn_group: int | str | None = None) -> nn.Module:
+    """Move to the device in channels_last, BatchNorm over `bn_group` samples (SyncBatchNorm for 'sync')."""
+    if bn_group == BN_SYNC and env.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif isinstance(bn_group, int):
+        set_bn_group(model, bn_group)
     return model.to(env.device, memory_format=env.memory_format())
 
 
@@ -151,8 +157,10 @@ class RunState:
     resumed_from: int = 0  # epoch this attempt started at (not saved)
     setup_seconds: float | None = None  # loop entry to first epoch (data, model, restore); reported once
 
-    def add_telemetry(self, batch, epoch: int) -> dict[str, float]:
-        """Store one epoch's telemetry; return the trust-ratio summary over layers (per-layer epoch mean)."""
+    def add_telemetry(self, telemetry: TrustRatioTelemetry | None, epoch: int) -> dict[str, float]:
+        """Collect and store one epoch's telemetry; return the trust-ratio summary over layers (per-layer epoch mean)."""
+        # `is None`, not truthiness: an epoch that recorded no step has len(telemetry) == 0
+        batch = telemetry.collect() if telemetry is not None else None
         if batch is None or len(batch.steps) == 0:
             return {}
         table = batch.to_arrow()
@@ -184,8 +192,10 @@ def restore(modules: dict[str, Any], env: WorkerEnv) -> RunState:
 
 
 def report(env: WorkerEnv, state: RunState, metrics: dict[str, Any], modules: dict[str, Any] | None,
-           cfg: TrialConfig) -> None:
-    """Report the epoch's metrics; with `modules`, rank 0 also saves the epoch's checkpoint."""
+           cfg: TrialConfig, last_epoch: int) -> None:
+    """Report the epoch's metrics; with `modules`, rank 0 also saves the epoch's checkpoint when one is due."""
+    if not due(cfg.checkpoint_every, state.next_epoch, last_epoch):
+        modules = None
     metrics["restarts"] = state.extra.get("restarts", 0)  # times this run resumed from a checkpoint
     if state.setup_seconds is not None:  # the first report of this attempt: what its start-up cost inside the loop
         metrics["setup_seconds"], state.setup_seconds = state.setup_seconds, None
@@ -258,6 +268,11 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, env: WorkerEnv, p
     loss, top1, top5, count = env.all_sum(sums).tolist()
     model.train(was_training)
     return {"test_loss": loss / count, "test_top1": 100 * top1 / count, "test_top5": 100 * top5 / count}
+
+
+def due(every: int, epoch: int, last: int) -> bool:
+    """Whether 1-based `epoch` gets a periodic job (evaluation, checkpoint) done `every` epochs and at the end."""
+    return epoch % every == 0 or epoch == last
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -85,3 +85,45 @@ def test_study_settings_are_checked_before_the_study(sets, message):
 def test_a_study_trial_records_its_batching_as_numbers():
     settings = make_plan("demo", {"micro_batch_size": 200}, data_dir="/nonexistent").trial_config({})
     assert (settings["micro_batch_size"], settings["bn_group"]) == (200, 200)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_epoch_of_steps_never_waits_on_the_host(device, cifar10_dir, data_cache):
+    """The loop's step — device indices, epoch-wide draws, augmentation, micro-batched forward/backward,
+    the optimizer with telemetry, the epoch meter — under CUDA's sync debug mode "error" where CUDA exists."""
+    from trainables.augment import crop_flip, epoch_draws, sample_crop_flip
+    from trainables.batches import Shard, generator
+    from trainables.classification import AUGMENT_STREAM, input_pipeline, train_step
+    from trainables.config import TrialConfig
+    from trainables.data import balanced_subset, load_dataset
+    from trainables.models import build_model
+    from trainables.worker import EpochMeter, WorkerEnv, build_training, place_model
+
+    cfg = TrialConfig.from_dict(_settings(cifar10_dir, epochs=1, warmup_epochs=0, micro_batch_size=100, bn_group=50))
+    env = WorkerEnv(0, 1, torch.device(device), None, RecordingSession())
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    train = balanced_subset(data.train, cfg.limit)
+    images, labels = train.images.to(device), train.labels.to(device)
+    model = place_model(build_model(cfg.model, 10, 32, width=cfg.width), env, 50)
+    optimizer, scheduler, telemetry = build_training(cfg, model, 2, 1)
+    shard, prepare, loss_fn = Shard(len(labels), cfg.batch_size, 0, 1, cfg.seed), input_pipeline(data.mean, data.std, env), torch.nn.CrossEntropyLoss()
+    meter = EpochMeter(env.device)
+    draws = epoch_draws(lambda step: sample_crop_flip(cfg.batch_size, generator(cfg.seed, 0, step, AUGMENT_STREAM)),
+                        shard.steps, shard.rows, env.device)
+    steps = list(shard.epoch(0, env.device))
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step, index in steps:
+            x, y = prepare(crop_flip(images[index], draws[step])), labels[index]
+            loss, logits = train_step(cfg, env, model, model, optimizer, loss_fn, x, y, 100)
+            scheduler.step()
+            meter.add(loss, logits, y)
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
+    train_loss, _, _, images_per_second = meter.result(env)
+    assert math.isfinite(train_loss) and images_per_second > 0 and len(telemetry) == shard.steps

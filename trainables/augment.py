@@ -9,6 +9,7 @@ not per sample, so it cannot augment a batch in one call — hence these few fun
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,16 @@ _LUMA = (0.299, 0.587, 0.114)
 def take(params: Params, rows: slice) -> Params:
     """The parameters of the samples in `rows` (a worker's share of the global batch)."""
     return {k: v[rows] for k, v in params.items()}
+
+
+def epoch_draws(sample: Callable[[int], Params], steps: int, rows: slice, device: torch.device) -> list[Params]:
+    """Every step's draws (`sample(step)`, for the global batch) for this worker's `rows`, moved to `device`
+    in one copy per epoch, so no step waits on a host-to-device transfer. The values are unchanged."""
+    draws = [take(sample(step), rows) for step in range(steps)]
+    if not draws:
+        return []
+    stacked = {k: torch.stack([d[k] for d in draws]).to(device) for k in draws[0]}
+    return [{k: v[step] for k, v in stacked.items()} for step in range(steps)]
 
 
 def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:

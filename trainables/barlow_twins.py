@@ -121,7 +121,7 @@ def train_barlow_twins(config: dict[str, Any], session: Session | None = None, s
         pretext = epoch < cfg.epochs
         if pretext:
             model.train()
-            for step, index in steps(shard.epoch(epoch), meter, env):
+            for step, index in steps(shard.epoch(epoch, env.device), meter, env):
                 images = data.train.images[index]
                 v1, v2 = (normalize(view(images, take(sample_view(cfg.batch_size, generator(cfg.seed, epoch, step, s)),
                                                         shard.rows), size), mean_t, std_t)
@@ -141,7 +141,7 @@ def train_barlow_twins(config: dict[str, Any], session: Session | None = None, s
         else:
             model.eval()
             classifier.train()  # evaluation left it in eval mode
-            for step, index in steps(linear_shard.epoch(epoch), meter, env):
+            for step, index in steps(linear_shard.epoch(epoch, env.device), meter, env):
                 draws = take(sample_crop_flip(linear_shard.global_batch,
                                               generator(cfg.seed, epoch, step, AUGMENT_STREAM)), linear_shard.rows)
                 with torch.no_grad(), env.autocast():

@@ -96,9 +96,12 @@ class Shard:
         local = self.global_batch // self.world_size
         return slice(self.rank * local, (self.rank + 1) * local)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[int, Tensor]]:
-        """(step, this worker's example indices) for every step of `epoch`."""
-        order = torch.randperm(self.num_examples, generator=generator(self.seed, epoch))
+    def epoch(self, epoch: int, device: torch.device | str = "cpu") -> Iterator[tuple[int, Tensor]]:
+        """(step, this worker's example indices on `device`) for every step of `epoch`.
+
+        The permutation is drawn on the host (the same on every device) and copied once per epoch, so a
+        step indexes device data with device indices (no per-step host-to-device copy)."""
+        order = torch.randperm(self.num_examples, generator=generator(self.seed, epoch)).to(device)
         for step in range(self.steps):
             yield step, order[step * self.global_batch:(step + 1) * self.global_batch][self.rows]
 

@@ -1,16 +1,22 @@
-"""Trainable overhead: images/s of the Ray Train classification trial vs a bare PyTorch loop; and a
-study's overhead: wall time of a 6-trial, 1-epoch `demo` study ÷ the sum of its trials' epoch seconds.
+"""Whole-training benchmarks: a study's trial vs a bare PyTorch loop; micro-batching and telemetry as
+shares of a step; on CUDA, ResNet-18 epochs at the paper's batches with a phase breakdown; and a
+study's overhead (a 6-trial, 1-epoch `demo` study's wall time ÷ the sum of its trials' epoch seconds).
 
-    python -m trainables.bench [--model resnet8] [--optimizer lars] [--batch-size 512] [--limit 10240]
-                               [--epochs 4] [--rounds 5] [--device cpu|cuda] [--data-dir DIR] [--no-study]
+    python -m trainables.bench [--device cpu|cuda] [--rounds 5] [--steps 5] [--model resnet8]
+                               [--optimizer lars] [--batch-size 512] [--limit 10240] [--epochs 4]
+                               [--data-dir DIR] [--no-trials] [--no-torch-trainer] [--no-steps] [--no-study]
 
-Both sides train the same model on the same data with the same optimizer, schedule, batch and
-tensor augmentation; the bare loop has no Ray, no telemetry, no metrics, no checkpoints. Training
-images/s is the median over epochs after the first (which includes one-off warm-up); the two sides
-run in rounds (alternating which goes first), each round gives a ratio bare ÷ trainable; the median
-and interquartile range over rounds are printed, and the target (≤ 1.10) is met only if the whole IQR
-meets it. With `--device cuda`
-the defaults become ResNet-18, the full CIFAR-10 and batch 4096, and seconds/epoch are printed too.
+A trial runs the classification loop one of two ways, both measured: a one-worker trial inside its
+Tune actor (what a study runs for `workers=1`; the ≤ 1.10 target applies to it), and a Ray Train
+`TorchTrainer` run (what a study runs for `workers>1`; here with one worker, to compare like with like).
+All sides train the same model on the same data with the same optimizer, schedule, batch and tensor
+augmentation; the bare loop has no Ray, no telemetry, no metrics, no checkpoints. Training images/s
+is the median over epochs after the first (which includes one-off warm-up); the sides run in rounds
+(the bare loop alternately first and last), each round gives a ratio bare ÷ trial per path; the
+median and interquartile range over rounds are printed, and a target is met only if the whole IQR
+meets it. Step lines time the study's own `train_step` in interleaved rounds the same way. With
+`--device cuda` the defaults become ResNet-18, the full CIFAR-10 and batch 4096, and the epoch lines
+(4096, and 16384 with `micro_batch_size=auto`) print seconds per phase and peak memory.
 """
 
 from __future__ import annotations
@@ -27,12 +33,18 @@ import torch
 from torch import nn
 
 from optim import build_optimizer, build_scheduler, optimizer_hparams
-from trainables.augment import crop_flip, normalize, sample_crop_flip
-from trainables.batches import Shard, generator
+from optim.bench import CONFIGS, WD
+from optim.factory import LAYERWISE
+from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_flip
+from trainables.batches import MICRO_AUTO, Shard, generator
 from trainables.data import balanced_subset, data_dir_for, load_dataset
 from trainables.download import ensure_dataset
-from trainables.launch import default_threads, fit
+from trainables.batches import resolve_batching
+from trainables.classification import AUGMENT_STREAM, fitting_micro_batch, input_pipeline, train_step
+from trainables.config import TrialConfig
+from trainables.launch import LOOPS, default_threads, fit
 from trainables.models import build_model
+from trainables.worker import WorkerEnv, build_training, evaluate, place_model
 
 
 def bare_loop(cfg: dict, device: torch.device, threads: int) -> list[float]:
@@ -68,6 +80,225 @@ def bare_loop(cfg: dict, device: torch.device, threads: int) -> list[float]:
     return seconds
 
 
+MICRO_SPLIT = 4  # the micro-batching line splits the batch into this many micro-batches
+TELEMETRY_OFF = 10**9  # telemetry_every so large that no step records
+STEP_HPARAMS = {name: CONFIGS[name][1] for name in LAYERWISE}  # optim.bench's settings per optimizer
+
+
+class _NoSession:
+    """The step needs no Ray: nothing is reported or checkpointed."""
+
+    rank, world_size = 0, 1
+
+
+NO_SESSION = _NoSession()
+
+
+def step_seconds(settings: dict, x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, float]:
+    """Median seconds of one training step (the study's `train_step`) and of its optimizer step alone,
+    after a warm-up step, on a fresh model."""
+    cfg = TrialConfig.from_dict(settings, check_data=False)
+    micro, bn_group = resolve_batching(cfg.batch_size, 1, cfg.micro_batch_size, cfg.bn_group, x.is_cuda)
+    env = WorkerEnv(0, 1, x.device, torch.bfloat16 if x.is_cuda else None, NO_SESSION)
+    torch.manual_seed(cfg.seed)
+    model = place_model(build_model(cfg.model, 10, x.shape[-1], width=cfg.width), env, bn_group)
+    optimizer, _, _ = build_training(cfg, model, steps_per_epoch=steps + 1, epochs=cfg.epochs)
+    clock = PhaseClock(x.device)
+    optimizer.register_step_pre_hook(lambda *_: clock.switch("optimizer"))
+    optimizer.register_step_post_hook(lambda *_: clock.switch("rest"))
+    loss_fn, seconds, optimizer_seconds = nn.CrossEntropyLoss(), [], []
+    for _ in range(steps + 1):
+        clock.seconds = {}
+        clock.switch("rest")
+        train_step(cfg, env, model, model, optimizer, loss_fn, x, y, micro)
+        clock.switch(None)
+        seconds.append(sum(clock.seconds.values()))
+        optimizer_seconds.append(clock.seconds["optimizer"])
+    return statistics.median(seconds[1:]), statistics.median(optimizer_seconds[1:])
+
+
+def interleaved(variants: dict[str, dict], x: torch.Tensor, y: torch.Tensor, rounds: int, steps: int
+                ) -> dict[str, list[tuple[float, float]]]:
+    """(seconds/step, optimizer seconds/step) of each variant, `rounds` times, the order reversed every other round."""
+    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for round_ in range(rounds):
+        for name in list(variants)[:: -1 if round_ % 2 else 1]:
+            seconds[name].append(step_seconds(variants[name], x, y, steps))
+    return seconds
+
+
+def spread(ratios: list[float]) -> tuple[float, float, float]:
+    """Median and interquartile range of per-round ratios."""
+    low, median, high = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return statistics.median(ratios), low, high
+
+
+def step_costs(cfg: dict, device: torch.device, rounds: int, steps: int) -> list[str]:
+    """Steps/s with and without micro-batching (same global batch and BatchNorm groups), and each layer-wise
+    optimizer's trust-ratio telemetry on vs off, as a share of a whole training step."""
+    data = load_dataset("cifar10", cfg["data_dir"])
+    train = balanced_subset(data.train, cfg["batch_size"])
+    x = normalize(train.images.to(device).float() / 255, torch.tensor(data.mean, device=device),
+                  torch.tensor(data.std, device=device)).contiguous(memory_format=torch.channels_last)
+    y = train.labels.to(device)
+    base = dict(model=cfg["model"], batch_size=cfg["batch_size"], epochs=cfg["epochs"], warmup_epochs=0,
+                seed=cfg["seed"], threads=cfg["threads"])
+    group = cfg["batch_size"] // MICRO_SPLIT
+    whole = dict(base, optimizer="lars", lr=cfg["lr"], momentum=0.9, weight_decay=WD, bn_group=group)
+    seconds = interleaved({"whole": whole, "micro": dict(whole, micro_batch_size=group)}, x, y, rounds, steps)
+    ratio = spread([m[0] / w[0] for m, w in zip(seconds["micro"], seconds["whole"])])
+    whole_step, micro_step = (statistics.median(s for s, _ in seconds[k]) for k in ("whole", "micro"))
+    lines = [f"  train step, lars, batch {cfg['batch_size']}, bn_group {group}: whole batch {1 / whole_step:.2f} "
+             f"steps/s, {MICRO_SPLIT} micro-batches of {group} {1 / micro_step:.2f} steps/s; time ratio "
+             f"micro/whole {ratio[0]:.3f} IQR [{ratio[1]:.3f}, {ratio[2]:.3f}]"]
+    for name in LAYERWISE:
+        settings = dict(base, optimizer=name, **STEP_HPARAMS[name])
+        seconds = interleaved({"on": dict(settings, telemetry_every=1),
+                               "off": dict(settings, telemetry_every=TELEMETRY_OFF)}, x, y, rounds, steps)
+        pairs = list(zip(seconds["on"], seconds["off"]))
+        whole_ratio = spread([on[0] / off[0] for on, off in pairs])
+        # the same cost read from the optimizer step alone (its on/off difference over the whole step):
+        # far less noisy than the whole step's ratio, whose rounds differ by more than telemetry costs
+        share = spread([1 + (on[1] - off[1]) / off[0] for on, off in pairs])
+        lines.append(f"  telemetry {name:7s} on/off: whole step {whole_ratio[0]:.3f} IQR [{whole_ratio[1]:.3f}, "
+                     f"{whole_ratio[2]:.3f}]; 1 + optimizer-time difference / step {share[0]:.4f} IQR [{share[1]:.4f}, "
+                     f"{share[2]:.4f}] of a {statistics.median(s for s, _ in seconds['off']) * 1000:.0f} ms step "
+                     f"(optimizer {statistics.median(o for _, o in seconds['off']) * 1000:.1f} ms off, "
+                     f"{statistics.median(o for _, o in seconds['on']) * 1000:.1f} ms on); target <= 1.03: "
+                     f"{'met' if share[2] <= 1.03 else 'not met by the whole IQR'} (optimizer-time measure)")
+    return lines
+
+
+def trial_lines(cfg: dict, device: str, rounds: int, torch_trainer_too: bool = True) -> list[str]:
+    """Training images/s of the bare loop and of both trial paths, in interleaved rounds, with ratios."""
+    gpu = device == "cuda"
+    images = len(balanced_subset(load_dataset("cifar10", cfg["data_dir"]).train, cfg["limit"]))
+    steps = images // cfg["batch_size"]
+
+    def later(history: list[dict]) -> tuple[float, float]:
+        """Training images/s and seconds/epoch: medians over the epochs after the first."""
+        rest = history[1:]
+        return (statistics.median(h["images_per_second"] for h in rest),
+                statistics.median(h["epoch_seconds"] for h in rest))
+
+    def torch_trainer() -> tuple[float, float]:
+        outcome = fit(cfg, use_gpu=gpu)
+        if outcome.status != "completed":
+            raise SystemExit(f"TorchTrainer run ended {outcome.status}: {outcome.error}")
+        return later(outcome.history)
+
+    def bare() -> float:
+        seconds = bare_loop(cfg, torch.device(device), cfg["threads"])
+        return statistics.median(steps * cfg["batch_size"] / s for s in seconds[1:])
+
+    paths = {TARGET_PATH: lambda: later(tune_trial(cfg, gpu))}
+    if torch_trainer_too:
+        paths["Ray Train TorchTrainer"] = torch_trainer
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    bare_ips = []
+    for round_ in range(rounds):  # every side alternately earlier and later, so load drift falls on all
+        if not round_ % 2:
+            bare_ips.append(bare())
+        for name in list(paths)[:: -1 if round_ % 2 else 1]:
+            measured[name].append(paths[name]())
+        if round_ % 2:
+            bare_ips.append(bare())
+
+    lines = [f"{cfg['model']} {cfg['optimizer']} batch {cfg['batch_size']} on {device} ({cfg['threads']} threads), "
+             f"{images} images, {cfg['epochs']} epochs; medians over epochs 2..{cfg['epochs']}, {rounds} rounds",
+             f"  bare PyTorch loop         {statistics.median(bare_ips):9.0f} images/s   (median of rounds)"]
+    for name, results in measured.items():
+        ratios = [b / t for b, (t, _) in zip(bare_ips, results)]
+        median, low, high = spread(ratios)
+        target = " (target <= 1.10: " + ("met)" if high <= 1.10 else "not met by the whole IQR)")
+        lines.append(f"  {name:25s} {statistics.median(r[0] for r in results):9.0f} images/s   ratio bare/trial "
+                     f"{median:.3f}, IQR [{low:.3f}, {high:.3f}]{target if name == TARGET_PATH else ''}; rounds: "
+                     + " ".join(f"{r:.3f}" for r in ratios))
+    trial_epochs = [seconds for _, seconds in measured[TARGET_PATH]]
+    if gpu:
+        lines.append(f"  {TARGET_PATH} seconds/epoch {statistics.median(trial_epochs):.2f}   "
+                     "(target <= 3 s for ResNet-18 bs 4096 on an H100)")
+    return lines
+
+
+GPU_BATCHES = ((4096, None), (16384, "auto"))  # (global batch, micro_batch_size) of the --device cuda epochs
+GPU_BN_GROUP = 512  # BatchNorm group of those epochs: the same at both batches, so micro-batching may split
+
+
+class PhaseClock:
+    """Wall seconds per phase; the device is synchronised at every boundary so each phase owns its work."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, {}
+        self._phase, self._since = None, 0.0
+
+    def switch(self, phase: str | None) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        if self._phase is not None:
+            self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + now - self._since
+        self._phase, self._since = phase, now
+
+
+def epoch_phases(cfg: dict, device: torch.device, batch: int, micro: int | str | None, bn_group: int,
+                 epochs: int = 2) -> dict[str, float]:
+    """One training epoch's phases (data, forward/backward, optimizer), its evaluation and checkpoint, in
+    seconds (the last of `epochs`, after warm-up), with the peak device memory in GiB and the micro-batch used."""
+    settings = TrialConfig.from_dict(dict(model=cfg["model"], optimizer="lars", lr=cfg["lr"], momentum=0.9,
+                                          weight_decay=WD, batch_size=batch, micro_batch_size=micro,
+                                          bn_group=bn_group, epochs=epochs, warmup_epochs=0), check_data=False)
+    micro, bn_group = resolve_batching(batch, 1, settings.micro_batch_size, settings.bn_group, device.type == "cuda")
+    env = WorkerEnv(0, 1, device, torch.bfloat16 if device.type == "cuda" else None, NO_SESSION)
+    data = load_dataset("cifar10", cfg["data_dir"])
+    train = balanced_subset(data.train, cfg["limit"])
+    images, labels = train.images.to(device), train.labels.to(device)
+    test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
+    model = place_model(build_model(settings.model, 10, data.image_size), env, bn_group)
+    shard = Shard(len(labels), batch, 0, 1, 0)
+    optimizer, scheduler, _ = build_training(settings, model, shard.steps, epochs)
+    prepare, loss_fn, clock = input_pipeline(data.mean, data.std, env), nn.CrossEntropyLoss(), PhaseClock(device)
+    optimizer.register_step_pre_hook(lambda *_: clock.switch("optimizer"))
+    optimizer.register_step_post_hook(lambda *_: clock.switch("forward/backward"))
+    for epoch in range(epochs):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        clock.seconds = {}
+        clock.switch("data")
+        draws = epoch_draws(lambda step: sample_crop_flip(batch, generator(0, epoch, step, AUGMENT_STREAM)),
+                            shard.steps, shard.rows, device)
+        for step, index in shard.epoch(epoch, device):
+            clock.switch("data")
+            x, y = prepare(crop_flip(images[index], draws[step])), labels[index]
+            clock.switch("forward/backward")
+            if micro == MICRO_AUTO:
+                micro = fitting_micro_batch(settings, env, model, model, loss_fn, x, y, bn_group)
+            train_step(settings, env, model, model, optimizer, loss_fn, x, y, micro)
+            scheduler.step()
+        clock.switch("eval")
+        evaluate(model, test_images, test_labels, env, prepare)
+        clock.switch("checkpoint")
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(directory) / "state.pt")
+        clock.switch(None)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {**clock.seconds, "peak_gib": peak, "micro_batch_size": micro}
+
+
+def gpu_epoch_lines(cfg: dict, device: torch.device) -> list[str]:
+    """Epoch seconds, phases and peak memory of ResNet-18 (bf16) at the paper's 4K and 16K batches."""
+    lines = []
+    for batch, micro in GPU_BATCHES:
+        phases = epoch_phases(cfg, device, batch, micro, GPU_BN_GROUP)
+        train = sum(phases[k] for k in ("data", "forward/backward", "optimizer"))
+        lines.append(f"  {cfg['model']} batch {batch} (micro_batch_size {micro or 'whole'} -> {phases['micro_batch_size']}, "
+                     f"bn_group {GPU_BN_GROUP}): epoch {train:.2f} s [data {phases['data']:.2f}, forward/backward "
+                     f"{phases['forward/backward']:.2f}, optimizer {phases['optimizer']:.2f}] + eval {phases['eval']:.2f}"
+                     f" s + checkpoint {phases['checkpoint']:.2f} s; peak memory {phases['peak_gib']:.1f} GiB"
+                     + (" (target <= 3 s per epoch on one H100)" if batch == 4096 else ""))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -78,8 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2.0)
     parser.add_argument("--data-dir", help="CIFAR-10's folder (default: as `python -m study.run` finds it)")
-    parser.add_argument("--rounds", type=int, default=5, help="trial/bare rounds, alternating which runs first")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of bare loop and trials, alternating the order")
     parser.add_argument("--no-study", action="store_true", help="skip the study-overhead line")
+    parser.add_argument("--no-trials", action="store_true", help="skip the trial vs bare loop lines")
+    parser.add_argument("--no-torch-trainer", action="store_true", help="of the trials, time the Tune one only")
+    parser.add_argument("--no-steps", action="store_true", help="skip the micro-batching and telemetry lines")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and round in those lines")
     args = parser.parse_args(argv)
     args.data_dir = str(ensure_dataset("cifar10", data_dir_for("cifar10", args.data_dir)))
     gpu = args.device == "cuda"
@@ -89,49 +324,39 @@ def main(argv: list[str] | None = None) -> None:
                seed=0, weight_decay=5e-4, test_limit=2000)
     if "momentum" in optimizer_hparams(args.optimizer):
         cfg["momentum"] = 0.9
-    threads = default_threads(1, gpu)
-    images = len(balanced_subset(load_dataset("cifar10", args.data_dir).train, cfg["limit"]))
-    steps = images // cfg["batch_size"]
-
-    def trial() -> tuple[float, float]:
-        """The trainable's training images/s and seconds/epoch (medians over epochs after the first)."""
-        outcome = fit(cfg, use_gpu=gpu)
-        if outcome.status != "completed":
-            raise SystemExit(f"trial ended {outcome.status}: {outcome.error}")
-        later = outcome.history[1:]
-        return (statistics.median(h["images_per_second"] for h in later),
-                statistics.median(h["epoch_seconds"] for h in later))
-
-    def bare() -> float:
-        seconds = bare_loop(cfg, torch.device(args.device), threads)
-        return statistics.median(steps * cfg["batch_size"] / s for s in seconds[1:])
-
-    trials, bare_ips = [], []
-    for round_ in range(args.rounds):  # alternate which side runs first, so load drift falls on both
-        if round_ % 2:
-            bare_ips.append(bare())
-        trials.append(trial())
-        if not round_ % 2:
-            bare_ips.append(bare())
-    trial_ips, trial_epochs = zip(*trials)
-    ratios = [b / t for b, t in zip(bare_ips, trial_ips)]
-
-    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    print(f"{cfg['model']} {cfg['optimizer']} batch {cfg['batch_size']} on {args.device} ({threads} threads), "
-          f"{images} images, {args.epochs} epochs; medians over epochs 2..{args.epochs}, {args.rounds} rounds")
-    print(f"  bare PyTorch loop      {statistics.median(bare_ips):9.0f} images/s   (median of rounds)")
-    print(f"  Ray Train trainable    {statistics.median(trial_ips):9.0f} images/s   (median of rounds)")
-    print(f"  ratio bare/trainable   {statistics.median(ratios):9.3f}   IQR over rounds [{low:.3f}, {high:.3f}] "
-          f"(target <= 1.10: {'met' if high <= 1.10 else 'not met by the whole IQR'}); rounds: "
-          + " ".join(f"{r:.3f}" for r in ratios))
+    cfg["threads"] = default_threads(1, gpu)  # a Tune actor's torch would otherwise take Ray's OMP_NUM_THREADS=1
     if gpu:
-        print(f"  trainable seconds/epoch {statistics.median(trial_epochs):.2f}   "
-              "(target <= 3 s for ResNet-18 bs 4096 on an H100)")
+        print("\n".join(gpu_epoch_lines(cfg, torch.device("cuda"))))
+    if not args.no_trials:
+        print("\n".join(trial_lines(cfg, args.device, args.rounds, not args.no_torch_trainer)))
+    if not args.no_steps:
+        print("\n".join(step_costs(cfg, torch.device(args.device), args.rounds, args.steps)))
     if not args.no_study:
         print(study_overhead(args.data_dir))
 
 
 STUDY_TRIALS = 6
+TARGET_PATH = "one-worker Tune trial"  # the path a study's one-worker trials take
+
+
+def tune_trial(cfg: dict, use_gpu: bool) -> list[dict]:
+    """One trial run as a study runs a one-worker trial: the loop inside its Tune actor; its epoch history."""
+    from ray import tune
+
+    from trainables.launch import init_local_ray, local_cpu_slots
+    from trainables.session import TuneSession
+
+    def one_worker_trial(config: dict) -> None:  # reports go through the session; Tune takes no return value
+        LOOPS[config.get("task", "clf")](config, session=TuneSession())
+
+    init_local_ray(local_cpu_slots(1))
+    loop = tune.with_resources(one_worker_trial, {"CPU": 1, "GPU": int(use_gpu)})
+    with tempfile.TemporaryDirectory() as storage:
+        grid = tune.Tuner(loop, param_space=cfg, run_config=tune.RunConfig(storage_path=storage, verbose=0)).fit()
+        (result,) = grid
+        if result.error or result.metrics.get("status") != "completed":
+            raise SystemExit(f"Tune trial ended {result.metrics.get('status')}: {result.error}")
+        return result.metrics_dataframe.to_dict("records")
 
 
 def study_overhead(data_dir: str) -> str:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from optim import per_sample_grad_norms
 from optim.clars import CLARS, microbatch_grad_norms
-from trainables.augment import crop_flip, normalize, sample_crop_flip, take
+from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_flip
 from trainables.batches import MICRO_AUTO, MICRO_CHOSEN_KEY, Shard, derived_seed, generator, resolve_batching
 from trainables.config import TrialConfig
 from trainables.models import build_model
@@ -137,9 +137,10 @@ def train_classifier(config: dict[str, Any], session: Session | None = None, sha
         torch.manual_seed(derived_seed(cfg.seed, epoch, env.rank))
         model.train()
         meter = EpochMeter(env.device)
-        for step, index in steps(shard.epoch(epoch), meter, env):
-            draws = take(sample_crop_flip(cfg.batch_size, generator(cfg.seed, epoch, step, AUGMENT_STREAM)), shard.rows)
-            x, y = prepare(crop_flip(data.train.images[index], draws)), data.train.labels[index]
+        draws = epoch_draws(lambda step: sample_crop_flip(cfg.batch_size, generator(cfg.seed, epoch, step, AUGMENT_STREAM)),
+                            shard.steps, shard.rows, env.device)
+        for step, index in steps(shard.epoch(epoch, env.device), meter, env):
+            x, y = prepare(crop_flip(data.train.images[index], draws[step])), data.train.labels[index]
             if micro == MICRO_AUTO:
                 micro = fitting_micro_batch(cfg, env, network, model, loss_fn, x, y, bn_group)
             try:

@@ -231,11 +231,13 @@ class EpochMeter:
         self.start = time.perf_counter()
 
     def add(self, loss: Tensor, logits: Tensor | None, targets: Tensor) -> None:
+        """Accumulate one step on the device: in-place adds of device tensors and Python numbers only
+        (no host-to-device copy, no read back)."""
         n = targets.shape[0]
-        correct = (logits.argmax(1) == targets).sum() if logits is not None else 0
-        self.sums += torch.stack([loss.detach().double() * n, torch.as_tensor(correct, dtype=torch.float64,
-                                  device=self.sums.device), torch.tensor(float(n), dtype=torch.float64,
-                                  device=self.sums.device)])
+        self.sums[0] += loss.detach().double() * n
+        if logits is not None:
+            self.sums[1] += (logits.argmax(1) == targets).sum()
+        self.sums[2] += n
 
     def finite(self, env: WorkerEnv) -> bool:
         """Collective check that no worker's loss has become non-finite."""

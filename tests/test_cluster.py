@@ -41,7 +41,9 @@ def test_default_concurrency_is_what_a_real_ray_cluster_holds(tmp_path):
         fit_to_cluster(pinned, "a test cluster", wait=False)
         assert pinned.concurrency == 1  # --set max_concurrent=N still decides
         with pytest.raises(InputError, match="but the Ray cluster at a test cluster has 1 node"):
-            fit_to_cluster(make_plan("tvlars_bs16k", {"workers": 5, "cpus_per_worker": 1}, data_dir=str(tmp_path)),
+            fit_to_cluster(make_plan("tvlars_bs16k", {"workers": 8, "cpus_per_worker": 1}, data_dir=str(tmp_path)),
                            "a test cluster", wait=False)
+        with pytest.raises(ValueError, match="batch_size: the global batch 16384 is not divisible by 5 workers"):
+            make_plan("tvlars_bs16k", {"workers": 5, "cpus_per_worker": 1}, data_dir=str(tmp_path))
     finally:
         ray.shutdown()

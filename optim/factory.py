@@ -8,6 +8,9 @@ tensors (biases, norm layers) no weight decay, as it does for the layer-wise opt
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,28 +22,59 @@ from optim.lambc import LAMBC
 from optim.larc import LARC
 from optim.lars import LARS
 from optim.layerwise import ParamsLike, check_clip, check_positive, normalize_params, split_1d_groups
-from optim.tvlars import TVLARS
+from optim.tvlars import TVLARS, delay_steps_from_epochs
 
 _CLIP = {"clip_lower", "clip_upper", "clip_mode", "clip_k", "clip_beta"}
 _LARS = {"lr", "momentum", "weight_decay", "eta", "trust_denominator", "exclude_1d"} | _CLIP
 _LAMB = {"lr", "betas", "eps", "weight_decay", "bias_correction", "exclude_1d"} | _CLIP
 
-LAYERWISE: dict[str, tuple[type[Optimizer], set[str]]] = {
-    "lars": (LARS, _LARS),
-    "larc": (LARC, _LARS),
-    "tvlars": (TVLARS, _LARS | {"lam", "alpha", "delay_steps", "gamma_min"}),
-    "clars": (CLARS, _LARS),
-    "lamb": (LAMB, _LAMB),
-    "lambc": (LAMBC, _LAMB),
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """What the platform knows about one optimizer: its class, a description, the hyperparameters it takes,
+    and those a trial may give in epochs (name → the optimizer's own step-denominated name and converter)."""
+
+    cls: type[Optimizer]
+    description: str
+    hparams: frozenset[str]
+    layerwise: bool = True
+    in_epochs: dict[str, tuple[str, Callable[[float, int], int]]] = dataclasses.field(default_factory=dict)
+
+    def to_steps(self, hparams: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:
+        """`hparams` with every epoch-denominated setting converted to the optimizer's steps."""
+        converted = dict(hparams)
+        for name, (step_name, convert) in self.in_epochs.items():
+            if name in converted:
+                value = converted.pop(name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
+                converted[step_name] = convert(value, steps_per_epoch)
+        return converted
+
+
+SPECS: dict[str, OptimSpec] = {
+    "lars": OptimSpec(LARS, "LARS: layer-wise trust ratio η‖w‖/‖d‖ with momentum", frozenset(_LARS)),
+    "larc": OptimSpec(LARC, "LARC: LARS with the local lr clipped at the global lr", frozenset(_LARS)),
+    "tvlars": OptimSpec(TVLARS, "TVLARS: LARS with the trust ratio scaled by φ(t), no warm-up",
+                        frozenset(_LARS | {"lam", "alpha", "delay_steps", "gamma_min"}),
+                        in_epochs={"delay_epochs": ("delay_steps", delay_steps_from_epochs)}),
+    "clars": OptimSpec(CLARS, "CLARS: per-sample gradient norms in the trust ratio", frozenset(_LARS)),
+    "lamb": OptimSpec(LAMB, "LAMB: Adam's update scaled by a layer-wise trust ratio", frozenset(_LAMB)),
+    "lambc": OptimSpec(LAMBC, "LAMBC: LAMB with the trust ratio clipped to [μ, τ]", frozenset(_LAMB)),
+    "sgd": OptimSpec(torch.optim.SGD, "torch SGD (momentum)",
+                     frozenset({"lr", "momentum", "weight_decay", "nesterov", "dampening"}), layerwise=False),
+    "adam": OptimSpec(torch.optim.Adam, "torch Adam", frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad"}),
+                      layerwise=False),
+    "adamw": OptimSpec(torch.optim.AdamW, "torch AdamW", frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad"}),
+                       layerwise=False),
+    "adagrad": OptimSpec(torch.optim.Adagrad, "torch Adagrad", frozenset({"lr", "eps", "weight_decay", "lr_decay"}),
+                         layerwise=False),
+    "rmsprop": OptimSpec(torch.optim.RMSprop, "torch RMSprop",
+                         frozenset({"lr", "alpha", "eps", "momentum", "weight_decay", "centered"}), layerwise=False),
 }
-BASELINES: dict[str, tuple[type[Optimizer], set[str]]] = {
-    "sgd": (torch.optim.SGD, {"lr", "momentum", "weight_decay", "nesterov", "dampening"}),
-    "adam": (torch.optim.Adam, {"lr", "betas", "eps", "weight_decay", "amsgrad"}),
-    "adamw": (torch.optim.AdamW, {"lr", "betas", "eps", "weight_decay", "amsgrad"}),
-    "adagrad": (torch.optim.Adagrad, {"lr", "eps", "weight_decay", "lr_decay"}),
-    "rmsprop": (torch.optim.RMSprop, {"lr", "alpha", "eps", "momentum", "weight_decay", "centered"}),
-}
-OPTIMIZERS = {**LAYERWISE, **BASELINES}
+LAYERWISE = {name: spec for name, spec in SPECS.items() if spec.layerwise}
+BASELINES = {name: spec for name, spec in SPECS.items() if not spec.layerwise}
+OPTIMIZERS = SPECS
 
 _BOOLS = {"exclude_1d", "bias_correction", "nesterov", "amsgrad", "centered", "foreach"}
 _NONNEGATIVE = {"weight_decay", "eps", "lam", "delay_steps", "gamma_min", "lr_decay", "dampening"}
@@ -49,13 +83,18 @@ _POSITIVE = {"lr", "eta", "alpha"}
 
 def optimizer_hparams(name: str) -> set[str]:
     """The hyperparameter names `build_optimizer(name, ...)` accepts."""
-    return set(_lookup(name)[1]) | ({"foreach"} if name in BASELINES else set()) | {"exclude_1d"}
+    return set(spec_of(name).hparams) | ({"foreach"} if name in BASELINES else set()) | {"exclude_1d"}
 
 
-def _lookup(name: str) -> tuple[type[Optimizer], set[str]]:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer: unknown {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name]
+def trial_hparams(name: str) -> set[str]:
+    """The hyperparameter names a trial may set for optimizer `name`: `optimizer_hparams` and those in epochs."""
+    return optimizer_hparams(name) | set(spec_of(name).in_epochs)
+
+
+def spec_of(name: str) -> OptimSpec:
+    if name not in SPECS:
+        raise ValueError(f"optimizer: unknown {name!r}; choose one of {', '.join(SPECS)}")
+    return SPECS[name]
 
 
 def _check_number(field: str, value: Any) -> float:
@@ -92,7 +131,7 @@ def validate_hparams(name: str, hparams: dict[str, Any]) -> None:
 
 def build_optimizer(name: str, params: ParamsLike, **hparams: Any) -> Optimizer:
     """Build optimizer `name` (see OPTIMIZERS) over `params` (tensors, (name, tensor) pairs or groups)."""
-    cls, _ = _lookup(name)
+    cls = spec_of(name).cls
     validate_hparams(name, hparams)
     if "betas" in hparams:
         hparams["betas"] = tuple(hparams["betas"])

@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from optim import OPTIMIZERS, optimizer_hparams
+from optim import OPTIMIZERS
+from optim.factory import trial_hparams
 from search_spaces import get_space
 from search_spaces.spec import BUDGET_KEYS, RESOURCE_KEYS, SearchSpace
 from trainables.batches import resolve_batching
@@ -136,6 +137,4 @@ TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)} - {"optimizer_p
 
 
 def _hyperparameter_of(key: str, optimizer: str | None) -> bool:
-    if optimizer not in OPTIMIZERS:
-        return False
-    return key in optimizer_hparams(optimizer) or (key == "delay_epochs" and optimizer == "tvlars")
+    return optimizer in OPTIMIZERS and key in trial_hparams(optimizer)

@@ -27,7 +27,7 @@ from trainables.download import DATA_URL_ENV, ensure_dataset
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     p.add_argument("--space", help="search space name (see --list)")
-    p.add_argument("--list", action="store_true", help="print every space with a one-line description")
+    p.add_argument("--list", action="store_true", help="print every space and every optimizer with a one-line description")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a trial setting or hyperparameter, or change budget/resources (num_samples, workers, …)")
     p.add_argument("--num-samples", type=int)
@@ -49,11 +49,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def list_spaces() -> None:
+    from optim.factory import SPECS, trial_hparams
     from search_spaces import SPACES
 
     width = max(map(len, SPACES))
     for name, space in SPACES.items():
         print(f"{name:<{width}}  {space.description}")
+    print("\noptimizers (--set optimizer=NAME, and any of its hyperparameters):")
+    for name, spec in SPECS.items():
+        print(f"  {name:<8} {spec.description}; {', '.join(sorted(trial_hparams(name)))}")
 
 
 def check_address(address: str | None) -> None:

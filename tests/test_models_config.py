@@ -71,7 +71,7 @@ def test_config_routes_optimizer_hyperparameters_and_scales_lr():
     ({"lr": 1.0, "optimizer": "lbfgs"}, "optimizer: unknown 'lbfgs'"),
     ({"lr": 1.0, "model": "vgg"}, "model: unknown 'vgg'"),
     ({"lr": 1.0, "epochs": 3, "warmup_epochs": 5}, "warmup_epochs: must be in"),
-    ({"lr": 1.0, "delay_epochs": 1}, "delay_epochs: only a hyperparameter of 'tvlars'"),
+    ({"lr": 1.0, "delay_epochs": 1}, "delay_epochs: not a trial setting nor a hyperparameter of optimizer 'lars'"),
     ({"lr": 1.0, "optimizer": "lambc", "clip_lower": 2.0, "clip_upper": 1.0}, "clip"),
     ({"lr": 1.0, "task": "bt", "bt_projector": "64-x"}, "bt_projector: expected layer widths"),
 ])

@@ -45,11 +45,16 @@ def test_bad_input_is_one_error_and_nothing_written(extra, message, tmp_path, ca
         assert "0 GPU in all: no GPU for it" in err and "--set gpus_per_worker=0" in err
 
 
-def test_list_prints_every_space(capsys):
+def test_list_prints_every_space_and_optimizer(capsys):
+    from optim.factory import SPECS
+
     assert main(["--list"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == len(SPACES)
-    assert lines[0].split()[0] == "demo" and "TVLARS" in lines[0]
+    spaces, optimizers = capsys.readouterr().out.split("\n\n")
+    assert len(spaces.splitlines()) == len(SPACES)
+    assert spaces.splitlines()[0].split()[0] == "demo" and "TVLARS" in spaces.splitlines()[0]
+    listed = {line.split()[0]: line for line in optimizers.splitlines()[1:]}
+    assert list(listed) == list(SPECS)
+    assert "delay_epochs" in listed["tvlars"] and "delay_epochs" not in listed["lars"]
 
 
 def test_a_failing_subprocess_shows_its_output_in_the_assertion(tmp_path):

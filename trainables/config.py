@@ -2,7 +2,8 @@
 
 Built from a flat dict (what Ray Tune samples and `--set` overrides). Keys that are not fields are
 hyperparameters of the chosen optimizer (`momentum`, `weight_decay`, `lam`, `clip_lower`, …) and
-are checked by `optim.validate_hparams`; TVLARS also takes `delay_epochs` (d_e in epochs).
+are checked by `optim.validate_hparams`; settings an optimizer's `OptimSpec` takes in epochs
+(TVLARS' `delay_epochs`, d_e) are converted to its steps.
 Every error is a ValueError whose message starts with the offending key.
 """
 
@@ -14,8 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from optim import SCHEDULERS, optimizer_hparams
-from optim.factory import validate_hparams
+from optim import SCHEDULERS
+from optim.factory import spec_of, trial_hparams, validate_hparams
 from trainables.batches import BN_SYNC, MICRO_AUTO
 from trainables.data import check_data_dir
 from trainables.models import INITS, MODELS
@@ -138,20 +139,13 @@ class TrialConfig:
         return float(self.base_lr) * (math.sqrt(ratio) if self.lr_scaling == "sqrt" else ratio)
 
     def optimizer_hyperparameters(self, steps_per_epoch: int) -> dict[str, Any]:
-        """Keyword arguments for `optim.build_optimizer` (TVLARS' delay_epochs → delay_steps)."""
-        params = dict(self.optimizer_params)
-        if "delay_epochs" in params:
-            if self.optimizer != "tvlars":
-                raise ValueError(f"delay_epochs: only a hyperparameter of 'tvlars', not {self.optimizer!r}")
-            delay = params.pop("delay_epochs")
-            if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
-                raise ValueError(f"delay_epochs: must be a number >= 0, got {delay!r}")
-            params["delay_steps"] = int(round(delay * steps_per_epoch))
-        unknown = sorted(set(params) - optimizer_hparams(self.optimizer) - {"lr"})
+        """Keyword arguments for `optim.build_optimizer`, settings given in epochs converted to steps
+        (TVLARS' delay_epochs → delay_steps, by the optimizer's `OptimSpec`)."""
+        unknown = sorted(set(self.optimizer_params) - trial_hparams(self.optimizer) - {"lr"})
         if unknown:
             raise ValueError(f"{unknown[0]}: not a trial setting nor a hyperparameter of optimizer "
                              f"{self.optimizer!r}")
-        return {**params, "lr": self.learning_rate()}
+        return {**spec_of(self.optimizer).to_steps(self.optimizer_params, steps_per_epoch), "lr": self.learning_rate()}
 
 
 def _check_type(key: str, value: Any, hint: Any) -> None:

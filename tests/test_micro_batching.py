@@ -47,7 +47,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 def _train(optimizer: str, micro: int, bn_group: int, rank: int = 0, world_size: int = 1, steps: int = 2
            ) -> dict[str, torch.Tensor]:
     """Model state (parameters and BatchNorm buffers) after `steps` optimizer steps of the real step function."""
-    cfg = TrialConfig.from_dict(dict(optimizer=optimizer, model="resnet8", width=4, batch_size=GLOBAL_BATCH,
+    cfg = TrialConfig.from_dict(dict(optimizer=optimizer, model="resnet8", width=8, batch_size=GLOBAL_BATCH,
                                      micro_batch_size=micro, bn_group=bn_group, epochs=2, warmup_epochs=0,
                                      **OPTIMIZERS[optimizer]), check_data=False)
     micro, bn_group = resolve_batching(cfg.batch_size, world_size, cfg.micro_batch_size, cfg.bn_group, on_gpu=False)

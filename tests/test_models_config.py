@@ -74,6 +74,7 @@ def test_config_routes_optimizer_hyperparameters_and_scales_lr():
     ({"lr": 1.0, "delay_epochs": 1}, "delay_epochs: not a trial setting nor a hyperparameter of optimizer 'lars'"),
     ({"lr": 1.0, "optimizer": "lambc", "clip_lower": 2.0, "clip_upper": 1.0}, "clip"),
     ({"lr": 1.0, "task": "bt", "bt_projector": "64-x"}, "bt_projector: expected layer widths"),
+    ({"lr": 1.0, "model": "resnet8", "width": 4}, "width: must be >= 8, got 4"),
 ])
 def test_config_rejects_bad_values_naming_the_key(values, message):
     with pytest.raises(ValueError, match=message):

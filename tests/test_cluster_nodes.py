@@ -1,0 +1,180 @@
+"""Studies on a Ray cluster whose worker node has its own disk, with records in object storage.
+
+The cluster is two `ray start`s on this machine: a head with no CPUs (so every trial runs elsewhere) and a
+worker node started inside `unshare --mount`, where `/tmp` is a fresh tmpfs (its own disk) and the
+project's packages and the data folder are hidden behind empty folders — it has the Python environment
+and nothing else. The study (`python -m study.run --address …`, run on the head's side) must ship the code
+(`py_modules`) and the data (Ray's object store), and keep its records in S3: a real S3-compatible server
+(`moto_server`) on 127.0.0.1, reached through the standard `AWS_*` variables. Needs root for `unshare`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from subprocs import assert_succeeds, describe, run_logged, start_logged
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PACKAGES = ("optim", "trainables", "search_spaces", "study", "reports")
+BUCKET = "studies"
+START_TIMEOUT_S = 120
+TINY = ["--space", "demo", "--variants", "lars_warmup,tvlars", "--num-samples", "2", "--confirm", "0",
+        "--set", "epochs=2", "--set", "limit=600", "--set", "val_size=100", "--set", "test_limit=200",
+        "--set", "batch_size=100", "--set", "grace_period=1", "--set", "max_concurrent=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _unshare_works() -> str | None:
+    """Why a private mount namespace cannot be made here (None if it can)."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True)
+    return None if done.returncode == 0 else f"unshare --mount is not permitted here: {done.stderr.strip()}"
+
+
+def _wait_for(what: str, check, log: Path, cmd: list[str], timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, describe(cmd, log, f"did not get {what} within {timeout:.0f} s")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """`moto_server` on a free port with an empty bucket; the environment that reaches it."""
+    moto = shutil.which("moto_server", path=str(BIN)) or shutil.which("moto_server")
+    if moto is None:
+        pytest.skip("moto_server not installed (the project's [test] extra: moto[server])")
+    import boto3
+
+    port, log = _free_port(), tmp_path_factory.mktemp("s3") / "moto.log"
+    cmd = [moto, "-H", "127.0.0.1", "-p", str(port)]
+    proc = start_logged(cmd, log, start_new_session=True)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def up() -> bool:
+        try:
+            client.list_buckets()
+            return True
+        except Exception:  # noqa: BLE001 - not answering yet
+            assert proc.poll() is None, describe(cmd, log, f"exited with status {proc.returncode}")
+            return False
+
+    try:
+        _wait_for("an answer", up, log, cmd)
+        client.create_bucket(Bucket=BUCKET)
+        yield env, client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3, cifar10_dir):
+    """A head without CPUs and a worker node with its own /tmp and none of the project's code or data."""
+    why = _unshare_works()
+    if why:
+        pytest.skip(why)
+    tmp = tmp_path_factory.mktemp("cluster")
+    port, dashboard = _free_port(), _free_port()
+    env = {**os.environ, **s3[0], "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    ray_cli = str(BIN / "ray")
+    hidden = [str(REPO / p) for p in PACKAGES] + [str(Path(cifar10_dir).resolve())]
+    node_script = (f"set -e; mount -t tmpfs tmpfs /tmp; mkdir /tmp/empty; "
+                   f"for d in {' '.join(hidden)}; do mount --bind /tmp/empty \"$d\"; done; "
+                   f"cd /tmp; exec {ray_cli} start --address=127.0.0.1:{port} --num-cpus=8 --block "
+                   f"--disable-usage-stats")
+    worker_cmd = ["unshare", "--mount", "--propagation", "private", "bash", "-c", node_script]
+    try:
+        assert_succeeds([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=0",
+                         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                         "--disable-usage-stats"], tmp / "head.log", env=env, timeout=180)
+        worker = start_logged(worker_cmd, tmp / "worker-node.log", env=env, start_new_session=True)
+        nodes = lambda: _nodes(ray_cli, port, env)  # noqa: E731
+        _wait_for("a second node", lambda: worker.poll() is None and len(nodes()) == 2, tmp / "worker-node.log",
+                  worker_cmd)
+        (worker_node,) = [n["node_id"] for n in nodes() if not n["is_head_node"]]
+        yield {"address": f"127.0.0.1:{port}", "env": env, "worker_node": worker_node, "tmp": tmp}
+    finally:
+        run_logged([ray_cli, "stop", "--force"], tmp / "ray-stop.log", env=env, timeout=120)
+
+
+def _nodes(ray_cli: str, port: int, env: dict) -> list[dict]:
+    """The cluster's live nodes, from Ray's state API."""
+    done = subprocess.run([ray_cli, "list", "nodes", "--address", f"127.0.0.1:{port}", "--format", "json",
+                           "--filter", "state=ALIVE"], capture_output=True, text=True, env=env, timeout=60)
+    try:
+        return json.loads(done.stdout) if done.returncode == 0 else []
+    except ValueError:
+        return []
+
+
+def _study(cluster, *args: str, cwd: Path, log: str, timeout: float = 600):
+    return run_logged([sys.executable, "-m", "study.run", "--address", cluster["address"], *args], cluster["tmp"] / log,
+                      cwd=cwd, env={**cluster["env"], "XDG_DATA_HOME": str(cluster["tmp"] / "data-home")},
+                      timeout=timeout)
+
+
+def test_trials_train_on_a_node_without_the_code_or_data_and_record_to_s3(cluster, s3, cifar10_dir):
+    from mlflow.tracking import MlflowClient
+
+    _, bucket = s3
+    storage = f"s3://{BUCKET}/team"
+    first = cluster["tmp"] / "submitter"
+    first.mkdir()
+    done = _study(cluster, *TINY, "--data-dir", cifar10_dir, "--storage", storage, cwd=first, log="study.log")
+    assert done.returncode == 0, done.explain()
+    db = cluster["tmp"] / "data-home" / "layerwise-study" / "mlflow.db"
+    assert f"sqlite:///{db}" in done.output  # the local MLflow store of a study in object storage, printed
+
+    os.environ.update(s3[0])  # this process reads the MLflow artifacts in the bucket too
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("demo")
+    assert experiment.artifact_location == f"{storage}/mlartifacts"
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if "trial_id" in r.data.tags]
+    assert len(trials) == 4, [r.info.run_name for r in runs]
+    for run in trials:
+        assert run.data.tags["status"] in ("completed", "stopped_by_asha"), (run.info.run_name, run.data.tags)
+        assert run.data.tags["ray_node_id"] == cluster["worker_node"]  # trained on the node without code or data
+        assert "telemetry.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    keys = [o["Key"] for page in bucket.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="team/")
+            for o in page.get("Contents", [])]
+    assert any("/checkpoint_" in k and k.endswith("/state.pt") for k in keys), keys[:20]  # checkpoints in the bucket
+    assert any(k.endswith("/study.json") for k in keys) and any("/mlartifacts/" in k for k in keys)
+
+    elsewhere = cluster["tmp"] / "elsewhere"
+    elsewhere.mkdir()
+    resumed = _study(cluster, "--space", "demo", "--storage", storage, "--resume", cwd=elsewhere, log="resume.log")
+    assert resumed.returncode == 0, resumed.explain()
+    (study_dir,) = {k.split("/")[1] for k in keys if k.endswith("/study.json")}
+    assert f"study {study_dir}:" in resumed.output and "search: 4 trials" not in resumed.output  # found, not re-run
+
+
+def test_a_local_storage_on_a_cluster_of_several_nodes_is_refused_before_tune_starts(cluster, cifar10_dir):
+    started = time.monotonic()
+    done = _study(cluster, *TINY, "--data-dir", cifar10_dir, "--storage", str(cluster["tmp"] / "local-results"),
+                  cwd=cluster["tmp"], log="local-storage.log", timeout=120)
+    assert done.returncode == 2 and time.monotonic() - started < 60, done.explain()
+    errors = [line for line in done.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --storage:") and "s3://" in errors[0], done.explain()
+    assert "--shared-storage" in errors[0] and "2 nodes" in errors[0]

@@ -12,6 +12,7 @@ import ray
 
 from trainables.data import DataError
 from trainables.launch import fit, init_local_ray
+from trainables.worker import FAULT_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -24,8 +25,8 @@ def local_ray(data_cache):
 
 
 def _config(data_dir: str) -> dict:
-    """3 steps per epoch (600 images, global batch 200) of a small ResNet with LARS + warm-up."""
-    return dict(dataset="cifar10", data_dir=data_dir, model="resnet8", limit=600, test_limit=300,
+    """3 steps per epoch (600 training images after 60 held out, global batch 200) of a small ResNet, LARS + warm-up."""
+    return dict(dataset="cifar10", data_dir=data_dir, model="resnet8", limit=660, val_size=60, test_limit=300,
                 optimizer="lars", lr=1.0, batch_size=200, epochs=3, warmup_epochs=1, momentum=0.9,
                 weight_decay=5e-4, seed=3)
 
@@ -49,7 +50,8 @@ def test_reference_run_reports_every_epoch(uninterrupted):
     assert uninterrupted.status == "completed"
     assert [h["epoch"] for h in uninterrupted.history] == [1, 2, 3]
     last = uninterrupted.metrics
-    for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "lr", "trust_ratio_median",
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "test_loss", "test_top1", "test_top5",
+                "lr", "trust_ratio_median",
                 "trust_ratio_min", "trust_ratio_max", "epoch_seconds", "images_per_second"):
         assert math.isfinite(last[key]), key
     assert last["trust_ratio_min"] <= last["trust_ratio_median"] <= last["trust_ratio_max"]
@@ -82,7 +84,8 @@ def test_two_workers_match_one_worker(local_ray, base, tmp_path, uninterrupted):
 
 
 def test_killed_worker_resumes_from_last_epoch_and_matches(local_ray, base, tmp_path, uninterrupted):
-    resumed = fit({**base, "inject_kill_after_epoch": 1}, storage_path=str(tmp_path), name="killed", max_failures=1)
+    resumed = fit(base, storage_path=str(tmp_path), name="killed", max_failures=1,
+                  worker_env={FAULT_ENV: "kill_after_epoch=1"})
     assert resumed.status == "completed"
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for got, want in zip(resumed.history, uninterrupted.history):

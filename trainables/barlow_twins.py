@@ -4,7 +4,8 @@ Pretext: two augmented views → backbone → projector (Linear-BN-ReLU …, las
 embeddings; loss Σ(1 − C_ii)² + λ_BT Σ_{i≠j} C_ij² with C the cross-correlation over the global
 batch (all-reduced, differentiably, across workers). The chosen optimizer and schedule train the
 backbone + projector. Linear evaluation: frozen backbone, a linear classifier (after a parameter-free
-BatchNorm) trained with SGD + cosine at `linear_lr` on crop-and-flip inputs; its test top-1 is the trial's result.
+BatchNorm) trained with SGD + cosine at `linear_lr` on crop-and-flip inputs; its validation top-1 is what a
+study selects on, its test top-1 the trial's result. Both stages train on the images the validation split leaves.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from trainables.augment import crop_flip, normalize, sample_crop_flip, sample_view, take, view
-from trainables.batches import BN_SYNC, Shard, derived_seed, generator
+from trainables.batches import BN_SYNC, Shard, generator
 from trainables.classification import AUGMENT_STREAM, input_pipeline
 from trainables.models import build_model, split_head
 from trainables.session import Session
 from trainables.worker import (
     EpochMeter,
+    Epochs,
     build_training,
     current_lr,
     evaluate,
-    parameters_finite,
     place_model,
-    report,
     restore,
+    run_epochs,
     start_worker,
     steps,
 )
@@ -111,59 +112,55 @@ def train_barlow_twins(config: dict[str, Any], session: Session | None = None, s
     head = env.prepare(classifier)
     mean_t, std_t = torch.tensor(data.mean, device=env.device), torch.tensor(data.std, device=env.device)
     prepare = input_pipeline(data.mean, data.std, env)
-    size = data.image_size
-    total = cfg.epochs + cfg.linear_epochs
 
+    def pretext(epoch: int) -> bool:
+        return epoch < cfg.epochs
+
+    def train_pretext(epoch: int, meter: EpochMeter) -> None:
+        model.train()
+        for step, index in steps(shard.epoch(epoch, env.device), meter, env):
+            images = data.train.images[index]
+            v1, v2 = (normalize(view(images, take(sample_view(cfg.batch_size, generator(cfg.seed, epoch, step, s)),
+                                                    shard.rows), data.image_size), mean_t, std_t)
+                      .contiguous(memory_format=env.memory_format()) for s in VIEW_STREAMS)
+            with env.autocast():
+                z1, z2 = network(v1, v2)
+            loss = barlow_twins_loss(z1, z2, cfg.bt_lambda, cfg.batch_size, env.world_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            meter.add(loss, None, index)
+
+    def train_linear(epoch: int, meter: EpochMeter) -> None:
+        model.eval()
+        classifier.train()  # evaluation left it in eval mode
+        for step, index in steps(linear_shard.epoch(epoch, env.device), meter, env):
+            draws = take(sample_crop_flip(linear_shard.global_batch, generator(cfg.seed, epoch, step, AUGMENT_STREAM)),
+                         linear_shard.rows)
+            with torch.no_grad(), env.autocast():
+                features = model.backbone(prepare(crop_flip(data.train.images[index], draws))).float()
+            y = data.train.labels[index]
+            logits = head(features)
+            loss = nn.functional.cross_entropy(logits, y)
+            linear_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            linear_opt.step()
+            linear_sched.step()
+            meter.add(loss, logits, y)
+
+    def evaluate_epoch(epoch: int) -> dict[str, Any]:
+        if pretext(epoch):
+            return {"stage": "pretext", "lr": current_lr(optimizer)}
+        classify = nn.Sequential(model.backbone, classifier)
+        evaluated = {}
+        for prefix, split in (("val", data.val), ("test", data.test)):
+            if split is not None and len(split):
+                evaluated |= evaluate(classify, split.images, split.labels, env, prepare, prefix)
+        return {"stage": "linear", **evaluated, "lr": current_lr(linear_opt)}
+
+    epochs = Epochs(train=lambda epoch, meter: (train_pretext if pretext(epoch) else train_linear)(epoch, meter),
+                    evaluate=evaluate_epoch, watched=lambda epoch: model if pretext(epoch) else classifier,
+                    classifies=lambda epoch: not pretext(epoch))
     state.setup_seconds = time.perf_counter() - entered
-    for epoch in range(state.next_epoch, total):
-        torch.manual_seed(derived_seed(cfg.seed, epoch, env.rank))
-        meter = EpochMeter(env.device)
-        pretext = epoch < cfg.epochs
-        if pretext:
-            model.train()
-            for step, index in steps(shard.epoch(epoch, env.device), meter, env):
-                images = data.train.images[index]
-                v1, v2 = (normalize(view(images, take(sample_view(cfg.batch_size, generator(cfg.seed, epoch, step, s)),
-                                                        shard.rows), size), mean_t, std_t)
-                          .contiguous(memory_format=env.memory_format()) for s in VIEW_STREAMS)
-                with env.autocast():
-                    z1, z2 = network(v1, v2)
-                loss = barlow_twins_loss(z1, z2, cfg.bt_lambda, cfg.batch_size, env.world_size)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                meter.add(loss, None, index)
-            train_loss, _, seconds, images_per_second = meter.result(env)
-            diverged = not (meter.finite(env) and parameters_finite(model))
-            metrics = {"stage": "pretext", "train_loss": train_loss, "lr": current_lr(optimizer),
-                       **state.add_telemetry(telemetry, epoch + 1)}
-        else:
-            model.eval()
-            classifier.train()  # evaluation left it in eval mode
-            for step, index in steps(linear_shard.epoch(epoch, env.device), meter, env):
-                draws = take(sample_crop_flip(linear_shard.global_batch,
-                                              generator(cfg.seed, epoch, step, AUGMENT_STREAM)), linear_shard.rows)
-                with torch.no_grad(), env.autocast():
-                    features = model.backbone(prepare(crop_flip(data.train.images[index], draws))).float()
-                y = data.train.labels[index]
-                logits = head(features)
-                loss = nn.functional.cross_entropy(logits, y)
-                linear_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                linear_opt.step()
-                linear_sched.step()
-                meter.add(loss, logits, y)
-            train_loss, train_top1, seconds, images_per_second = meter.result(env)
-            diverged = not (meter.finite(env) and parameters_finite(classifier))
-            classify = nn.Sequential(model.backbone, classifier)
-            metrics = {"stage": "linear", "train_loss": train_loss, "train_top1": train_top1,
-                       **evaluate(classify, data.test.images, data.test.labels, env, prepare),
-                       "lr": current_lr(linear_opt)}
-        state.next_epoch = epoch + 1
-        metrics = {"epoch": epoch + 1, **metrics, "epoch_seconds": seconds, "images_per_second": images_per_second,
-                   "status": "diverged" if diverged else ("completed" if epoch + 1 == total else "running")}
-        report(env, state, metrics, None if diverged else modules, cfg, total)
-        if diverged:
-            break
-    return state.history
+    return run_epochs(cfg, env, state, modules, cfg.epochs + cfg.linear_epochs, epochs, telemetry)

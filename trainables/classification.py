@@ -1,9 +1,9 @@
 """Ray Train worker loop for supervised classification (`task="clf"`).
 
 One call trains one configuration on this worker's shard: per epoch it reports train loss/top-1,
-test loss/top-1/top-5, lr, the trust-ratio summary, epoch seconds and images/s, and checkpoints.
-A non-finite loss or parameter, or a train loss above `divergence_factor`·ln(classes), ends the run
-with `status="diverged"` instead of an exception.
+validation and test loss/top-1/top-5 (every `eval_every` epochs), lr, the trust-ratio summary, epoch
+seconds and images/s, and checkpoints (`run_epochs`). A non-finite loss or parameter, or a train loss
+above `divergence_factor`·ln(classes), ends the run with `status="diverged"` instead of an exception.
 """
 
 from __future__ import annotations
@@ -19,21 +19,21 @@ from torch import Tensor, nn
 from optim import per_sample_grad_norms
 from optim.clars import CLARS, microbatch_grad_norms
 from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_flip
-from trainables.batches import MICRO_AUTO, MICRO_CHOSEN_KEY, Shard, derived_seed, generator, resolve_batching
+from trainables.batches import MICRO_AUTO, MICRO_CHOSEN_KEY, Shard, generator, resolve_batching
 from trainables.config import TrialConfig
 from trainables.models import build_model
 from trainables.session import Session
 from trainables.worker import (
     EpochMeter,
+    Epochs,
     WorkerEnv,
     build_training,
     current_lr,
     due,
     evaluate,
-    parameters_finite,
     place_model,
-    report,
     restore,
+    run_epochs,
     start_worker,
     steps,
 )
@@ -128,44 +128,44 @@ def train_classifier(config: dict[str, Any], session: Session | None = None, sha
     optimizer, scheduler, telemetry = build_training(cfg, model, shard.steps, cfg.epochs)
     modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     state = restore(modules, env)
-    network = env.prepare(model)
+    network = compiled(env.prepare(model), cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     prepare = input_pipeline(data.mean, data.std, env)
+    chosen: dict[str, int] = {}  # micro_batch_size=auto: the size its probe picked
 
-    state.setup_seconds = time.perf_counter() - entered
-    for epoch in range(state.next_epoch, cfg.epochs):
-        torch.manual_seed(derived_seed(cfg.seed, epoch, env.rank))
+    def train(epoch: int, meter: EpochMeter) -> None:
         model.train()
-        meter = EpochMeter(env.device)
         draws = epoch_draws(lambda step: sample_crop_flip(cfg.batch_size, generator(cfg.seed, epoch, step, AUGMENT_STREAM)),
                             shard.steps, shard.rows, env.device)
         for step, index in steps(shard.epoch(epoch, env.device), meter, env):
             x, y = prepare(crop_flip(data.train.images[index], draws[step])), data.train.labels[index]
-            if micro == MICRO_AUTO:
-                micro = fitting_micro_batch(cfg, env, network, model, loss_fn, x, y, bn_group)
+            if micro == MICRO_AUTO and not chosen:
+                chosen[MICRO_CHOSEN_KEY] = fitting_micro_batch(cfg, env, network, model, loss_fn, x, y, bn_group)
+            size = chosen.get(MICRO_CHOSEN_KEY, micro)
             try:
-                loss, logits = train_step(cfg, env, network, model, optimizer, loss_fn, x, y, micro)
+                loss, logits = train_step(cfg, env, network, model, optimizer, loss_fn, x, y, size)
             except torch.OutOfMemoryError as error:
-                raise RuntimeError(f"micro_batch_size: out of device memory at {micro} samples per micro-batch; "
+                raise RuntimeError(f"micro_batch_size: out of device memory at {size} samples per micro-batch; "
                                    "set a smaller micro_batch_size, or micro_batch_size=auto") from error
             scheduler.step()
             meter.add(loss, logits, y)
-        train_loss, train_top1, seconds, images_per_second = meter.result(env)
-        # Diverged: non-finite, or a loss far above a uniform guess's ln(C) (LARS at lr 1e4 keeps finite
-        # weights through batch norm's scale invariance while its loss is in the tens of thousands).
-        exploded = train_loss > cfg.divergence_factor * math.log(data.num_classes)
-        diverged = exploded or not (meter.finite(env) and parameters_finite(model))
-        state.next_epoch = epoch + 1
-        metrics = {
-            "epoch": epoch + 1, "train_loss": train_loss, "train_top1": train_top1,
-            **(evaluate(model, data.test.images, data.test.labels, env, prepare)
-               if due(cfg.eval_every, epoch + 1, cfg.epochs) else {}),
-            "lr": current_lr(optimizer), **state.add_telemetry(telemetry, epoch + 1),
-            "epoch_seconds": seconds, "images_per_second": images_per_second,
-            **({MICRO_CHOSEN_KEY: micro} if cfg.micro_batch_size == MICRO_AUTO else {}),
-            "status": "diverged" if diverged else ("completed" if epoch + 1 == cfg.epochs else "running"),
-        }
-        report(env, state, metrics, None if diverged else modules, cfg, cfg.epochs)
-        if diverged:
-            break
-    return state.history
+
+    def evaluate_epoch(epoch: int) -> dict[str, Any]:
+        evaluated = {}
+        if due(cfg.eval_every, epoch + 1, cfg.epochs):
+            for prefix, split in (("val", data.val), ("test", data.test)):
+                if split is not None and len(split):
+                    evaluated |= evaluate(model, split.images, split.labels, env, prepare, prefix)
+        return {**evaluated, "lr": current_lr(optimizer), **chosen}
+
+    # Diverged also when the loss is far above a uniform guess's ln(C): LARS at lr 1e4 keeps finite weights
+    # through batch norm's scale invariance while its loss is in the tens of thousands.
+    epochs = Epochs(train, evaluate_epoch, watched=lambda epoch: model, classifies=lambda epoch: True,
+                    loss_limit=cfg.divergence_factor * math.log(data.num_classes))
+    state.setup_seconds = time.perf_counter() - entered
+    return run_epochs(cfg, env, state, modules, cfg.epochs, epochs, telemetry)
+
+
+def compiled(network: nn.Module, cfg: TrialConfig) -> nn.Module:
+    """`torch.compile`d for `compile=true` (the model's own parameters and state dict are unchanged)."""
+    return torch.compile(network) if cfg.compile else network

@@ -34,6 +34,7 @@ _AT_LEAST_ONE = {"batch_size", "epochs", "telemetry_every", "eval_every", "check
 # channels_last corrupts the heap on CPUs without AVX-512 (torch 2.15's oneDNN; measured here on an AMD
 # EPYC with AVX2: `free(): invalid next size` for 2–6 input channels, none from 8 up).
 MIN_WIDTH = 8
+VALIDATION_SHARE = 10  # by default a tenth of the training images is held out (CIFAR: 5,000 of 50,000)
 _POSITIVE = {"bt_lambda", "linear_lr", "base_lr", "poly_power", "divergence_factor"}
 
 
@@ -46,6 +47,8 @@ class TrialConfig:
     image_size: int | None = None  # imagefolder only: images are resized to this square size
     limit: int | None = None  # class-balanced training subset
     test_limit: int | None = None
+    val_size: int | None = None  # training images held out for validation (stratified); None = a tenth, 0 = none
+    split_seed: int = 0  # fixes which images are held out (a study sets its own seed: every trial holds out the same)
     model: str = "resnet18"
     width: int | None = None  # base width of the small CIFAR ResNets
     init: str = "kaiming_uniform"
@@ -81,7 +84,7 @@ class TrialConfig:
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
     threads: int | None = None  # torch intra-op threads per worker
-    inject_kill_after_epoch: int | None = None  # fault injection: SIGKILL rank 0 once after this epoch
+    compile: bool = False  # torch.compile the network
     optimizer_params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -124,6 +127,8 @@ class TrialConfig:
         for key in _POSITIVE:
             if getattr(self, key) is not None and not getattr(self, key) > 0:
                 raise ValueError(f"{key}: must be positive, got {getattr(self, key)}")
+        if self.val_size is not None and self.val_size < 0:
+            raise ValueError(f"val_size: must be >= 0, got {self.val_size}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.label_smoothing < 1:
@@ -137,6 +142,10 @@ class TrialConfig:
         validate_hparams(self.optimizer, self.optimizer_hyperparameters(steps_per_epoch=1))
         if check_data:
             check_data_dir(self.dataset, self.data_dir)
+
+    def validation_size(self, pool: int) -> int:
+        """How many of the `pool` training images (after `limit`) are held out for validation."""
+        return pool // VALIDATION_SHARE if self.val_size is None else self.val_size
 
     def learning_rate(self) -> float:
         if self.lr is not None:

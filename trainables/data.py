@@ -66,6 +66,7 @@ class Dataset:
     test: ImageData
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    val: ImageData | None = None  # held out of the training images by a trial (`stratified_split`)
 
     @property
     def num_classes(self) -> int:
@@ -324,3 +325,24 @@ def balanced_subset(data: ImageData, limit: int | None, seed: int = 0) -> ImageD
         picked.append(members[: int(quota[c])])
     index = torch.cat(picked).sort().values
     return data.subset(index)
+
+
+def check_validation_size(size: int, pool: int) -> None:
+    """A validation split must leave training images: ValueError naming `val_size` otherwise."""
+    if not 0 <= size < pool:
+        raise ValueError(f"val_size: must be in [0, {pool}) for {pool} training images, got {size}")
+
+
+def stratified_split(data: ImageData, size: int, seed: int) -> tuple[ImageData, ImageData]:
+    """(the rest, `size` held-out examples): each class keeps its share of `data` (largest remainders round),
+    the examples within a class drawn by `seed`."""
+    check_validation_size(size, len(data))
+    counts = torch.bincount(data.labels, minlength=len(data.classes)).double()
+    exact = counts * size / len(data)
+    quota = exact.floor().long()
+    quota[(exact - quota).argsort(descending=True, stable=True)[: size - int(quota.sum())]] += 1
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    held = torch.cat([order[data.labels[order] == c][: int(quota[c])] for c in range(len(data.classes))])
+    keep = torch.ones(len(data), dtype=torch.bool)
+    keep[held] = False
+    return data.subset(keep.nonzero().squeeze(1)), data.subset(held.sort().values)

@@ -73,10 +73,12 @@ class TrialOutcome:
 
 def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool = False,
                   cpus_per_worker: float = 1.0, gpus_per_worker: float = 1.0, storage_path: str | None = None, name: str | None = None,
-                  max_failures: int = 0, callbacks: list | None = None, shared_data: Any = None) -> TorchTrainer:
+                  max_failures: int = 0, callbacks: list | None = None, shared_data: Any = None,
+                  worker_env: dict[str, str] | None = None) -> TorchTrainer:
     """A TorchTrainer for `config` (validated here, before Ray schedules anything); `shared_data`: the
-    dataset's reference in Ray's object store, handed to every worker instead of a path to load."""
-    cfg = TrialConfig.from_dict(config)
+    dataset's reference in Ray's object store, handed to every worker instead of a path to load;
+    `worker_env`: environment variables of the workers."""
+    cfg = TrialConfig.from_dict(config, check_data=shared_data is None)
     # the global batch must split evenly into workers, micro-batches and BatchNorm groups: checked before Ray starts
     resolve_batching(cfg.batch_size, num_workers, cfg.micro_batch_size, cfg.bn_group, use_gpu)
     if cfg.threads is None:
@@ -88,6 +90,7 @@ def build_trainer(config: dict[str, Any], *, num_workers: int = 1, use_gpu: bool
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
             # the controller's own retries are bounded too (Ray's default is unlimited): a trial whose
             # workers cannot start ends as an error instead of retrying forever
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=max_failures),

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,19 +31,20 @@ from torch import Tensor, nn
 from optim import build_optimizer, build_scheduler
 from optim.layerwise import LayerwiseOptimizer
 from optim.telemetry import TrustRatioTelemetry
-from trainables.batches import BN_SYNC, eval_indices
+from trainables.batches import BN_SYNC, derived_seed, eval_indices
 from trainables.config import TrialConfig
-from trainables.data import Dataset, balanced_subset, load_dataset
+from trainables.data import Dataset, balanced_subset, load_dataset, stratified_split
 from trainables.models import set_bn_group
 from trainables.session import Session, TrainSession
 
 STATE_FILE, TELEMETRY_FILE, HISTORY_FILE = "state.pt", "telemetry.parquet", "history.json"
-# Test-only fault injection through the environment (workers inherit the driver's): "raise_after_epoch=K"
-# makes every worker raise after epoch K's report, so a study sees a trial whose workers crash.
+# Test-only fault injection through the environment (a local Ray's workers inherit the driver's; Train
+# workers also take `worker_env` from `build_trainer`): see `inject_faults`.
 FAULT_ENV = "LAYERWISE_FAULT"
 # The study's dataset in Ray's object store travels to Ray Train workers inside their loop config, under
 # this key (TorchTrainer's loop takes one config argument); one-worker trials get it as an argument.
 SHARED_DATA_KEY = "_shared_data"
+NODE_KEY = "node_id"  # the Ray node an attempt ran on (rank 0's), in its first report
 
 
 @dataclass
@@ -100,7 +101,7 @@ def start_worker(config: dict[str, Any], session: Session | None, shared_data: A
     """
     config = dict(config)
     shared_data = config.pop(SHARED_DATA_KEY, shared_data)
-    cfg = TrialConfig.from_dict(config)
+    cfg = TrialConfig.from_dict(config, check_data=shared_data is None)  # a node may lack the driver's data folder
     env = WorkerEnv.create(cfg, session)
     return cfg, env, load_data(cfg, env, shared_data)
 
@@ -115,7 +116,8 @@ def place_model(model: nn.Module, env: WorkerEnv, bn_group: int | str | None = N
 
 
 def load_data(cfg: TrialConfig, env: WorkerEnv, shared: Any = None) -> Dataset:
-    """The dataset's (limited) splits, moved whole to the worker's device as uint8.
+    """The dataset's (limited) splits, the validation split held out of the training one, moved whole to
+    the worker's device as uint8.
 
     `shared`: the study's decoded dataset in Ray's object store (a reference, or its arrays), read
     zero-copy; without it the dataset is loaded from `data_dir` (decoded once into the disk cache).
@@ -124,10 +126,12 @@ def load_data(cfg: TrialConfig, env: WorkerEnv, shared: Any = None) -> Dataset:
         data = Dataset.from_arrays(ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared)
     else:
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
-    train, test = balanced_subset(data.train, cfg.limit), balanced_subset(data.test, cfg.test_limit)
-    for split in (train, test):
+    pool = balanced_subset(data.train, cfg.limit)
+    train, val = stratified_split(pool, cfg.validation_size(len(pool)), cfg.split_seed)
+    test = balanced_subset(data.test, cfg.test_limit)
+    for split in (train, val, test):
         split.images, split.labels = split.images.to(env.device), split.labels.to(env.device)
-    return Dataset(train, test, data.mean, data.std)
+    return Dataset(train, test, data.mean, data.std, val)
 
 
 def build_training(cfg: TrialConfig, model: nn.Module, steps_per_epoch: int, epochs: int):
@@ -191,36 +195,93 @@ def restore(modules: dict[str, Any], env: WorkerEnv) -> RunState:
     return RunState(saved["next_epoch"], saved["history"], tables, extra, resumed_from=saved["next_epoch"])
 
 
+def save_checkpoint(directory: Path, modules: dict[str, Any], state: RunState, cfg: TrialConfig) -> None:
+    """The epoch's checkpoint files: `state.pt`, `history.json` and (when recorded) `telemetry.parquet`."""
+    torch.save({"modules": {k: m.state_dict() for k, m in modules.items()}, "next_epoch": state.next_epoch,
+                "history": state.history, "extra": state.extra, "config": cfg.to_dict()}, directory / STATE_FILE)
+    (directory / HISTORY_FILE).write_text(json.dumps(state.history, default=str))
+    if state.telemetry:
+        table = pa.concat_tables(state.telemetry)
+        pq.write_table(table, directory / TELEMETRY_FILE)
+        state.telemetry = [table]
+
+
 def report(env: WorkerEnv, state: RunState, metrics: dict[str, Any], modules: dict[str, Any] | None,
-           cfg: TrialConfig, last_epoch: int) -> None:
-    """Report the epoch's metrics; with `modules`, rank 0 also saves the epoch's checkpoint when one is due."""
-    if not due(cfg.checkpoint_every, state.next_epoch, last_epoch):
-        modules = None
+           cfg: TrialConfig) -> None:
+    """Report the epoch's metrics; with `modules`, rank 0 also saves the epoch's checkpoint."""
     metrics["restarts"] = state.extra.get("restarts", 0)  # times this run resumed from a checkpoint
-    if state.setup_seconds is not None:  # the first report of this attempt: what its start-up cost inside the loop
+    if state.setup_seconds is not None:  # the first report of this attempt: its start-up cost in the loop, its node
         metrics["setup_seconds"], state.setup_seconds = state.setup_seconds, None
+        if ray.is_initialized():  # (a loop run outside Ray, as in tests, has no node)
+            metrics[NODE_KEY] = ray.get_runtime_context().get_node_id()
     state.history.append(metrics)
     name = f"epoch_{state.next_epoch:04d}"
     if modules is None or env.rank != 0:
         env.session.report(metrics, None, name)
-    else:
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save({"modules": {k: m.state_dict() for k, m in modules.items()}, "next_epoch": state.next_epoch,
-                        "history": state.history, "extra": state.extra, "config": cfg.to_dict()},
-                       Path(directory) / STATE_FILE)
-            (Path(directory) / HISTORY_FILE).write_text(json.dumps(state.history, default=str))
-            if state.telemetry:
-                table = pa.concat_tables(state.telemetry)
-                pq.write_table(table, Path(directory) / TELEMETRY_FILE)
-                state.telemetry = [table]
-            env.session.report(metrics, directory, name)
-    if cfg.inject_kill_after_epoch == state.next_epoch and env.rank == 0 and state.resumed_from < state.next_epoch:
-        # Fault injection for tests: a hard crash once Ray has registered this epoch's checkpoint
-        # (the controller collects reports asynchronously; this call waits for it).
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(Path(directory), modules, state, cfg)
+        env.session.report(metrics, directory, name)
+
+
+def inject_faults(env: WorkerEnv, state: RunState, before: bool = False) -> None:
+    """Test-only faults from `$LAYERWISE_FAULT`, checked before each epoch (`before`) and after its report:
+    `kill_after_epoch=K` SIGKILLs rank 0 once (not again in the attempt that resumed from K's checkpoint);
+    `raise_after_epoch=K` and `raise_before_epoch=K` (K 1-based) make every worker raise."""
+    fault = os.environ.get(FAULT_ENV, "")
+    if before:
+        if fault == f"raise_before_epoch={state.next_epoch + 1}":
+            raise RuntimeError(f"injected fault: {FAULT_ENV}={fault}")
+        return
+    epoch = state.next_epoch
+    if fault == f"kill_after_epoch={epoch}" and env.rank == 0 and state.resumed_from < epoch:
+        # a hard crash once Ray has registered this epoch's checkpoint (the controller collects reports
+        # asynchronously; this call waits for it)
         env.session.wait_for_checkpoints()
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get(FAULT_ENV) == f"raise_after_epoch={state.next_epoch}":
-        raise RuntimeError(f"injected fault: {FAULT_ENV}=raise_after_epoch={state.next_epoch}")
+    if fault == f"raise_after_epoch={epoch}":
+        raise RuntimeError(f"injected fault: {FAULT_ENV}={fault}")
+
+
+@dataclass
+class Epochs:
+    """A loop's own part of each epoch; `run_epochs` does the rest (seeding, meter, divergence, reports)."""
+
+    train: Callable[[int, EpochMeter], None]  # run the epoch's steps, adding each to the meter
+    evaluate: Callable[[int], dict[str, Any]]  # the epoch's metrics after its steps (evaluation, lr, stage)
+    watched: Callable[[int], nn.Module]  # the module whose parameters must stay finite in this epoch
+    classifies: Callable[[int], bool]  # whether the epoch's steps classify (train_top1 is meaningful)
+    loss_limit: float = math.inf  # diverged once an epoch's mean train loss exceeds it
+
+
+def run_epochs(cfg: TrialConfig, env: WorkerEnv, state: RunState, modules: dict[str, Any], total: int,
+               epochs: Epochs, telemetry: TrustRatioTelemetry | None = None) -> list[dict[str, Any]]:
+    """Train epochs `state.next_epoch`..`total`: each seeded from (seed, epoch, rank), metered on the device,
+    checked for divergence, reported with its status, and checkpointed when due. Returns the history.
+
+    Diverged (data, not an exception): a non-finite loss or parameter, or a mean train loss above
+    `epochs.loss_limit`; the run ends there, without a checkpoint of the diverged state.
+    """
+    for epoch in range(state.next_epoch, total):
+        inject_faults(env, state, before=True)
+        torch.manual_seed(derived_seed(cfg.seed, epoch, env.rank))
+        meter = EpochMeter(env.device)
+        epochs.train(epoch, meter)
+        train_loss, train_top1, seconds, images_per_second = meter.result(env)
+        diverged = train_loss > epochs.loss_limit or not (
+            meter.finite(env) and parameters_finite(epochs.watched(epoch)))
+        state.next_epoch = epoch + 1
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss,
+                   **({"train_top1": train_top1} if epochs.classifies(epoch) else {}),
+                   **epochs.evaluate(epoch), **state.add_telemetry(telemetry, epoch + 1),
+                   "epoch_seconds": seconds, "images_per_second": images_per_second,
+                   "status": "diverged" if diverged else ("completed" if epoch + 1 == total else "running")}
+        due_now = not diverged and due(cfg.checkpoint_every, epoch + 1, total)
+        report(env, state, metrics, modules if due_now else None, cfg)
+        inject_faults(env, state)
+        if diverged:
+            break
+    return state.history
 
 
 class EpochMeter:
@@ -251,9 +312,9 @@ class EpochMeter:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, env: WorkerEnv, prepare, batch: int = 1000
-             ) -> dict[str, float]:
-    """Test loss / top-1 / top-5 over this worker's strided share, summed over workers."""
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, env: WorkerEnv, prepare, prefix: str = "test",
+             batch: int = 1000) -> dict[str, float]:
+    """`<prefix>_loss` / `_top1` / `_top5` of one split over this worker's strided share, summed over workers."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=env.device)
@@ -269,7 +330,7 @@ def evaluate(model: nn.Module, images: Tensor, labels: Tensor, env: WorkerEnv, p
                              torch.tensor(float(len(y)), dtype=torch.float64, device=env.device)])
     loss, top1, top5, count = env.all_sum(sums).tolist()
     model.train(was_training)
-    return {"test_loss": loss / count, "test_top1": 100 * top1 / count, "test_top5": 100 * top5 / count}
+    return {f"{prefix}_loss": loss / count, f"{prefix}_top1": 100 * top1 / count, f"{prefix}_top5": 100 * top5 / count}
 
 
 def due(every: int, epoch: int, last: int) -> bool:

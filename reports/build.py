@@ -4,6 +4,7 @@ parent MLflow run under `report/`."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,17 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from reports import figures, tables
-from reports.collect import StudyData, collect, telemetry
+from reports.collect import CONFIRM, SEARCH, StudyData, collect, telemetry
 
 FORMATS = ("md", "csv", "latex", "html")
 METRICS = ("best", "final")
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
+CONFIRMED = ("confirmed: for each optimizer and batch size, the best configuration of the search (by validation "
+             "top-1) re-run to the full budget with fresh seeds")
+SEARCH_ONLY = ("search stage only — no confirm stage ran: one seed per configuration, chosen and stopped early on "
+               "validation top-1; not a confirmed result")
+SEARCH_LEGEND = ("Validation top-1 (%) of the search's trials, one seed each (ASHA stopped some early: '@eK'); the "
+                 "confirm stage re-ran the best of each variant — these numbers chose it and are not a result.")
 LEGEND = ("Cells: test top-1 (%) mean ± 95% t-interval over seeds (n = completed runs); **bold** = best in its "
           "column; 'diverged' runs are counted, never dropped; '@eK (ASHA)' = only early-stopped trials, "
           "accuracy at epoch K; '[best of k; d diverged]' = best of k configurations (e.g. λ values) in that cell, d runs of the others diverged; "
@@ -56,15 +64,61 @@ class Section:
     caption: str = ""
 
 
-def sections(cells: pd.DataFrame, gaps: pd.DataFrame, spent: pd.DataFrame, metric: str, bold) -> list[Section]:
-    full, shared = tables.wide(cells, bold)
-    best_lr, shared_lr = tables.wide(cells, bold, columns=tables.COLUMN[:-1])
-    return [
-        Section(f"Test top-1, {metric} epoch (TVLARS paper Table 1 layout)", full,
-                f"All columns: {shared}. " * bool(shared) + LEGEND),
-        Section("Best learning rate per setting", best_lr, f"All columns: {shared_lr}." * bool(shared_lr)),
-        Section("Warm-up gap (percentage points; best lr each; completed runs)", gaps),
-        Section("Study budget", spent)]
+@dataclass
+class Tables:
+    """What the sections show: the headline cells (confirmed runs where a confirm stage ran), the
+    search stage's validation cells when they are not the headline, the warm-up gap and the budget."""
+
+    cells: pd.DataFrame
+    confirmed: bool
+    search: pd.DataFrame | None
+    gaps: pd.DataFrame
+    spent: pd.DataFrame
+    errored: pd.DataFrame  # one row per errored trial: which, and its error line
+
+    @classmethod
+    def of(cls, trials: pd.DataFrame, metric: str) -> "Tables":
+        confirmed = bool((trials["stage"] == CONFIRM).any())
+        headline = trials[trials["stage"] == CONFIRM] if confirmed else trials
+        cells = tables.cells(headline, metric)
+        search = tables.cells(trials[trials["stage"] == SEARCH], f"val_{metric}") if confirmed else None
+        errored = trials.loc[trials["status"] == "errored", ["run_name", "variant", "stage", "error"]]
+        return cls(cells, confirmed, search, tables.warmup_gap(cells), tables.budget(trials),
+                   errored.sort_values("run_name").reset_index(drop=True))
+
+
+# Confirmed cells each hold the lr their search chose, so their headline has a column per setting (the lr
+# in the cell); search-only cells keep the TVLARS paper's column per lr.
+BY_SETTING, BY_LR = tables.COLUMN[:-1], tables.COLUMN
+GAP_HEADING = "Warm-up gap and other gaps (percentage points; best lr each; completed runs; ±95%: Welch interval)"
+
+
+def headline(parts: Tables, metric: str, bold) -> list[Section]:
+    """The answer: the headline cells and their gaps."""
+    kind = CONFIRMED if parts.confirmed else SEARCH_ONLY
+    if parts.confirmed:
+        table, shared = tables.wide(parts.cells, bold, columns=BY_SETTING)
+        heading = f"Test top-1, {metric} epoch, per setting (each optimizer at the lr its search chose)"
+    else:
+        table, shared = tables.wide(parts.cells, bold, columns=BY_LR)
+        heading = f"Test top-1, {metric} epoch (TVLARS paper Table 1 layout)"
+    return [Section(heading, table, f"{kind[0].upper()}{kind[1:]}. " + f"All columns: {shared}. " * bool(shared) + LEGEND),
+            Section(GAP_HEADING, parts.gaps)]
+
+
+def sections(parts: Tables, metric: str, bold) -> list[Section]:
+    best_lr, shared_lr = tables.wide(parts.cells, bold, columns=BY_LR if parts.confirmed else BY_SETTING)
+    other = "By learning rate (TVLARS paper Table 1 layout)" if parts.confirmed else "Best learning rate per setting"
+    search = []
+    if parts.search is not None:
+        table, shared = tables.wide(parts.search, bold)
+        search = [Section(f"Search stage: validation top-1, {metric} epoch", table,
+                          f"All columns: {shared}. " * bool(shared) + SEARCH_LEGEND)]
+    errored = [Section("Errored trials", parts.errored, "Each trial's full error is its MLflow run's `error.txt`.")
+               ] if len(parts.errored) else []
+    return [*headline(parts, metric, bold),
+            Section(other, best_lr, f"All columns: {shared_lr}." * bool(shared_lr)),
+            *search, *errored, Section("Study budget", parts.spent)]
 
 
 def _markdown(parts: list[Section], title: str) -> str:
@@ -102,25 +156,27 @@ def write_outputs(data: StudyData, out: Path, metric: str, formats: tuple[str, .
                   load_telemetry: Callable[[str], pd.DataFrame | None]) -> tuple[str, list[Path]]:
     """All files of the report into `out`; returns (markdown, paths)."""
     out.mkdir(parents=True, exist_ok=True)
-    cells = tables.cells(data.trials, metric)
-    gaps, spent = tables.warmup_gap(cells), tables.budget(data.trials)
+    parts = Tables.of(data.trials, metric)
     files = []
 
     def write(name: str, text: str) -> None:
         (out / name).write_text(text)
         files.append(out / name)
 
-    markdown = _markdown(sections(cells, gaps, spent, metric, lambda t: f"**{t}**"), title)
+    markdown = _markdown(sections(parts, metric, lambda t: f"**{t}**"), title)
     write("table.md", markdown)
+    write("headline.md", _markdown(headline(parts, metric, lambda t: f"**{t}**"), title))
     if "csv" in formats:
-        write("table.csv", cells.to_csv(index=False))
-        write("warmup_gap.csv", gaps.to_csv(index=False))
-        write("budget.csv", spent.to_csv(index=False))
+        write("table.csv", parts.cells.to_csv(index=False))
+        if parts.search is not None:
+            write("search_table.csv", parts.search.to_csv(index=False))
+        write("warmup_gap.csv", parts.gaps.to_csv(index=False))
+        write("budget.csv", parts.spent.to_csv(index=False))
     if "latex" in formats:
-        write("table.tex", _latex(sections(cells, gaps, spent, metric, _bold_latex)))
-    figure_paths = figures.all_figures(data.trials, data.epochs, gaps, metric, out / "figures", load_telemetry)
+        write("table.tex", _latex(sections(parts, metric, _bold_latex)))
+    figure_paths = figures.all_figures(data.trials, data.epochs, parts.gaps, metric, out / "figures", load_telemetry)
     if "html" in formats:
-        write("table.html", _html(sections(cells, gaps, spent, metric, lambda t: f"<b>{t}</b>"), title, figure_paths))
+        write("table.html", _html(sections(parts, metric, lambda t: f"<b>{t}</b>"), title, figure_paths))
     trials = data.trials.assign(params=data.trials["params"].map(lambda p: json.dumps(p, default=str)))
     for name, frame in (("trials.parquet", trials), ("epochs.parquet", data.epochs)):
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), out / name)
@@ -128,9 +184,35 @@ def write_outputs(data: StudyData, out: Path, metric: str, formats: tuple[str, .
     return markdown, files + figure_paths
 
 
+READING_SUFFIX = ".reading.md"  # a results document's hand-written reading, kept beside it
+
+
+def results_document(doc: Path, markdown: str, parents: list, figure_paths: list[Path], command: str) -> str:
+    """A results document: how the studies ran (their commands, commits, wall times, versions), the report,
+    its figures and the reading kept beside the document (`<doc>.reading.md`), to commit with the figures."""
+    lines = [f"# Results: {parents[-1].data.tags.get('space', '?')}", "",
+             f"Regenerate this page from the studies' MLflow store: `{command}`", ""]
+    for parent in parents:
+        tags, metrics, info = parent.data.tags, parent.data.metrics, parent.info
+        wall = (info.end_time - info.start_time) / 1000 if info.end_time else float("nan")
+        lines += [f"- study `{info.run_name}`: `{tags.get('command', '?')}`", f"  - commit `{tags.get('git_commit', '?')}`; "
+                  f"wall time {wall / 60:.1f} min (MLflow run start to end); train_fraction "
+                  f"{metrics.get('train_fraction', float('nan')):.2f}; torch {tags.get('torch_version', '?')}, "
+                  f"ray {tags.get('ray_version', '?')}, optuna {tags.get('optuna_version', '?')}"]
+    reading = doc.with_name(doc.name.removesuffix(".md") + READING_SUFFIX)
+    if reading.is_file():
+        lines += ["", "## Reading", "", reading.read_text().strip()]
+    body = markdown.split("\n", 1)[1] if markdown.startswith("# ") else markdown  # the report's own title goes
+    lines += ["", body.strip(), "", "## Figures", ""]
+    lines += [f"![{p.stem}]({Path(os.path.relpath(p, doc.parent)).as_posix()})" for p in figure_paths]
+    return "\n".join(lines) + "\n"
+
+
 def build_report(tracking_uri: str, experiment: str, out: Path, metric: str = "best",
-                 formats: tuple[str, ...] = ("md",), study: str | None = None, log: bool = True) -> Report:
-    """Collect the experiment's (or one study's) trials from MLflow and write + log the report."""
+                 formats: tuple[str, ...] = ("md",), study: str | None = None, log: bool = True,
+                 doc: Path | None = None, command: str = "") -> Report:
+    """Collect the experiment's (or one study's) trials from MLflow and write + log the report (and, with
+    `doc`, a results document made by `command`)."""
     if metric not in METRICS:
         raise ValueError(f"--metric: choose one of {', '.join(METRICS)}, got {metric!r}")
     unknown = sorted(set(formats) - set(FORMATS))
@@ -142,8 +224,13 @@ def build_report(tracking_uri: str, experiment: str, out: Path, metric: str = "b
         "study" if len(data.parents) == 1 else "studies")
     markdown, files = write_outputs(data, out, metric, formats, title, lambda run_id: telemetry(client, run_id))
     report = Report(markdown, files)
+    if doc is not None:
+        doc.write_text(results_document(doc, markdown, data.parents, [f for f in files if f.suffix == ".png"], command))
+        report.files.append(doc)
     if log:
         parent = data.parents[-1].info.run_id  # the newest study the report covers
         client.log_artifacts(parent, str(out), "report")
+        # the answer as the study run's description: one click from the experiment's run list
+        client.set_tag(parent, NOTE_TAG, (out / "headline.md").read_text())
         report.logged_to = parent
     return report

@@ -18,7 +18,9 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 PARENT_TAG = "mlflow.parentRunId"
-METRIC = "test_top1"
+METRIC = "test_top1"  # what a table cell reports
+VAL_METRIC = "val_top1"  # what the search selected on
+STAGE_TAG, SEARCH, CONFIRM = "stage", "search", "confirm"  # as study.confirm tags trial runs
 BASELINE_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad", "rmsprop": "RMSprop"}
 # Rows in the TVLARS paper's order, then the other layer-wise methods, then baselines.
 ROW_ORDER = ("LARS + warm-up", "LARS", "LAMB + warm-up", "LAMB", "TVLARS", "LAMBC + warm-up", "LAMBC",
@@ -89,7 +91,12 @@ def collect(client: MlflowClient, experiment: str, study: str | None = None) -> 
             epochs += history
     if not trials:
         raise ReportError(f"experiment {experiment!r} has study runs but no trial runs yet")
-    return StudyData(pd.DataFrame(trials), pd.DataFrame(epochs), parents)
+    # trials that logged no epoch or no evaluation (errored before): still the columns readers use
+    epochs_frame = pd.DataFrame(epochs, columns=None if epochs else ["run_id", "trial_id", "label", "epoch"])
+    for column in (METRIC, VAL_METRIC):
+        if column not in epochs_frame:
+            epochs_frame[column] = math.nan
+    return StudyData(pd.DataFrame(trials), epochs_frame, parents)
 
 
 def _trial(client: MlflowClient, run: Run, parent: Run) -> tuple[dict, list[dict]]:
@@ -99,7 +106,8 @@ def _trial(client: MlflowClient, run: Run, parent: Run) -> tuple[dict, list[dict
         for m in client.get_metric_history(run.info.run_id, key):
             if m.step >= 1:
                 per_epoch.setdefault(int(m.step), {})[key] = m.value
-    scores = [(e, v[METRIC]) for e, v in sorted(per_epoch.items()) if METRIC in v and math.isfinite(v[METRIC])]
+    scores, val = _scores(per_epoch, METRIC), _scores(per_epoch, VAL_METRIC)
+    best_epoch = chosen_epoch(scores, val)
     resources = parent.data.params
     end = run.info.end_time or run.info.start_time
     lr = params.get("lr_effective", params.get("lr"))
@@ -107,12 +115,14 @@ def _trial(client: MlflowClient, run: Run, parent: Run) -> tuple[dict, list[dict
         "run_id": run.info.run_id, "run_name": run.info.run_name, "trial_id": run.data.tags["trial_id"],
         "study": parent.info.run_name, "study_run_id": parent.info.run_id,
         "variant": run.data.tags.get("variant", ""), "status": run.data.tags.get("status", "running"),
+        "stage": run.data.tags.get(STAGE_TAG, SEARCH), "error": run.data.tags.get("error", ""),
         "label": row_label(params), "task": params.get("task", "clf"), "dataset": params.get("dataset", "?"),
         "model": params.get("model", "?"), "epochs": int(params.get("epochs") or 0),
         "batch_size": int(params.get("batch_size") or 0), "lr": float(lr) if lr is not None else math.nan,
         "seed": params.get("seed"), "epochs_run": max(per_epoch, default=0),
-        "best": max((v for _, v in scores), default=math.nan), "final": scores[-1][1] if scores else math.nan,
-        "best_epoch": max(scores, key=lambda s: s[1])[0] if scores else 0,
+        "best": dict(scores).get(best_epoch, math.nan), "final": scores[-1][1] if scores else math.nan,
+        "best_epoch": best_epoch,
+        "val_best": max((v for _, v in val), default=math.nan), "val_final": val[-1][1] if val else math.nan,
         "wall_seconds": (end - run.info.start_time) / 1000, "start_time": run.info.start_time, "end_time": end,
         "workers": int(float(resources.get("resources.workers", 1))),
         "cpus_per_worker": float(resources.get("resources.cpus_per_worker", 1)),
@@ -122,6 +132,21 @@ def _trial(client: MlflowClient, run: Run, parent: Run) -> tuple[dict, list[dict
     history = [{"run_id": run.info.run_id, "trial_id": trial["trial_id"], "label": trial["label"], "epoch": e, **v}
                for e, v in sorted(per_epoch.items())]
     return trial, history
+
+
+def chosen_epoch(test: list[tuple[int, float]], val: list[tuple[int, float]]) -> int:
+    """A trial's "best" epoch: the one with the best validation top-1 among those that logged a test top-1
+    (the test set chooses nothing); the best test epoch only for runs that logged no validation split."""
+    tested = dict(test)
+    by_val = [(v, e) for e, v in val if e in tested]
+    if by_val:
+        return max(by_val, key=lambda ve: (ve[0], -ve[1]))[1]  # the earliest of equally good epochs
+    return max(test, key=lambda s: s[1])[0] if test else 0
+
+
+def _scores(per_epoch: dict[int, dict[str, float]], metric: str) -> list[tuple[int, float]]:
+    """(epoch, value) of every epoch that logged a finite `metric`, in order."""
+    return [(e, v[metric]) for e, v in sorted(per_epoch.items()) if metric in v and math.isfinite(v[metric])]
 
 
 def telemetry(client: MlflowClient, run_id: str) -> pd.DataFrame | None:

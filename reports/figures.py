@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.collect import row_rank  # noqa: E402
+from reports.collect import SEARCH, row_rank  # noqa: E402
+from reports.tables import CI_SUFFIX, GAPS  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "legend.fontsize": 8}
@@ -111,14 +112,15 @@ def accuracy_vs_lambda(trials: pd.DataFrame, metric: str, out: Path) -> Path:
 
 
 def warmup_gap(gaps: pd.DataFrame, out: Path) -> Path:
-    """Warm-up gap (with − without, percentage points) against batch size."""
+    """Warm-up gap (with − without, percentage points) and the other gaps against batch size, with 95% intervals."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     drawn = 0
-    for name in ("LARS: warm-up − none", "LAMB: warm-up − none", "TVLARS − LARS + warm-up"):
+    for name in (name for _, _, name in GAPS):
         for (task, dataset), part in gaps.groupby(["task", "dataset"]):
             part = part.dropna(subset=[name]).sort_values("batch_size")
-            if not part.empty:
-                ax.plot(part["batch_size"], part[name], marker="o", label=f"{name} ({task} {dataset})")
+            if not part.empty:  # bars: the 95% Welch interval of the difference (none where a cell has n < 2)
+                ax.errorbar(part["batch_size"], part[name], yerr=part[name + CI_SUFFIX], marker="o", capsize=3,
+                            label=f"{name} ({task} {dataset})")
                 drawn += 1
     if drawn:
         ax.set_xscale("log", base=2)
@@ -127,12 +129,18 @@ def warmup_gap(gaps: pd.DataFrame, out: Path) -> Path:
     else:
         _empty(ax, "no batch size has runs both with and without warm-up\n(of LARS or LAMB) that ran to the end")
     ax.set(xlabel="global batch size", ylabel="gap in test top-1 (percentage points)",
-           title="Warm-up gap: with − without warm-up (best lr each)")
+           title="Gaps between optimizers (best lr each; bars: 95% interval)")
     return _save(fig, out / "warmup_gap_vs_batch.png")
 
 
 def best_so_far(trials: pd.DataFrame, metric: str, out: Path) -> Path:
-    """Best test accuracy found so far against epochs spent, trials in the order they finished."""
+    """The search's best accuracy so far (validation where trials logged it) against epochs spent, trials in
+    the order they finished."""
+    split = "validation"
+    if f"val_{metric}" in trials and trials[f"val_{metric}"].notna().any():
+        metric = f"val_{metric}"
+    else:
+        split = "test"
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     order = trials.sort_values("end_time")
     spent = order["epochs_run"].cumsum()
@@ -141,7 +149,7 @@ def best_so_far(trials: pd.DataFrame, metric: str, out: Path) -> Path:
     ax.plot(spent, order[metric], ls="none", marker=".", color="0.5", label="each trial (at its end)")
     full = int(order["epochs"].sum())
     ax.axvline(full, color="C3", ls="--", lw=1, label=f"without early stopping: {full} epochs")
-    ax.set(xlabel="cumulative epochs trained", ylabel=f"best test top-1 so far, {metric} epoch (%)",
+    ax.set(xlabel="cumulative epochs trained", ylabel=f"best {split} top-1 so far, {metric.removeprefix('val_')} epoch (%)",
            title=f"Search progress: {int(spent.iloc[-1])} epochs run, {full - int(spent.iloc[-1])} saved by ASHA")
     ax.legend(loc="lower right")
     return _save(fig, out / "best_so_far_vs_epochs.png")
@@ -153,4 +161,5 @@ def all_figures(trials: pd.DataFrame, epochs: pd.DataFrame, gaps: pd.DataFrame, 
     out.mkdir(parents=True, exist_ok=True)
     with plt.rc_context(STYLE):
         return [*accuracy_vs_epoch(trials, epochs, out), trust_ratio(trials, load_telemetry, out),
-                accuracy_vs_lambda(trials, metric, out), warmup_gap(gaps, out), best_so_far(trials, metric, out)]
+                accuracy_vs_lambda(trials, metric, out), warmup_gap(gaps, out),
+                best_so_far(trials[trials["stage"] == SEARCH], metric, out)]

@@ -16,11 +16,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--experiment", required=True, help="MLflow experiment (study.run's --experiment; default there: the space name)")
     p.add_argument("--tracking-uri", default="sqlite:///results/mlflow.db",
                    help="MLflow store (default: study.run's default, sqlite:///results/mlflow.db)")
-    p.add_argument("--metric", default="best", choices=METRICS, help="test top-1 at the best epoch or the final one")
+    p.add_argument("--metric", default="best", choices=METRICS, help="test top-1 at the epoch of best validation top-1, or at the final epoch")
     p.add_argument("--format", default="md", help=f"comma-separated, of {', '.join(FORMATS)} (markdown is always written)")
     p.add_argument("--study", help="only this study: its parent run id or name (default: every study in the experiment)")
     p.add_argument("--out", type=Path, help="output folder (default: reports-out/<experiment>)")
     p.add_argument("--no-log", action="store_true", help="do not log the files to MLflow")
+    p.add_argument("--doc", type=Path, help="also write a results document (markdown: how the studies ran, the "
+                                            "report, its figures, and the reading kept in <doc>.reading.md)")
     return p.parse_args(argv)
 
 
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         report = build_report(args.tracking_uri, args.experiment, out, args.metric, ("md", *formats), args.study,
-                              log=not args.no_log)
+                              log=not args.no_log, doc=args.doc,
+                              command="python -m reports.table " + " ".join(sys.argv[1:] if argv is None else argv))
     except (ReportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

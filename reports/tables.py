@@ -22,7 +22,8 @@ from reports.reference import attach_paper, lr_key
 COLUMN = ["task", "dataset", "model", "epochs", "batch_size", "lr"]
 # Settings that do not make a different configuration: the seed, where/how fast it ran, and the lr
 # (the column holds it, at 4 significant digits).
-NOT_CONFIG = {"seed", "lr", "base_lr", "lr_effective", "data_dir", "device", "precision", "threads", "inject_kill_after_epoch", "telemetry_every"}
+NOT_CONFIG = {"seed", "split_seed", "lr", "base_lr", "lr_effective", "data_dir", "device", "precision", "threads",
+              "telemetry_every", "compile", "micro_batch_size", "micro_batch_size_chosen"}
 FULL_LENGTH = ("completed", "diverged")
 
 
@@ -50,10 +51,11 @@ def configurations(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
         full = group[group["status"].isin(FULL_LENGTH)]
         ok = full[(full["status"] == "completed") & full[metric].notna()]
         mean, half, n = mean_ci(ok[metric].tolist())
+        std = float(ok[metric].std(ddof=1)) if n > 1 else math.nan
         stopped = group[group["status"] == "stopped_by_asha"]
         best_stopped = stopped.loc[stopped[metric].idxmax()] if stopped[metric].notna().any() else None
         rows.append({
-            "label": label, **dict(zip(COLUMN, column)), "config": config, "mean": mean, "ci95": half, "n": n,
+            "label": label, **dict(zip(COLUMN, column)), "config": config, "mean": mean, "ci95": half, "n": n, "std": std,
             "diverged": int((full["status"] == "diverged").sum()), "errored": int((group["status"] == "errored").sum()),
             "stopped": len(stopped), "stopped_best": best_stopped[metric] if best_stopped is not None else math.nan,
             "stopped_epoch": int(best_stopped["epochs_run"]) if best_stopped is not None else 0,
@@ -142,21 +144,44 @@ def _best_for_setting(cell: pd.Series, cell_rows: pd.DataFrame, columns: list[st
     return cell["n"] > 0 and cell["mean"] == cell_rows.loc[same, "mean"].max()
 
 
+GAPS = (("LARS + warm-up", "LARS", "LARS: warm-up − none"),
+        ("LAMB + warm-up", "LAMB", "LAMB: warm-up − none"),
+        ("TVLARS", "LARS + warm-up", "TVLARS − LARS + warm-up"),
+        ("LAMBC + warm-up", "LAMB + warm-up", "LAMBC − LAMB (warm-up)"))
+CI_SUFFIX = " ±95%"  # the column of a gap's confidence half-width
+
+
+def welch_half_width(a: pd.Series, b: pd.Series, level: float = 0.95) -> float:
+    """Half-width of the Welch t-interval of mean(a) − mean(b), from two cells' std and n (NaN if n < 2)."""
+    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+    if min(a["n"], b["n"]) < 2 or not math.isfinite(va + vb):
+        return math.nan
+    if va + vb == 0:
+        return 0.0
+    dof = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
+    return float(stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(va + vb))
+
+
 def warmup_gap(cell_rows: pd.DataFrame) -> pd.DataFrame:
-    """Per setting without lr: best mean with warm-up − best mean without, for LARS and LAMB; and
-    TVLARS (no warm-up) − LARS with warm-up. Positive = the first is better."""
+    """Per setting without lr, between each row's best-lr cell (completed runs): LARS and LAMB with − without
+    warm-up, TVLARS (no warm-up) − LARS with warm-up, and LAMBC − LAMB; each with the half-width of its
+    95% Welch interval over the two cells' seeds. Positive = the first is better."""
     setting = COLUMN[:-1]
-    best = cell_rows[cell_rows["n"] > 0].groupby([*setting, "label"])["mean"].max().unstack("label")
-    gaps = pd.DataFrame(index=best.index)
-    for first, second, name in (("LARS + warm-up", "LARS", "LARS: warm-up − none"),
-                                ("LAMB + warm-up", "LAMB", "LAMB: warm-up − none"),
-                                ("TVLARS", "LARS + warm-up", "TVLARS − LARS + warm-up")):
-        gaps[name] = best[first] - best[second] if {first, second} <= set(best.columns) else math.nan
-    return gaps.reset_index()
+    best = by_merit(cell_rows[cell_rows["n"] > 0]).drop_duplicates(["label", *setting])
+    rows = []
+    for key, group in best.groupby(setting, sort=False, dropna=False):
+        cell = {row["label"]: row for _, row in group.iterrows()}
+        row = dict(zip(setting, key))
+        for first, second, name in GAPS:
+            both = first in cell and second in cell
+            row[name] = cell[first]["mean"] - cell[second]["mean"] if both else math.nan
+            row[name + CI_SUFFIX] = welch_half_width(cell[first], cell[second]) if both else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*setting, *(c for _, _, n in GAPS for c in (n, n + CI_SUFFIX))])
 
 
 def budget(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per study and in total: trials by status, epochs run, epochs ASHA saved, CPU/GPU hours."""
+    """Per study and stage, and in total: trials by status, epochs run, epochs ASHA saved, CPU/GPU hours."""
     t = trials.assign(
         saved=np.where(trials["status"] == "stopped_by_asha", trials["epochs"] - trials["epochs_run"], 0),
         gpu_hours=trials["wall_seconds"] * trials["workers"] * trials["gpus_per_worker"] / 3600,
@@ -172,7 +197,8 @@ def budget(trials: pd.DataFrame) -> pd.DataFrame:
                 "cpu_hours": round(float(group["cpu_hours"].sum()), 3),
                 "gpu_hours": round(float(group["gpu_hours"].sum()), 3)}
 
-    rows = [{"study": name, **summary(group)} for name, group in t.groupby("study", sort=False)]
+    rows = [{"study": name, "stage": stage, **summary(group)}
+            for (name, stage), group in t.groupby(["study", "stage"], sort=False)]
     if len(rows) > 1:
-        rows.append({"study": "total", **summary(t)})
+        rows.append({"study": "total", "stage": "all", **summary(t)})
     return pd.DataFrame(rows)

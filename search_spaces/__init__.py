@@ -1,6 +1,7 @@
 """Named, declarative study definitions: `get_space(name)`, `SPACES`.
 
-`demo` (CPU, minutes) and the TVLARS paper's grid (`search_spaces.paper`). A space fixes the trial
+`demo` (CPU, minutes), `cifar10_cpu` (CPU, about an hour: the committed first result), the TVLARS
+paper's grid and its Table 1 per dataset as one study each (`search_spaces.paper`). A space fixes the trial
 settings, searches hyperparameters per optimizer variant, and carries its objective, ASHA budget
 and resources; `python -m study.run --list` prints them all.
 """
@@ -9,18 +10,20 @@ from __future__ import annotations
 
 import difflib
 
+from search_spaces.cpu import CIFAR10_CPU
 from search_spaces.demo import DEMO
-from search_spaces.paper import FAMILIES, PAPER_LRS, batch_label, paper_spaces
+from search_spaces.paper import DATASETS, FAMILIES, PAPER_LRS, batch_label, paper_spaces
 from search_spaces.spec import SearchSpace
 
-SPACES: dict[str, SearchSpace] = {"demo": DEMO, **paper_spaces()}
+SPACES: dict[str, SearchSpace] = {"demo": DEMO, "cifar10_cpu": CIFAR10_CPU, **paper_spaces()}
 
 
 def available() -> str:
     """All space names, the paper grid written as its pattern."""
     grid = (f"[bt_]{{{','.join(FAMILIES)}}}[_cifar100|_tinyimagenet]"
             f"_bs{{{','.join(batch_label(b) for b in PAPER_LRS)}}}")
-    return f"demo, and the paper grid {grid} ({len(SPACES) - 1} spaces; `--list` prints each)"
+    return (f"demo, cifar10_cpu, table1_{{{','.join(DATASETS)}}}, and the paper grid {grid} "
+            f"({len(SPACES)} spaces in all; `--list` prints each)")
 
 
 class UnknownSpace(ValueError):

@@ -1,8 +1,8 @@
 """`cifar10_cpu`: the TVLARS paper's question at CPU scale — the platform's first committed result.
 
-CIFAR-10 (a 10,000-image class-balanced subset: 9,000 to train, 1,000 held out for validation; the
-test set's first 2,000 class-balanced images), a CIFAR ResNet-8, 10 epochs, at a small batch (128:
-70 steps per epoch) and an 8× larger one (1,024: 8 steps per epoch, the paper's 8K–16K-on-50K regime).
+CIFAR-10 (an 8,000-image class-balanced subset: 7,200 to train, 800 held out for validation; 2,000
+class-balanced test images), a CIFAR ResNet-8, 8 epochs (evaluated every other one), at a small batch
+(128: 56 steps per epoch) and an 8× larger one (1,024: 7 steps per epoch, the paper's 8K–16K-on-50K regime).
 LARS with and without warm-up, TVLARS (no warm-up), LAMB (warm-up) and LAMBC (warm-up), each at each
 batch: 4 search trials per variant (TPE + ASHA on validation top-1), then the best configuration of each
 re-run with 3 fresh seeds. Learning rates scale with the batch (√8 between the two), bracketing the
@@ -48,10 +48,10 @@ def _variants() -> dict[str, Variant]:
 
 CIFAR10_CPU = SearchSpace(
     name="cifar10_cpu",
-    description="CPU result: ResNet-8, CIFAR-10 10k, batch 128 vs 1024; LARS ± warm-up, TVLARS, LAMB, LAMBC; 3 seeds",
-    fixed={"task": "clf", "dataset": "cifar10", "model": "resnet8", "limit": 10000, "val_size": 1000,
-           "test_limit": 2000, "epochs": 10, "device": "cpu"},
+    description="CPU result: ResNet-8, CIFAR-10 8k, batch 128 vs 1024; LARS ± warm-up, TVLARS, LAMB, LAMBC; 3 seeds",
+    fixed={"task": "clf", "dataset": "cifar10", "model": "resnet8", "limit": 8000, "val_size": 800,
+           "test_limit": 2000, "epochs": 8, "eval_every": 2, "device": "cpu"},
     variants=_variants(),
-    num_samples=4, grace_period=3, reduction_factor=3, confirm=1, seeds=3,
+    num_samples=4, grace_period=2, reduction_factor=3, confirm=1, seeds=3,
     workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0, max_concurrent=2,
 )

@@ -1,30 +1,34 @@
-"""`demo`: the embedded default — a minutes-long study on this machine's CPU with the real CIFAR-10.
+"""`demo`: the embedded default — a small question answered in minutes on a laptop's CPU with the real CIFAR-10.
 
-A CIFAR ResNet-8 on a 6,000-image class-balanced subset at global batch 600 (a tenth of the data
-per step: large for its subset), comparing TVLARS, LARS with and without warm-up, and LAMB over
-learning rate (and TVLARS' λ). Eight trials, two at a time, ASHA from epoch 2.
+At one large batch (300 of a 2,700-image training split: 9 steps per epoch, the paper's 8K-on-50K
+regime), does TVLARS without warm-up match LARS with warm-up, and what does warm-up buy LARS? A CIFAR
+ResNet-8, 6 epochs; 3 search trials per variant (TPE + ASHA from epoch 2, on a 300-image validation
+split), then the best configuration of each re-run with 3 fresh seeds: every variant ends with a mean
+± 95% interval on 1,000 test images, and the warm-up gap is filled in. Sized to finish in under 10
+minutes on a 2-core laptop (measured: the same study on 4,500 training images took 11.5 min).
 """
 
 from __future__ import annotations
 
 from search_spaces.spec import Float, SearchSpace, Variant
 
-_LARS = {"momentum": 0.9, "weight_decay": 5e-4}
+_LARS = {"optimizer": "lars", "momentum": 0.9, "weight_decay": 5e-4}
+_LR = Float("lr", 0.5, 4.0, log=True)
 
 DEMO = SearchSpace(
     name="demo",
-    description="CPU demo: ResNet-8 on 6k CIFAR-10 images, batch 600; TVLARS vs LARS ± warm-up vs LAMB",
-    fixed={"task": "clf", "dataset": "cifar10", "model": "resnet8", "limit": 6000, "test_limit": 2000,
-           "batch_size": 600, "epochs": 6, "device": "cpu"},
+    description="CPU demo: ResNet-8 on 3k CIFAR-10 images, batch 300; TVLARS vs LARS ± warm-up, 3 seeds each",
+    fixed={"task": "clf", "dataset": "cifar10", "model": "resnet8", "limit": 3000, "val_size": 300,
+           "test_limit": 1000, "batch_size": 300, "epochs": 6, "device": "cpu",
+           # evaluating both splits costs 1.2 s of a 6.5 s epoch here: every other epoch (and ASHA's rungs,
+           # and the last) took train_fraction from 0.78 to 0.8x in the same study
+           "eval_every": 2},
     variants={
-        "tvlars": Variant({"optimizer": "tvlars", "scheduler": "none", **_LARS},
-                          (Float("lr", 0.5, 4.0, log=True), Float("lam", 1e-4, 1e-1, log=True))),
-        "lars_warmup": Variant({"optimizer": "lars", "scheduler": "warmup_cosine", "warmup_epochs": 0.5, **_LARS},
-                               (Float("lr", 0.5, 4.0, log=True),)),
-        "lars_nowarmup": Variant({"optimizer": "lars", "scheduler": "poly", **_LARS}, (Float("lr", 0.5, 4.0, log=True),)),
-        "lamb_warmup": Variant({"optimizer": "lamb", "scheduler": "warmup_cosine", "warmup_epochs": 0.5,
-                                "weight_decay": 5e-4}, (Float("lr", 3e-3, 3e-2, log=True),)),
+        "tvlars": Variant({**_LARS, "optimizer": "tvlars", "scheduler": "none"},
+                          (_LR, Float("lam", 1e-4, 1e-1, log=True))),
+        "lars_warmup": Variant({**_LARS, "scheduler": "warmup_cosine", "warmup_epochs": 1.0}, (_LR,)),
+        "lars_nowarmup": Variant({**_LARS, "scheduler": "poly"}, (_LR,)),
     },
-    num_samples=8, grace_period=2, reduction_factor=2,
+    num_samples=3, grace_period=2, reduction_factor=2, confirm=1, seeds=3,
     workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0, max_concurrent=2,
 )

@@ -8,7 +8,7 @@ rates are searched over a range bracketing the paper's three values for each bat
 
 from __future__ import annotations
 
-from search_spaces.spec import Choice, Float, SearchSpace, Variant
+from search_spaces.spec import Choice, Float, SearchSpace, Variant, by_batch
 
 # The paper's learning rates per batch size; a space searches [min/1.25, max·1.25] on a log scale.
 PAPER_LRS = {512: (1, 2, 3), 1024: (2, 3, 4), 2048: (5, 6, 7), 4096: (8, 9, 10), 8192: (10, 12, 15),
@@ -66,6 +66,21 @@ def paper_space(family: str, size: int, dataset: str, task: str) -> SearchSpace:
         grace_period=100 if task == "bt" else 10)
 
 
+TABLE1_FAMILIES = ("lars_warmup", "lars_nowarmup", "lamb_warmup", "lamb_nowarmup", "tvlars")
+
+
+def table1_space(dataset: str) -> SearchSpace:
+    """The TVLARS paper's Table 1 (classification) for `dataset` as one study: LARS and LAMB with and
+    without warm-up, and TVLARS, at every batch size — its warm-up gaps fill in from one command."""
+    variants = by_batch({f: FAMILIES[f][1] for f in TABLE1_FAMILIES}, tuple(PAPER_LRS), lambda size: (lr_range(size),))
+    return SearchSpace(
+        name=f"table1_{dataset}", description=f"TVLARS paper Table 1 on {dataset}: LARS/LAMB ± warm-up and TVLARS "
+                                              f"× batch {min(PAPER_LRS)}–{max(PAPER_LRS)}; {DATASETS[dataset]}",
+        fixed={"task": "clf", "dataset": dataset, "model": DATASETS[dataset], "epochs": 100},
+        variants=variants, num_samples=4, grace_period=10)
+
+
 def paper_spaces() -> dict[str, SearchSpace]:
     spaces = [paper_space(f, s, d, t) for t in ("clf", "bt") for d in DATASETS for f in FAMILIES for s in PAPER_LRS]
+    spaces += [table1_space(d) for d in DATASETS]
     return {s.name: s for s in spaces}

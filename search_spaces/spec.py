@@ -1,14 +1,18 @@
 """Declarative study definitions: fixed settings, searched hyperparameters, objective, budget, resources.
 
-A space has one or more *variants* (e.g. TVLARS, LARS with warm-up, LAMB) that share the space's
-fixed settings and add their own; each variant searches its own hyperparameters. Sampling is an
-Optuna define-by-run function, so a variant's parameters exist only when it is chosen and a bound
-may depend on an earlier draw (`at_most`: the clipping bounds μ ≤ τ hold by construction).
+A space has one or more *variants* (an optimizer setting — TVLARS, LARS with warm-up, LAMB … — at a
+batch size; `by_batch` makes the product) that share the space's fixed settings and add their own;
+each variant searches its own hyperparameters with its own budget: `num_samples` trials per variant,
+taken in turn, so no variant is starved by chance. Sampling is an Optuna define-by-run function, so a
+variant's parameters exist only for its trials and a bound may depend on an earlier draw (`at_most`:
+the clipping bounds μ ≤ τ hold by construction). The search selects on a validation metric; the
+confirm stage re-runs the `confirm` best configurations of each variant with `seeds` fresh seeds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +69,16 @@ class Variant:
     searched: tuple[Param, ...] = ()
 
 
+def by_batch(variants: dict[str, Variant], batch_sizes: tuple[int, ...],
+             searched: Callable[[int], tuple[Param, ...]] = lambda size: ()) -> dict[str, Variant]:
+    """Every variant at every batch size (`<name>_bs<size>`), each batch adding `searched(size)` (e.g. its lr range)."""
+    return {f"{name}_bs{size}": Variant({**variant.fixed, "batch_size": size}, variant.searched + searched(size))
+            for size in batch_sizes for name, variant in variants.items()}
+
+
 RESOURCE_KEYS = ("workers", "gpus_per_worker", "cpus_per_worker", "max_concurrent")
-BUDGET_KEYS = ("num_samples", "grace_period", "reduction_factor")
+BUDGET_KEYS = ("num_samples", "grace_period", "reduction_factor", "confirm", "seeds")
+VALIDATION_METRIC = "val_top1"  # what a study selects on (the test set only reports)
 
 
 @dataclass(frozen=True)
@@ -75,10 +87,12 @@ class SearchSpace:
     description: str
     fixed: dict[str, Any]
     variants: dict[str, Variant]
-    metric: str = "test_top1"
+    metric: str = VALIDATION_METRIC
     mode: str = "max"
     scheduler_metric: tuple[str, str] | None = None  # (metric, mode) for ASHA if not the objective
-    num_samples: int = 12
+    num_samples: int = 12  # search trials per variant
+    confirm: int = 1  # best configurations per variant re-run after the search (0: no confirm stage)
+    seeds: int = 3  # fresh seeds of each confirmed configuration
     grace_period: int = 10
     reduction_factor: int = 3
     workers: int = 1
@@ -87,11 +101,19 @@ class SearchSpace:
     max_concurrent: int | None = None
     searched: tuple[Param, ...] = field(default=())  # shared by every variant
 
+    @property
+    def total_samples(self) -> int:
+        """Search trials in all: `num_samples` per variant."""
+        return self.num_samples * len(self.variants)
+
     def define_by_run(self, trial, fixed: frozenset[str] = frozenset()) -> dict[str, Any]:
-        """Optuna define-by-run sampling: choose a variant, then draw its hyperparameters (except `fixed` keys);
-        returns the draw in Tune's form, `{"variant": name, name: {key: value}}`."""
+        """Optuna define-by-run sampling: the variants take turns (Optuna's trial number picks it), then the
+        variant's hyperparameters are drawn (except `fixed` keys) — by TPE from that variant's own trials,
+        since every name is prefixed by its variant; returns the draw in Tune's form,
+        `{"variant": name, name: {key: value}}`."""
         names = list(self.variants)
-        variant = trial.suggest_categorical("variant", names) if len(names) > 1 else names[0]
+        variant = names[trial.number % len(names)]
+        trial.set_user_attr("variant", variant)
         drawn: dict[str, Any] = {}
         for param in self.searched + self.variants[variant].searched:
             if param.key not in fixed:

@@ -74,3 +74,14 @@ def fit_trials(nodes: Sequence[Mapping[str, float]], shape: TrialShape, where: s
         f"one trial needs {shape.describe()}, but {where} has {_total(nodes)}: no {lacking} for it. "
         f"Run on CPU with --set gpus_per_worker=0, use fewer workers with --set workers=N, "
         f"or join a cluster that has them with --address (--wait-for-resources if it autoscales)")
+
+
+def check_fits_object_store(nbytes: int, nodes: Sequence[Mapping[str, float]]) -> None:
+    """The decoded dataset must fit every node's object store, where each node keeps one copy for its trials
+    (streaming a dataset too big for it is out of scope): else one InputError naming the limit."""
+    stores = [n["object_store_memory"] for n in nodes if n.get("object_store_memory")]
+    if stores and nbytes > min(stores):
+        raise InputError(f"the decoded dataset ({nbytes / 2**30:.2f} GiB) does not fit Ray's object store "
+                         f"({min(stores) / 2**30:.2f} GiB on the smallest node): give the nodes more "
+                         f"(ray start --object-store-memory, or ray.init(object_store_memory=…)), or train on "
+                         f"less (--set limit=N); datasets larger than the object store are not supported")

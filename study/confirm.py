@@ -1,12 +1,13 @@
-"""The confirm stage's trials: per variant, the best search configurations by the validation metric, each
-re-run with fresh seeds. Chosen once, when the search ends, and saved in the study's record."""
+"""The confirm stage's trials: a variant's best search configurations by the validation metric, each re-run
+with fresh seeds to the full budget. Chosen by `study.tuner.StudySearch` once the variant's search has ended."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from study.plan import SETTINGS_KEY, StudyPlan, settings_of
+from study.plan import SETTINGS_KEY, StudyPlan
 
 STAGE_KEY = "stage"  # a Tune config's stage, and the MLflow tag of its trial run
 SEARCH, CONFIRM = "search", "confirm"
@@ -16,16 +17,28 @@ def stage_of(config: dict[str, Any]) -> str:
     return config.get(STAGE_KEY, SEARCH)
 
 
-def search_score(result, metric: str, mode: str) -> float:
-    """A finished search trial's best `metric` over its epochs (higher is better; -inf if it has none, or
-    diverged or errored: never confirmed)."""
-    frame = result.metrics_dataframe
-    if result.error or frame is None or metric not in frame or (result.metrics or {}).get("status") == "diverged":
-        return -math.inf
-    values = frame[metric].dropna()
-    if values.empty:
-        return -math.inf
-    return float(values.max() if mode == "max" else -values.min())
+@dataclass
+class SearchTrial:
+    """What the search learns of one trial: its variant and settings, its best validation score (higher is
+    better whatever the mode; -inf until it reports one), and whether it ended fit to confirm."""
+
+    variant: str
+    settings: dict[str, Any]
+    score: float = -math.inf
+    ended: bool = False
+    usable: bool = True  # not errored, not diverged
+
+    def seen(self, result: dict[str, Any], metric: str, mode: str) -> None:
+        value = result.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.score = max(self.score, value if mode == "max" else -value)
+        if result.get("status") == "diverged":
+            self.usable = False
+
+    def end(self, result: dict[str, Any] | None, error: bool, metric: str, mode: str) -> None:
+        if result:
+            self.seen(result, metric, mode)
+        self.ended, self.usable = True, self.usable and not error
 
 
 def fresh_seeds(search_seed: int, count: int) -> list[int]:
@@ -33,18 +46,10 @@ def fresh_seeds(search_seed: int, count: int) -> list[int]:
     return [search_seed + 1 + i for i in range(count)]
 
 
-def confirm_configs(results, plan: StudyPlan) -> list[dict[str, Any]]:
-    """Complete Tune configs of the confirm stage: for each variant, its `confirm` best search trials, each
-    with `seeds` fresh seeds (a variant with fewer usable trials confirms those it has)."""
+def confirm_configs(variant: str, trials: list[SearchTrial], plan: StudyPlan) -> list[dict[str, Any]]:
+    """Complete Tune configs of `variant`'s confirm trials: its `confirm` best usable search trials, each with
+    `seeds` fresh seeds (fewer if fewer search trials reported a validation score)."""
     space = plan.space
-    ranked: dict[str, list[tuple[float, dict[str, Any]]]] = {name: [] for name in space.variants}
-    for result in results:
-        score = search_score(result, space.metric, space.mode)
-        if math.isfinite(score):
-            ranked[result.config["variant"]].append((score, settings_of(result.config)))
-    configs = []
-    for variant, trials in ranked.items():
-        for _, settings in sorted(trials, key=lambda t: t[0], reverse=True)[: space.confirm]:
-            configs += [{"variant": variant, STAGE_KEY: CONFIRM, SETTINGS_KEY: {**settings, "seed": seed}}
-                        for seed in fresh_seeds(int(settings["seed"]), space.seeds)]
-    return configs
+    ranked = sorted((t for t in trials if t.usable and math.isfinite(t.score)), key=lambda t: t.score, reverse=True)
+    return [{"variant": variant, STAGE_KEY: CONFIRM, SETTINGS_KEY: {**t.settings, "seed": seed}}
+            for t in ranked[: space.confirm] for seed in fresh_seeds(int(t.settings["seed"]), space.seeds)]

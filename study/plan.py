@@ -16,8 +16,9 @@ from trainables.batches import resolve_batching
 from trainables.config import TrialConfig
 from trainables.data import data_dir_for
 
-_INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent"}
+_INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent", "confirm", "seeds"}
 _FLOAT_KEYS = {"gpus_per_worker", "cpus_per_worker"}
+_MAY_BE_ZERO = {"gpus_per_worker", "confirm"}
 
 
 def parse_value(text: str) -> Any:
@@ -43,6 +44,12 @@ class StudyPlan:
     space: SearchSpace
     overrides: dict[str, Any] = field(default_factory=dict)  # fixed trial settings from --set / flags
     capacity: int | None = None  # trials the cluster holds at once (study.cluster), when known
+    budget: dict[str, Any] = field(default_factory=dict)  # budget, resources and variants given (--set / flags)
+
+    @property
+    def given(self) -> dict[str, Any]:
+        """Everything the command line set, as `make_plan` takes it back (what `--resume` replays)."""
+        return {**self.overrides, **self.budget}
 
     @property
     def max_epoch(self) -> int:
@@ -82,27 +89,33 @@ class StudyPlan:
 
 
 def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None = None, epochs: int | None = None,
-              seed: int | None = None, data_dir: str | None = None) -> StudyPlan:
+              seed: int | None = None, data_dir: str | None = None, confirm: int | None = None,
+              seeds: int | None = None, variants: list[str] | None = None) -> StudyPlan:
     """Resolve a space with overrides; raise ValueError naming the bad input before any work."""
     space = get_space(space_name)
+    chosen = sets.pop(VARIANTS_KEY, None) or variants
+    if chosen:
+        space = dataclasses.replace(space, variants=_chosen_variants(space, chosen))
     budget = {k: sets.pop(k) for k in list(sets) if k in BUDGET_KEYS + RESOURCE_KEYS}
-    if num_samples is not None:
-        budget["num_samples"] = num_samples
+    for key, flag in (("num_samples", num_samples), ("confirm", confirm), ("seeds", seeds)):
+        if flag is not None:
+            budget[key] = flag
     for key, value in budget.items():
         wanted = int if key in _INT_KEYS else float
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (wanted is int and not isinstance(value, int)):
             raise ValueError(f"{key}: expected {wanted.__name__}, got {value!r}")
-        if value < (0 if key == "gpus_per_worker" else 1):
-            raise ValueError(f"{key}: must be >= {0 if key == 'gpus_per_worker' else 1}, got {value}")
+        if value < (0 if key in _MAY_BE_ZERO else 1):
+            raise ValueError(f"{key}: must be >= {0 if key in _MAY_BE_ZERO else 1}, got {value}")
     space = dataclasses.replace(space, **budget)
     overrides = dict(sets)
     if epochs is not None:
         overrides["epochs"] = epochs
     if seed is not None:
         overrides["seed"] = seed
+        overrides.setdefault("split_seed", seed)  # every trial of the study, confirm ones too, holds out the same images
     dataset = {**space.fixed, **overrides}.get("dataset", "cifar10")
     overrides["data_dir"] = overrides.get("data_dir") or data_dir_for(dataset, data_dir)
-    plan = StudyPlan(space, overrides)
+    plan = StudyPlan(space, overrides, budget=budget | ({VARIANTS_KEY: list(space.variants)} if chosen else {}))
     optimizers = {v.fixed.get("optimizer", space.fixed.get("optimizer")) for v in space.variants.values()}
     for key in overrides:
         if key not in TRIAL_FIELDS and not any(_hyperparameter_of(key, o) for o in optimizers):
@@ -114,6 +127,18 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
         plan.space = dataclasses.replace(space, grace_period=plan.max_epoch)
     check_evaluations(plan)
     return plan
+
+
+VARIANTS_KEY = "variants"  # --variants / --set variants=: run only these of the space's variants
+
+
+def _chosen_variants(space: SearchSpace, chosen: list[str] | str) -> dict[str, Any]:
+    names = chosen.split(",") if isinstance(chosen, str) else list(chosen)
+    unknown = [n for n in names if n not in space.variants]
+    if unknown:
+        raise ValueError(f"--variants: {unknown[0]!r} is not a variant of {space.name}; choose from "
+                         f"{', '.join(space.variants)}")
+    return {name: space.variants[name] for name in names}
 
 
 def check_evaluations(plan: StudyPlan) -> None:

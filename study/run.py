@@ -10,17 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from study.cluster import TrialShape, fit_trials, local_nodes, ray_nodes
+from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
 from study.plan import StudyPlan, make_plan, parse_sets, settings_of
 from study.record import StudyRecord
-from trainables.data import Dataset, load_dataset, unwritable
+from study.storage import Location
+from trainables.data import Dataset, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
 
 
@@ -30,15 +32,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--list", action="store_true", help="print every space and every optimizer with a one-line description")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a trial setting or hyperparameter, or change budget/resources (num_samples, workers, …)")
-    p.add_argument("--num-samples", type=int)
+    p.add_argument("--num-samples", type=int, help="search trials per variant (default: the space's)")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int, default=0, help="Optuna sampler seed and trial seed (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="Optuna sampler seed, search trials' seed and validation split (default 0)")
+    p.add_argument("--confirm", type=int, help="best configurations per variant re-run after the search "
+                                               "(default: the space's; 0: no confirm stage)")
+    p.add_argument("--seeds", type=int, help="fresh seeds per confirmed configuration (default: the space's)")
+    p.add_argument("--variants", help="run only these of the space's variants (comma-separated; see --list)")
     p.add_argument("--data-dir", help="the dataset's folder (default $LAYERWISE_DATA/<dataset>, else the user's cache; "
                                      "CIFAR and Tiny ImageNet are downloaded there when absent)")
     p.add_argument("--data-url", default=os.environ.get(DATA_URL_ENV),
                    help=f"a mirror's base URL for the download (same file names and checksums; ${DATA_URL_ENV})")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: local)")
-    p.add_argument("--storage", default="results", help="study storage: a path every node sees (default ./results)")
+    p.add_argument("--storage", default="results",
+                   help="study storage: a local folder (default ./results), or what Ray takes: s3://…, gs://…")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="a local --storage path is on a filesystem every node of the cluster shares")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space name)")
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted study of this space")
@@ -55,6 +65,8 @@ def list_spaces() -> None:
     width = max(map(len, SPACES))
     for name, space in SPACES.items():
         print(f"{name:<{width}}  {space.description}")
+        if len(space.variants) > 1:
+            print(f"{'':<{width}}  variants (--variants): {', '.join(space.variants)}")
     print("\noptimizers (--set optimizer=NAME, and any of its hyperparameters):")
     for name, spec in SPECS.items():
         print(f"  {name:<8} {spec.description}; {', '.join(sorted(trial_hparams(name)))}")
@@ -71,14 +83,41 @@ def check_address(address: str | None) -> None:
         raise InputError(f"--address: cannot reach a Ray cluster at {address!r}") from None
 
 
+# The project's own packages (as pyproject.toml lists them): shipped to every node of a cluster.
+PROJECT_PACKAGES = ("optim", "trainables", "search_spaces", "study", "reports")
+
+
+def code_runtime_env() -> dict | None:
+    """Ray's runtime environment that brings this project's code to every node (`py_modules`), so a node
+    with only the Python dependencies runs trials; none for a Ray job, whose `--working-dir` ships it."""
+    import importlib
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ:
+        return None
+    return {"py_modules": [importlib.import_module(name) for name in PROJECT_PACKAGES]}
+
+
 def join_cluster(address: str) -> None:
-    """Connect to the Ray cluster at `address` (its reachability was checked already)."""
+    """Connect to the Ray cluster at `address` (its reachability was checked already), with the code."""
     import ray
 
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=code_runtime_env())
     except Exception as err:  # Ray's own failures are the platform's, never the user's input
         raise PlatformError(f"could not join the Ray cluster at {address!r}: {one_line(err)}") from err
+
+
+def check_storage_reaches_nodes(storage: Location, shared: bool) -> None:
+    """A local `--storage` on a cluster of several nodes: each node would keep its trials' checkpoints and
+    telemetry on its own disk, out of reach of the study's records and of `--resume`."""
+    nodes = ray_nodes()
+    if storage.is_local and not shared and len(nodes) > 1:
+        raise InputError(f"--storage: {storage} is a local path, but the Ray cluster has {len(nodes)} nodes, each "
+                         f"with its own disk: trials' checkpoints and telemetry would stay on the node that ran "
+                         f"them. Use object storage (--storage s3://bucket/prefix, gs://…), or pass --shared-storage "
+                         f"if {storage} is on a filesystem every node mounts")
 
 
 def start_local_ray(plan: StudyPlan) -> None:
@@ -101,20 +140,34 @@ def fit_to_cluster(plan: StudyPlan, address: str | None, wait: bool) -> None:
 
 
 def obtain_data(plan: StudyPlan, data_url: str | None) -> Dataset:
-    """The dataset on disk (downloaded once if absent) and decoded (cached), before any trial starts."""
+    """The dataset on disk (downloaded once if absent) and decoded (cached), before any trial starts; every
+    variant's validation split and batch checked against its size."""
     fixed = plan.trial_config({})
     ensure_dataset(fixed["dataset"], fixed["data_dir"], data_url)
-    return load_dataset(fixed["dataset"], fixed["data_dir"], fixed.get("image_size"))
+    data = load_dataset(fixed["dataset"], fixed["data_dir"], fixed.get("image_size"))
+    check_splits(plan, len(data.train))
+    return data
+
+
+def check_splits(plan: StudyPlan, train_images: int) -> None:
+    """Each variant's held-out split leaves it training images, and its batch fits them (ValueError naming
+    the setting, as the trial itself would raise once started)."""
+    from trainables.batches import Shard
+    from trainables.config import TrialConfig
+
+    for draw in plan.space.corner_draws(frozenset(plan.overrides)):
+        cfg = TrialConfig.from_dict(plan.trial_config(draw), check_data=False)
+        pool = min(cfg.limit or train_images, train_images)
+        held = cfg.validation_size(pool)
+        check_validation_size(held, pool)
+        Shard(pool - held, cfg.batch_size, 0, plan.space.workers, cfg.seed)
 
 
 def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
     """Resolve the plan and the study's record (new, or saved by the study to resume); writes nothing."""
     from study.tracking import check_tracking_uri, default_tracking_uri
 
-    if "://" in args.storage:
-        raise InputError("--storage: object-store URIs are not supported yet; use a path every node sees "
-                         "(a shared filesystem for multi-node clusters)")
-    storage = Path(args.storage).resolve()
+    storage = Location.of(args.storage)
     if args.resume:
         record = StudyRecord.latest(storage, args.space)
         if record is None:
@@ -122,14 +175,15 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
         check_tracking_uri(record.tracking_uri)
         return make_plan(record.space, dict(record.overrides)), record
     plan = make_plan(args.space, parse_sets(args.set), num_samples=args.num_samples, epochs=args.epochs,
-                     seed=args.seed, data_dir=args.data_dir)
-    why = unwritable(storage)
+                     seed=args.seed, data_dir=args.data_dir, confirm=args.confirm, seeds=args.seeds,
+                     variants=args.variants.split(",") if args.variants else None)
+    why = storage.unwritable()
     if why:
         raise InputError(f"--storage: cannot write to {storage} ({why})")
     tracking_uri = args.tracking_uri or default_tracking_uri(storage)
     if args.tracking_uri:
         check_tracking_uri(tracking_uri)
-    return plan, StudyRecord.new(storage, args.space, overrides=plan.overrides, seed=args.seed,
+    return plan, StudyRecord.new(storage, args.space, overrides=plan.given, seed=args.seed,
                                  tracking_uri=tracking_uri, experiment=args.experiment or args.space)
 
 
@@ -143,15 +197,18 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     exp_id = experiment_id(client, record.experiment, record.artifact_root)
     record.parent_run_id = start_parent_run(
         client, exp_id, str(record.study_dir), plan.space.describe() | {"overrides": plan.overrides},
-        {"space": record.space, "command": " ".join(sys.argv)})
+        {"space": record.space, "command": "python -m study.run " + shlex.join(sys.argv[1:])})
     record.save()
-    print(f"study {record.name}: space {record.space}, {plan.space.num_samples} trials, "
+    print(f"study {record.name}: space {record.space}, {plan.space.total_samples} search trials "
+          f"({plan.space.num_samples} per variant), "
           f"MLflow experiment {record.experiment!r} run {record.parent_run_id}", flush=True)
 
     started = time.time()
     # The decoded dataset goes into Ray's object store once; every trial (and Train worker) reads it
-    # from there, zero-copy on its node, instead of loading and decoding files.
-    data_ref = ray.put(data.to_arrays())
+    # from there — zero-copy on its node, one copy per node — instead of loading and decoding files.
+    arrays = data.to_arrays()
+    check_fits_object_store(sum(a.nbytes for a in arrays.values() if hasattr(a, "nbytes")), ray_nodes())
+    data_ref = ray.put(arrays)
     if args.resume:
         tuner = restored_tuner(plan, record, args.max_failures, data_ref)
     else:
@@ -159,9 +216,24 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
                                  str(record.train_dir))
         tuner = new_tuner(plan, record, [recorder], args.max_failures, data_ref)
     results = tuner.fit()
-    summarize(results, plan, record, client, exp_id, started)
+    report_stages(results, plan, record, client)
+    summarize(plan, record, client, exp_id, started)
     write_report(record)
+    failure = untrained(results)
+    if failure:
+        raise PlatformError(failure)
     return 0
+
+
+def untrained(results) -> str | None:
+    """Why the study trained nothing (every trial failed before its first epoch), or None if one trained."""
+    from study.tracking import error_summary
+
+    if any((r.metrics or {}).get("epoch") for r in results):
+        return None
+    failed = [r for r in results if r.error]
+    first = error_summary(str(failed[0].error)) if failed else "no trial reported an epoch"
+    return f"no trial trained: {len(failed)} of {len(results)} trials failed; the first: {first}"
 
 
 def write_report(record: StudyRecord) -> None:
@@ -181,33 +253,41 @@ def write_report(record: StudyRecord) -> None:
           "under report/)")
 
 
-def summarize(results, plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float) -> None:
-    """Print the best trial, the study's efficiency and how to review it; close the parent run with its summary."""
+def report_stages(results, plan: StudyPlan, record: StudyRecord, client) -> None:
+    """Print each stage's trial count and the search's best trial by the validation metric (logged on the
+    parent run)."""
+    from study.confirm import CONFIRM, SEARCH, stage_of
+
+    space = plan.space
+    for stage in (SEARCH, CONFIRM):
+        ran = [r for r in results if stage_of(r.config) == stage]
+        print(f"{stage}: {len(ran)} trials ({sum(1 for r in ran if r.error)} errored)")
+    scores = [(r.metrics_dataframe[space.metric].agg("max" if space.mode == "max" else "min"), r) for r in results
+              if stage_of(r.config) == SEARCH and r.metrics_dataframe is not None
+              and space.metric in r.metrics_dataframe and r.metrics_dataframe[space.metric].notna().any()]
+    if scores:
+        value, best = (max if space.mode == "max" else min)(scores, key=lambda s: s[0])
+        print(f"best search trial: {space.metric} = {value:.2f}: {json.dumps(settings_of(best.config), default=str)}")
+        client.log_metric(record.parent_run_id, f"best_{space.metric}", float(value))
+
+
+def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float) -> None:
+    """Print the study's efficiency and how to review it; close the parent run with its summary."""
     from mlflow.entities import Metric
 
-    from study.tracking import study_efficiency
+    from study.tracking import review_hint, study_efficiency
 
-    space, seconds, parent = plan.space, time.time() - started, record.parent_run_id
-    try:
-        best = results.get_best_result(metric=space.metric, mode=space.mode, scope="last")
-    except RuntimeError:  # no trial reported the metric
-        best = None
-    errors = sum(1 for r in results if r.error)
-    print(f"\n{len(results)} trials in {seconds:.0f} s ({errors} errored)")
+    seconds, parent = time.time() - started, record.parent_run_id
+    print(f"\nstudy: {seconds:.0f} s")
     efficiency = study_efficiency(client, exp_id, parent, started, seconds, plan.concurrency)
     if efficiency:
         client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in efficiency.items()])
         print(f"train_fraction = {efficiency['train_fraction']:.2f} (trial epoch seconds / (wall seconds × "
               f"{plan.concurrency} concurrent)); median start overhead "
               f"{efficiency['start_overhead_median_seconds']:.1f} s")
-    if best is not None and best.metrics and space.metric in best.metrics:
-        value = best.metrics[space.metric]
-        print(f"best {space.metric} = {value:.2f} (epoch {best.metrics.get('epoch')}): "
-              f"{json.dumps(settings_of(best.config), default=str)}")
-        client.log_metric(parent, f"best_{space.metric}", float(value))
     client.log_metric(parent, "wall_seconds", seconds)
     client.set_terminated(parent, "FINISHED")
-    print(f"review: mlflow ui --backend-store-uri {record.tracking_uri} --host 127.0.0.1")
+    print(f"review: {review_hint(record.tracking_uri, exp_id)}")
 
 
 def fail(code: int, message: str) -> int:
@@ -238,6 +318,7 @@ def _checked_run(args: argparse.Namespace) -> int:
         check_address(args.address)
         if args.address:
             join_cluster(args.address)
+            check_storage_reaches_nodes(record.storage, args.shared_storage)
         fit_to_cluster(plan, args.address, args.wait_for_resources)
         data = obtain_data(plan, args.data_url)
     except PlatformError as err:
@@ -250,10 +331,15 @@ def _checked_run(args: argparse.Namespace) -> int:
         return run(args, plan, record, data)
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))
+    except InputError as err:  # found once Ray is up (the dataset larger than its object store)
+        return fail(INPUT_ERROR, str(err))
     except Exception as err:  # the study crashed: say what, keep the traceback out of the user's way
         log = record.error_log
-        if record.study_dir.is_dir():
-            log.write_text(traceback.format_exc())
+        try:
+            if record.study_dir.exists():
+                log.write_text(traceback.format_exc())
+        except OSError:
+            pass
         return fail(PLATFORM_ERROR, f"the study failed: {one_line(err)}"
                                     + (f" (traceback in {log})" if log.is_file() else ""))
 

@@ -28,22 +28,58 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from study.confirm import STAGE_KEY, stage_of
 from study.plan import settings_of
+from study.storage import Location, is_uri
 from trainables.batches import MICRO_CHOSEN_KEY
 from trainables.config import TrialConfig
 from trainables.session import ACTOR_STARTED_KEY
+from trainables.worker import NODE_KEY, TELEMETRY_FILE
 
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
 ERROR_TAG = "error"  # an errored trial's exception line
+NODE_TAG = "ray_node_id"  # the Ray node that ran the trial (its latest attempt)
 ERROR_FILE = "error.txt"  # an errored trial's full error text (artifact)
 START_OVERHEAD_METRIC = "start_overhead_seconds"  # Tune starting a trial → its first report, minus that epoch
 LAUNCH_METRIC = "launch_seconds"  # start overhead outside the loop's own setup (Tune, Ray, process, imports)
 LOST_TRIAL = "lost: the study was interrupted before Tune saved this trial, and --resume did not continue it"
 
 
-def default_tracking_uri(results_dir: Path) -> str:
-    return f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+def user_data_dir() -> Path:
+    """This user's data folder for the platform (`$XDG_DATA_HOME/layerwise-study`, default ~/.local/share/…)."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "layerwise-study"
+
+
+def default_tracking_uri(storage: Location) -> str:
+    """MLflow's default store: `mlflow.db` in a local storage folder; for a storage URI, a SQLite file on
+    this machine (the same for every study in object storage, so any of them is found from any folder)."""
+    folder = Path(storage.uri) if storage.is_local else user_data_dir()
+    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+def is_server(uri: str) -> bool:
+    """Whether `uri` is a tracking server (whose own artifact store holds every run's files)."""
+    return uri.startswith(("http://", "https://"))
+
+
+# MLflow 3.17's UI takes its view (GenAI or model training) from the URL, else from the browser's last
+# choice (GenAI at first), whatever the experiment's kind tag says: a link naming the view opens a study's
+# experiment on its runs (and the browser remembers the choice).
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def experiment_page(base_url: str, exp_id: str) -> str:
+    """The MLflow UI page of an experiment's runs."""
+    return f"{base_url.rstrip('/')}/#/experiments/{exp_id}?{MODEL_TRAINING_VIEW}"
+
+
+def review_hint(uri: str, exp_id: str) -> str:
+    """How to open the study's records: the server's page, or `mlflow ui` over a local store and its page."""
+    if is_server(uri):
+        return f"open {experiment_page(uri, exp_id)}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1, then open {experiment_page(LOCAL_UI, exp_id)}"
 
 
 SERVER_CHECK_TIMEOUT_S = 10  # MLflow's own client retries an unreachable server for minutes
@@ -62,12 +98,12 @@ def _reach_server(uri: str) -> None:
 
 def check_tracking_uri(uri: str) -> MlflowClient:
     """A client for `uri`, or ValueError if the store cannot be reached (within seconds, not MLflow's retries)."""
-    is_server = uri.startswith(("http://", "https://"))
-    if is_server:
+    server = is_server(uri)
+    if server:
         _reach_server(uri)
     fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT_S)}
     saved = {k: os.environ.get(k) for k in fast}
-    os.environ.update(fast if is_server else {})
+    os.environ.update(fast if server else {})
     try:
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
@@ -82,20 +118,40 @@ def check_tracking_uri(uri: str) -> MlflowClient:
     return client
 
 
-def experiment_id(client: MlflowClient, name: str, artifact_root: Path) -> str:
+# The experiment's kind for MLflow UIs that read it (3.17.2's OSS UI decides its view from the URL or the
+# browser's last choice instead: see `experiment_page`).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_root: Location) -> str:
+    """The study's experiment (created if new), tagged to open on its runs in the MLflow UI.
+
+    Its artifacts go beside the study's records (`artifact_root`), except with a tracking server, whose
+    own artifact store decides (`mlflow-artifacts:/…`): every file then goes up through the server, where
+    a teammate can read it.
+    """
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+    if found is None:
+        location = None if is_server(client.tracking_uri) else (
+            Path(artifact_root.uri).as_uri() if artifact_root.is_local else artifact_root.uri)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if found.tags.get(key) != value:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def git_commit() -> str:
+    """The checkout's commit, `+dirty` when it has uncommitted changes to tracked files ("unknown" outside git)."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, timeout=5, cwd=here)
     except OSError:
         return "unknown"
+    commit = head.stdout.strip()
+    return (commit + "+dirty" * bool(changed.stdout.strip())) if commit else "unknown"
 
 
 def library_versions() -> dict[str, str]:
@@ -149,7 +205,7 @@ class StudyRecorder(tune.Callback):
 
     def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, max_epoch: int, train_storage: str):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
-        self.train_storage = train_storage  # the trials' Ray Train folders (checkpoints epoch_NNNN)
+        self.train_storage = train_storage  # the trials' Ray Train folders (checkpoints epoch_NNNN), a path or URI
         self.max_epoch = max_epoch
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
@@ -186,7 +242,7 @@ class StudyRecorder(tune.Callback):
             label = trial.config.get("variant") or settings.get("optimizer")
             run_id = self.client.create_run(self.exp_id, run_name=f"{label}-{trial.trial_id}", tags={
                 PARENT_TAG: self.parent, "trial_id": trial.trial_id, "variant": str(trial.config.get("variant", "")),
-                STATUS_TAG: "running"}).info.run_id
+                STAGE_KEY: stage_of(trial.config), STATUS_TAG: "running"}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(resolved(settings).items())])
             self._logged[trial.trial_id] = set()
         self._runs[trial.trial_id] = run_id
@@ -205,27 +261,36 @@ class StudyRecorder(tune.Callback):
         for start in range(0, len(batch), 900):  # MLflow caps a batch at 1000 entries
             self.client.log_batch(run_id, metrics=batch[start:start + 900])
 
+    def _at(self, path: str) -> Location:
+        """A checkpoint path as Ray hands it over (a local path, or the storage's path without its scheme)."""
+        storage = Location.of(self.train_storage)
+        if is_uri(path) or storage.is_local:
+            return Location.of(path)
+        return Location(f"{storage.uri.partition('://')[0]}://{path.lstrip('/')}")
+
     def _checkpoint_history(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         path = result.get("checkpoint_path")
-        if path and (Path(path) / "history.json").is_file():
-            return json.loads((Path(path) / "history.json").read_text())
-        return []
+        history = self._at(path) / "history.json" if path else None
+        return json.loads(history.read_text()) if history is not None and history.is_file() else []
 
-    def _latest_checkpoint(self, trial, last: dict[str, Any]) -> Path | None:
+    def _latest_checkpoint(self, trial, last: dict[str, Any]) -> Location | None:
         """The trial's newest checkpoint: Ray Train's (`train/<trial>/epoch_NNNN`), which Tune may never have
         seen (the Train run finished its last epochs while the study driver was down), or Tune's own
         (`<trial folder>/checkpoint_NNNNNN`) for trials trained in their Tune actor."""
-        found = [*(Path(self.train_storage) / trial.trial_id).glob("epoch_*"),
-                 *(Path(trial.path).glob("checkpoint_*") if trial.path and "://" not in trial.path else []),
-                 Path(last.get("checkpoint_path") or "-"), Path(self._checkpoints.get(trial.trial_id, "-"))]
-        epochs = {d: self._last_epoch(d) for d in found if (d / "history.json").is_file()}
+        found = [d for d in (Location.of(self.train_storage) / trial.trial_id).children() if d.name.startswith("epoch_")]
+        if trial.path:
+            found += [d for d in self._at(trial.path).children() if d.name.startswith("checkpoint_")]
+        found += [self._at(p) for p in (last.get("checkpoint_path"), self._checkpoints.get(trial.trial_id)) if p]
+        epochs = {d: self._last_epoch(d) for d in found}
+        epochs = {d: e for d, e in epochs.items() if e >= 0}
         return max(epochs, key=epochs.get) if epochs else None
 
     @staticmethod
-    def _last_epoch(checkpoint: Path) -> int:
+    def _last_epoch(checkpoint: Location) -> int:
+        """The last epoch in a checkpoint's history (-1 if it has none: being written, pruned, not one)."""
         try:
             history = json.loads((checkpoint / "history.json").read_text())
-        except (OSError, ValueError):  # being written or pruned
+        except (OSError, ValueError):
             return -1
         return int(history[-1].get("epoch", 0)) if history else 0
 
@@ -251,6 +316,8 @@ class StudyRecorder(tune.Callback):
             self._log_start_overhead(trial, result, started)
         if started is not None and MICRO_CHOSEN_KEY in result:
             self._log_chosen_micro_batch(trial, int(result[MICRO_CHOSEN_KEY]))
+        if NODE_KEY in result:  # each attempt's first report: where it ran (the latest attempt's node)
+            self.client.set_tag(self.run_for(trial), NODE_TAG, str(result[NODE_KEY]))
 
     def _log_chosen_micro_batch(self, trial, size: int) -> None:
         """`micro_batch_size=auto`'s pick as a param; a restart on another device may pick another (then the
@@ -273,7 +340,7 @@ class StudyRecorder(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = self._last.get(trial.trial_id, trial.last_result or {})
         checkpoint = self._latest_checkpoint(trial, last)
-        history = self._checkpoint_history({"checkpoint_path": checkpoint}) if checkpoint else []
+        history = self._checkpoint_history({"checkpoint_path": str(checkpoint)}) if checkpoint else []
         if history and int(history[-1].get("epoch", 0)) > int(last.get("epoch", 0)):
             last = history[-1]
         if checkpoint:  # its telemetry and history (in-actor trials' results carry no checkpoint path)
@@ -314,8 +381,10 @@ class StudyRecorder(tune.Callback):
         if history:
             self._log_epochs(trial, history)
         checkpoint = last.get("checkpoint_path")
-        if checkpoint and (Path(checkpoint) / "telemetry.parquet").is_file():
-            self.client.log_artifact(run_id, str(Path(checkpoint) / "telemetry.parquet"))
+        telemetry = self._at(checkpoint) / TELEMETRY_FILE if checkpoint else None
+        if telemetry is not None and telemetry.is_file():
+            with telemetry.local_copy() as local:
+                self.client.log_artifact(run_id, str(local))
         if status == "errored":
             self._record_error(trial, run_id)
         self._close(run_id, status)

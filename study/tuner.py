@@ -1,4 +1,7 @@
-"""The Ray Tune study: OptunaSearch (seeded TPE over the space's define-by-run sampler) + ASHA.
+"""The Ray Tune study, one experiment with two stages (`StudySearch`): search trials — OptunaSearch (seeded
+TPE over the space's define-by-run sampler) + ASHA, both seeing only validation metrics — and confirm
+trials: each variant's best configurations re-run with fresh seeds to the full budget (no ASHA), started
+as soon as that variant's search has ended.
 
 A one-worker trial trains inside its own Tune actor (Ray's plain-Tune pattern: the worker loop with a
 `TuneSession`, checkpoints through `tune.report`, actors reused between trials), so it starts in
@@ -23,15 +26,19 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import optuna
 import psutil
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from study.confirm import SEARCH, SearchTrial, confirm_configs, stage_of
 from study.plan import StudyPlan, settings_of
 from study.record import StudyRecord
+from study.storage import Location
 from trainables.config import TrialConfig
 from trainables.launch import LOOPS, build_trainer
 from trainables.session import ACTOR_STARTED_KEY, TuneSession
@@ -48,9 +55,8 @@ class FinishedTrials(tune.Callback):
         self.train_storage = train_storage
 
     def _mark(self, trial, status: str) -> None:
-        folder = Path(self.train_storage) / trial.trial_id
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / FINAL_FILE).write_text(json.dumps({"status": status, "result": _jsonable(trial.last_result)}))
+        final = Location.of(self.train_storage) / trial.trial_id / FINAL_FILE
+        final.write_text(json.dumps({"status": status, "result": _jsonable(trial.last_result)}))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._mark(trial, "terminated")
@@ -64,7 +70,7 @@ def trial_driver(config: dict[str, Any], plan: StudyPlan, train_storage: str, ma
                  data_ref: Any = None) -> None:
     """One Tune trial: train this sampled configuration (in this actor, or as a Ray Train job)."""
     trial_id = tune.get_context().get_trial_id()
-    final = Path(train_storage) / trial_id / FINAL_FILE
+    final = Location.of(train_storage) / trial_id / FINAL_FILE
     if final.is_file():  # finished before the study was interrupted: hand back its last result only
         tune.report(json.loads(final.read_text())["result"])
         return
@@ -107,41 +113,136 @@ def trainable(plan: StudyPlan, record: StudyRecord, max_failures: int, data_ref:
     return tune.with_resources(fn, {"CPU": 0.01})
 
 
-def searcher(plan: StudyPlan, seed: int) -> OptunaSearch:
-    space = plan.space
-    return OptunaSearch(space=plan.define_by_run, metric=space.metric, mode=space.mode,
-                        sampler=optuna.samplers.TPESampler(seed=seed))
+TEST_PREFIX = "test_"  # test-set metrics: reported and recorded, never seen by what makes the study's choices
+
+
+def without_test_metrics(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A trial result as the searcher and ASHA see it: every test-set metric removed."""
+    return None if result is None else {k: v for k, v in result.items() if not k.startswith(TEST_PREFIX)}
+
+
+class StudySearch(Searcher):
+    """Both stages of a study in one Tune experiment (no idle slots or cold actors between them).
+
+    Search trials first: Optuna's TPE over the space's define-by-run sampler, shown each result with its
+    test metrics removed. Then, as soon as every search trial of a variant has ended, that variant's
+    confirm trials (`study.confirm.confirm_configs`: its best configurations by the validation metric,
+    each with fresh seeds) — while other variants may still be searching. Saved and restored with the
+    experiment, so `--resume` continues whichever stage a trial belongs to.
+    """
+
+    def __init__(self, plan: StudyPlan, seed: int):
+        space = plan.space
+        if space.metric.startswith(TEST_PREFIX):
+            raise ValueError(f"metric: a study selects on validation metrics, not {space.metric!r}")
+        super().__init__(metric=space.metric, mode=space.mode)
+        self.plan = plan
+        self.optuna = OptunaSearch(space=plan.define_by_run, metric=space.metric, mode=space.mode,
+                                   sampler=optuna.samplers.TPESampler(seed=seed))
+        self.search_left = space.total_samples
+        self.searched: dict[str, SearchTrial] = {}  # trial id → what the search learned of it
+        self.ready: list[dict[str, Any]] = []  # confirm trials to hand out
+        self.confirmed: set[str] = set()  # variants whose confirm trials were chosen
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.optuna.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.search_left:
+            config = self.optuna.suggest(trial_id)
+            if isinstance(config, dict):
+                self.search_left -= 1
+                self.searched[trial_id] = SearchTrial(config["variant"], settings_of(config))
+            return config
+        self._choose_confirm_trials()
+        if self.ready:
+            return self.ready.pop(0)
+        return Searcher.FINISHED if self.confirmed == set(self.plan.space.variants) else None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.searched:
+            self.searched[trial_id].seen(result, self.metric, self.mode)
+            if self.metric in result:  # an epoch without evaluation (eval_every) has nothing to tell Optuna
+                self.optuna.on_trial_result(trial_id, without_test_metrics(result))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.searched:
+            self.searched[trial_id].end(result, error, self.metric, self.mode)
+            self.optuna.on_trial_complete(trial_id, without_test_metrics(result), error)
+
+    def _choose_confirm_trials(self) -> None:
+        """The confirm trials of every variant whose search trials have all ended (once per variant)."""
+        for variant in self.plan.space.variants:
+            trials = [t for t in self.searched.values() if t.variant == variant]
+            if variant not in self.confirmed and all(t.ended for t in trials):
+                self.confirmed.add(variant)
+                self.ready += confirm_configs(variant, trials, self.plan)
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_bytes(cloudpickle.dumps(self.__dict__))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.__dict__.update(cloudpickle.loads(Path(checkpoint_path).read_bytes()))
+
+
+class ValidationASHA(ASHAScheduler):
+    """ASHA over the search trials only, never shown a test-set metric; confirm trials run to the end."""
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if stage_of(trial.config) == SEARCH:
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if stage_of(trial.config) != SEARCH:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, without_test_metrics(result))
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if stage_of(trial.config) == SEARCH:
+            super().on_trial_complete(tune_controller, trial, without_test_metrics(result))
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        if stage_of(trial.config) == SEARCH:
+            super().on_trial_remove(tune_controller, trial)
 
 
 def scheduler(plan: StudyPlan) -> ASHAScheduler:
     space = plan.space
     metric, mode = space.scheduler_metric or (space.metric, space.mode)
-    return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=plan.max_epoch,
-                         grace_period=space.grace_period, reduction_factor=space.reduction_factor)
+    return ValidationASHA(time_attr="epoch", metric=metric, mode=mode, max_t=plan.max_epoch,
+                          grace_period=space.grace_period, reduction_factor=space.reduction_factor)
+
+
+def run_config(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failures: int) -> tune.RunConfig:
+    """The study's Tune run config: its folder, callbacks, checkpoints and retries."""
+    return tune.RunConfig(
+        name=record.name, storage_path=str(record.storage), callbacks=[*callbacks, FinishedTrials(str(record.train_dir))],
+        verbose=1,
+        # in-actor trials: Tune keeps their checkpoints and retries a crashed one from its latest;
+        # Ray Train trials do both themselves (retrying those here too would square the retries)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=max_failures if in_actor(plan) else 0))
 
 
 def new_tuner(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failures: int,
               data_ref: Any = None) -> tune.Tuner:
+    """The study: `num_samples` search trials per variant (Optuna TPE + ASHA on validation metrics), then the
+    confirm trials (at most `confirm` × `seeds` per variant; `StudySearch` ends the experiment when done)."""
+    space = plan.space
     return tune.Tuner(
         trainable(plan, record, max_failures, data_ref),
-        tune_config=tune.TuneConfig(search_alg=searcher(plan, record.seed), scheduler=scheduler(plan),
-                                    num_samples=plan.space.num_samples, max_concurrent_trials=plan.concurrency,
+        tune_config=tune.TuneConfig(search_alg=StudySearch(plan, record.seed), scheduler=scheduler(plan),
+                                    num_samples=space.total_samples + len(space.variants) * space.confirm * space.seeds,
+                                    max_concurrent_trials=plan.concurrency,
                                     reuse_actors=True),  # a trial's actor, process and imports serve the next
-        run_config=tune.RunConfig(
-            name=record.name, storage_path=str(record.storage),
-            callbacks=[*callbacks, FinishedTrials(str(record.train_dir))], verbose=1,
-            # in-actor trials: Tune keeps their checkpoints and retries a crashed one from its latest;
-            # Ray Train trials do both themselves (retrying those here too would square the retries)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=max_failures if in_actor(plan) else 0)),
-    )
+        run_config=run_config(plan, record, callbacks, max_failures))
 
 
 def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data_ref: Any = None) -> tune.Tuner:
     """Continue an interrupted study: finished trials stay finished, unfinished ones resume from checkpoints.
 
     The run config (and with it the MLflow callback, parent run and store) comes back from the study's
-    own saved state; Tune restores the Optuna searcher's history too.
+    own saved state; Tune restores the searcher too (Optuna's history, the confirm trials chosen so far).
     """
     return tune.Tuner.restore(str(record.study_dir), trainable(plan, record, max_failures, data_ref),
                               resume_unfinished=True)

@@ -7,6 +7,9 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from study.storage import Location
+from study.tracking import experiment_id
+
 HOUR_MS = 3_600_000
 COMMON = {"task": "clf", "dataset": "cifar10", "model": "resnet18", "epochs": 100, "batch_size": 512,
           "momentum": 0.9, "weight_decay": 0.0005, "device": "cuda", "threads": 4}
@@ -31,7 +34,7 @@ TRIALS = [
 def build_store(root: Path, experiment: str = "known") -> tuple[str, str]:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp = client.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
+    exp = experiment_id(client, experiment, Location.of(root / "artifacts"))  # as a study creates it
     parent = client.create_run(exp, run_name="known-study", start_time=1000, tags={"study_path": str(root / "study")})
     pid = parent.info.run_id
     client.log_batch(pid, params=[Param("resources.workers", "2"), Param("resources.cpus_per_worker", "4"),

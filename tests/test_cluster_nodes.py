@@ -31,7 +31,7 @@ BUCKET = "studies"
 START_TIMEOUT_S = 120
 TINY = ["--space", "demo", "--variants", "lars_warmup,tvlars", "--num-samples", "2", "--confirm", "0",
         "--set", "epochs=2", "--set", "limit=600", "--set", "val_size=100", "--set", "test_limit=200",
-        "--set", "batch_size=100", "--set", "grace_period=1", "--set", "max_concurrent=2"]
+        "--set", "batch_size=100", "--set", "grace_period=1", "--set", "eval_every=1", "--set", "max_concurrent=2"]
 
 
 def _free_port() -> int:
@@ -167,7 +167,9 @@ def test_trials_train_on_a_node_without_the_code_or_data_and_record_to_s3(cluste
     resumed = _study(cluster, "--space", "demo", "--storage", storage, "--resume", cwd=elsewhere, log="resume.log")
     assert resumed.returncode == 0, resumed.explain()
     (study_dir,) = {k.split("/")[1] for k in keys if k.endswith("/study.json")}
-    assert f"study {study_dir}:" in resumed.output and "search: 4 trials" not in resumed.output  # found, not re-run
+    assert f"study {study_dir}:" in resumed.output, resumed.explain()  # found in the bucket
+    again = [r for r in client.search_runs([experiment.experiment_id]) if "trial_id" in r.data.tags]
+    assert {r.info.run_id: r.info.end_time for r in again} == {r.info.run_id: r.info.end_time for r in trials}
 
 
 def test_a_local_storage_on_a_cluster_of_several_nodes_is_refused_before_tune_starts(cluster, cifar10_dir):

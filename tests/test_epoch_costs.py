@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from search_spaces.demo import DEMO
+
 from study.plan import make_plan
 from trainables.classification import train_classifier
 from trainables.worker import STATE_FILE
@@ -70,7 +72,7 @@ def test_a_micro_batched_epoch_equals_the_whole_batch_epoch(cifar10_dir, data_ca
 
 @pytest.mark.parametrize("sets, message", [
     ({"eval_every": 4}, "eval_every: ASHA compares trials at epoch 2 .* eval_every=4 must divide 2"),
-    ({"micro_batch_size": 7}, "micro_batch_size: 7 does not divide the per-worker batch 600"),
+    ({"micro_batch_size": 7}, f"micro_batch_size: 7 does not divide the per-worker batch {DEMO.fixed['batch_size']}"),
     ({"bn_group": "sync"}, "bn_group: 'sync' across workers needs GPUs|bn_group"),
 ])
 def test_study_settings_are_checked_before_the_study(sets, message):
@@ -83,8 +85,9 @@ def test_study_settings_are_checked_before_the_study(sets, message):
 
 
 def test_a_study_trial_records_its_batching_as_numbers():
-    settings = make_plan("demo", {"micro_batch_size": 200}, data_dir="/nonexistent").trial_config({})
-    assert (settings["micro_batch_size"], settings["bn_group"]) == (200, 200)
+    half = DEMO.fixed["batch_size"] // 2
+    settings = make_plan("demo", {"micro_batch_size": half}, data_dir="/nonexistent").trial_config({})
+    assert (settings["micro_batch_size"], settings["bn_group"]) == (half, half)
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]

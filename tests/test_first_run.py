@@ -25,8 +25,8 @@ from trainables.worker import FAULT_ENV
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 PER_BATCH, TEST_IMAGES = 60, 100  # 300 train images in torchvision's five batches, 100 test images
-TINY = ["--num-samples", "1", "--set", "epochs=1", "--set", "limit=200", "--set", "test_limit=100",
-        "--set", "batch_size=100"]
+TINY = ["--variants", "lars_nowarmup", "--num-samples", "1", "--confirm", "0", "--set", "epochs=1", "--set", "limit=200",
+        "--set", "val_size=20", "--set", "test_limit=100", "--set", "batch_size=100"]
 
 
 def _md5(data: bytes) -> str:
@@ -165,8 +165,7 @@ def test_a_trial_whose_workers_crash_is_errored_with_the_workers_error_in_mlflow
     monkeypatch.setenv(FAULT_ENV, "raise_after_epoch=1")  # the local Ray's workers inherit it
     storage = tmp_path / "results"
     code = main(["--space", "demo", "--data-dir", cifar10_dir, "--storage", str(storage), "--max-failures", "0",
-                 "--num-samples", "1", "--set", "epochs=2", "--set", "limit=200", "--set", "test_limit=100",
-                 "--set", "batch_size=100"])
+                 *TINY, "--set", "epochs=2"])
     err = capsys.readouterr().err
     assert code == 0, err
     message = f"RuntimeError: injected fault: {FAULT_ENV}=raise_after_epoch=1"
@@ -177,3 +176,18 @@ def test_a_trial_whose_workers_crash_is_errored_with_the_workers_error_in_mlflow
     assert run.data.tags["error"] == message
     assert message in Path(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))).read_text()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1]
+
+
+def test_a_study_in_which_no_trial_trained_exits_1_naming_the_first_error(
+        tmp_path, monkeypatch, capsys, cifar10_dir, data_cache):
+    monkeypatch.setenv(FAULT_ENV, "raise_before_epoch=1")  # every trial fails before its first epoch
+    storage = tmp_path / "results"
+    code = main(["--space", "demo", "--data-dir", cifar10_dir, "--storage", str(storage), "--max-failures", "0",
+                 *TINY, "--num-samples", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    message = f"RuntimeError: injected fault: {FAULT_ENV}=raise_before_epoch=1"
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: no trial trained: 2 of 2 trials failed; the first: {message}"], err
+    # the report still ran, and says which trials errored and why (no traceback)
+    assert "## Errored trials" in out and out.count(message) == 2 and "Traceback" not in out

@@ -56,11 +56,11 @@ def test_the_searcher_and_asha_receive_no_test_metric(tmp_path, cifar10_dir, dat
     monkeypatch.setenv("LAYERWISE_CACHE", data_cache)
     code = main(["--space", "demo", "--storage", str(tmp_path), "--data-dir", cifar10_dir, "--num-samples", "1",
                  "--confirm", "0", "--set", "epochs=2", "--set", "limit=600", "--set", "val_size=100",
-                 "--set", "test_limit=200", "--set", "batch_size=100", "--set", "grace_period=1"])
+                 "--set", "test_limit=200", "--set", "batch_size=100", "--set", "grace_period=1", "--set", "eval_every=1"])
     assert code == 0
     callers = {who for who, _ in seen}
-    assert callers == {"OptunaSearch.on_trial_result", "OptunaSearch.on_trial_complete",
-                       "ASHAScheduler.on_trial_result", "ASHAScheduler.on_trial_complete"}, callers
+    assert callers == {f"{cls.__name__}.{m}" for cls in (OptunaSearch, ASHAScheduler)
+                       for m in ("on_trial_result", "on_trial_complete")}, callers
     epochs = [result for _, result in seen if "epoch" in result]
     assert epochs and all("val_top1" in r for r in epochs)  # they select on the validation split ...
     assert not {k for _, r in seen for k in r if k.startswith("test_")}  # ... and never see the test set

@@ -62,7 +62,7 @@ def test_every_artifact_is_read_back_through_the_server(server, tmp_path, cifar1
 
     storage = tmp_path / "submitter-results"
     done = assert_succeeds(
-        [sys.executable, "-m", "study.run", "--space", "demo", "--variants", "lars_warmup", "--num-samples", "1",
+        [sys.executable, "-m", "study.run", "--space", "demo", "--variants", "lars_nowarmup", "--num-samples", "1",
          "--confirm", "1", "--seeds", "1", "--set", "epochs=1", "--set", "limit=600", "--set", "val_size=100",
          "--set", "test_limit=200", "--set", "batch_size=100", "--data-dir", cifar10_dir, "--storage", str(storage),
          "--tracking-uri", server], tmp_path / "study.log", cwd=REPO, env={**os.environ, "LAYERWISE_CACHE": data_cache},

@@ -2,7 +2,9 @@
 
 Builds a real MLflow sqlite store (a study's parent run, its nested trial runs and the report artifacts
 under `report/`), serves it with `mlflow server`, and drives headless Chromium with Selenium: the
-experiment page must list the parent run and, once expanded, its trial runs; the parent run's artifacts
+experiment, opened through the link a study prints, must land on its runs (not MLflow 3's GenAI overview) and
+list the parent run and, once expanded, its trial runs; the parent run's page must show the headline
+table as its description; its artifacts
 page must list `report/` and, expanded, the report's tables, parquet and figures (written by
 `reports.build_report` from the known-values store of `known_store.py`), and preview a PNG figure.
 
@@ -27,14 +29,13 @@ from typing import Any
 
 import pytest
 
+from study.tracking import MODEL_TRAINING_VIEW, experiment_page
 from subprocs import describe, start_logged
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SERVER_START_TIMEOUT_S = 120  # generous: `mlflow server` imports a lot, and CI machines may be busy
 UI_TIMEOUT_S = 60
-# MLflow 3 opens experiments in its GenAI view; the runs table lives in the "Model training" one
-ML_VIEW = "workflowType=machine_learning"
 
 
 def _study_store(tmp_path: Path) -> tuple[str, str, str, list[str], list[str]]:
@@ -209,9 +210,11 @@ def test_mlflow_ui_lists_study_runs_and_report(browser, mlflow_server, tmp_path:
     parent_name, trial_names = srv["parent_run_name"], srv["trial_run_names"]
     driver = browser
     try:
-        # The experiment's runs table ("Model training" view): the study's parent run ...
-        driver.get(f"{base}/#/experiments/{exp_id}/runs?{ML_VIEW}")
+        # The experiment through the link a study prints: MLflow 3.17 opens an experiment in its GenAI overview
+        # unless the link names the view; a study's link lands on its runs table, the parent run in it ...
+        driver.get(experiment_page(base, exp_id))
         _wait(driver, lambda d: parent_name in _page_text(d), f"the parent run {parent_name!r} in the runs table")
+        assert f"/experiments/{exp_id}/runs" in driver.current_url, driver.current_url
         # ... with its trials nested under it, collapsed: expand them with the "+" in the parent's name cell.
         if not all(name in _page_text(driver) for name in trial_names):
             expander = _wait(driver, lambda d: d.find_element(
@@ -228,8 +231,14 @@ def test_mlflow_ui_lists_study_runs_and_report(browser, mlflow_server, tmp_path:
             assert driver.find_elements(By.XPATH, f"//a[contains(@href, '/runs/')][normalize-space()='{name}']"), \
                 f"no link to the run page of trial {name!r}"
 
-        # The parent run's artifacts: report/ and, expanded, the report's files and figures.
-        driver.get(f"{base}/#/experiments/{exp_id}/runs/{parent_id}/artifacts?{ML_VIEW}")
+        # The parent run's page carries the answer (the headline table) as its description ...
+        driver.get(f"{base}/#/experiments/{exp_id}/runs/{parent_id}?{MODEL_TRAINING_VIEW}")
+        # (the UI shows its start, then "Show more")
+        _wait(driver, lambda d: "Description" in _page_text(d) and "Test top-1, best epoch" in _page_text(d)
+              and "LARS + warm-up 73.00 ± 4.97 (n=3)" in _page_text(d), "the headline table in the parent run's description")
+
+        # ... and its artifacts: report/ and, expanded, the report's files and figures.
+        driver.get(f"{base}/#/experiments/{exp_id}/runs/{parent_id}/artifacts?{MODEL_TRAINING_VIEW}")
         report = _wait(driver, lambda d: _tree_node(d, "report"), "the `report` folder in the artifact browser")
         _click(driver, report)
         expanded = {"report"}

@@ -17,14 +17,14 @@ def test_every_space_validates_at_its_extremes():
 
 
 def test_paper_grid_names_and_settings():
-    assert len(SPACES) == 1 + 8 * 6 * 3 * 2
+    assert len(SPACES) == 2 + 8 * 6 * 3 * 2 + 3  # demo, cifar10_cpu, the grid, Table 1 per dataset
     assert get_space("tvlars_bs16k").fixed["batch_size"] == 16384
     assert get_space("lars_warmup_bs4k").variants["lars_warmup"].fixed["scheduler"] == "warmup_cosine"
     assert get_space("lars_nowarmup_bs4k").variants["lars_nowarmup"].fixed["scheduler"] == "poly"
     assert get_space("lambc_bs2k").variants["lambc"].fixed["optimizer"] == "lambc"
     assert get_space("tvlars_tinyimagenet_bs512").fixed["model"] == "resnet34"
     bt = get_space("bt_tvlars_bs16k")
-    assert bt.fixed["task"] == "bt" and bt.scheduler_metric == ("train_loss", "min") and bt.metric == "test_top1"
+    assert bt.fixed["task"] == "bt" and bt.scheduler_metric == ("train_loss", "min") and bt.metric == "val_top1"
 
 
 @pytest.mark.parametrize("size", sorted(PAPER_LRS))
@@ -59,7 +59,27 @@ def test_tvlars_lambda_is_log_uniform_over_the_paper_range():
     assert decades == {-6, -5, -4, -3}  # every decade is visited: log-uniform, not uniform
 
 
-def test_demo_variants_and_fixed_keys_are_not_sampled():
-    draws = _draws(get_space("demo"), 40, fixed=frozenset({"lr"}))
-    assert {d["variant"] for d in draws} == {"tvlars", "lars_warmup", "lars_nowarmup", "lamb_warmup"}
-    assert not any(k.endswith("/lr") for d in draws for k in d)
+def test_variants_take_turns_and_fixed_keys_are_not_sampled():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space, drawn = get_space("demo"), []
+    for _ in range(9):
+        trial = study.ask()
+        drawn.append(space.define_by_run(trial, frozenset({"lr"})))
+        study.tell(trial, 0.0)
+    assert [d["variant"] for d in drawn] == list(space.variants) * 3  # each variant its num_samples, in turn
+    assert [t.user_attrs["variant"] for t in study.trials] == [d["variant"] for d in drawn]
+    assert not any(k.endswith("/lr") for t in study.trials for k in t.params)
+    assert space.total_samples == 3 * space.num_samples
+
+
+def test_batch_size_is_a_variant_axis_with_its_own_lr_range():
+    space = get_space("table1_cifar10")
+    assert len(space.variants) == 5 * len(PAPER_LRS)
+    for size in PAPER_LRS:
+        variant = space.variants[f"tvlars_bs{size}"]
+        (lr,) = [p for p in variant.searched if p.key == "lr"]
+        assert variant.fixed["batch_size"] == size and lr.low < min(PAPER_LRS[size]) < max(PAPER_LRS[size]) < lr.high
+    cpu = get_space("cifar10_cpu")
+    assert {v.fixed["batch_size"] for v in cpu.variants.values()} == {128, 1024}
+    assert {v.fixed["optimizer"] for v in cpu.variants.values()} == {"lars", "tvlars", "lamb", "lambc"}
+    assert cpu.seeds >= 3 and cpu.confirm >= 1

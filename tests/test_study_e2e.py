@@ -1,5 +1,6 @@
-"""End to end: `python -m study.run` as users run it — killed mid-study and resumed (one-worker trials,
-trained in their Tune actors), and submitted as a Ray job (two-worker trials, run as Ray Train jobs).
+"""End to end: `python -m study.run` as users run it — killed in its search stage and again in its confirm
+stage, and resumed each time (one-worker trials, trained in their Tune actors), and submitted as a Ray
+job (two-worker trials, run as Ray Train jobs).
 
 Both run a shrunken `demo` with a real local Ray and a real MLflow sqlite store in a temp folder, then
 read the store back.
@@ -23,8 +24,10 @@ from mlflow.tracking import MlflowClient
 from subprocs import assert_succeeds, describe, run_logged, start_logged
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--num-samples", "4", "--set", "epochs=3", "--set", "limit=1200", "--set", "test_limit=400",
-         "--set", "batch_size=300", "--set", "grace_period=1", "--set", "reduction_factor=2"]
+EPOCHS = 3
+SMALL = ["--num-samples", "1", "--confirm", "1", "--seeds", "2", "--set", f"epochs={EPOCHS}", "--set", "limit=1200",
+         "--set", "val_size=200", "--set", "test_limit=400", "--set", "batch_size=200", "--set", "grace_period=1", "--set", "eval_every=1",
+         "--set", "reduction_factor=2"]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 JOB_AGENT_WAIT_S = 120
 
@@ -56,8 +59,9 @@ def _epochs(client, run) -> list[int]:
 
 
 def _checkpointed_epoch(storage: Path, trial_id: str) -> int:
-    """The epoch of the trial's newest checkpoint in Tune's saved experiment state — what `--resume` restores
-    (the study's one-worker trials train in their Tune actors, so Tune keeps their checkpoints); 0 if none."""
+    """The epoch of the trial's newest checkpoint in Tune's saved experiment state — what `--resume`
+    restores (the study's one-worker trials train in their Tune actors, so Tune keeps their checkpoints);
+    0 if none."""
     import cloudpickle
 
     states = sorted(storage.glob("demo-*/experiment_state-*.json"))
@@ -84,67 +88,105 @@ def _signal_session(sid: int, sig: int) -> None:
             pass
 
 
-def _mid_run(storage: Path, db: Path) -> tuple[set[str], set[str]]:
-    """(finished trial runs, running trials with a registered checkpoint and epochs still to log)."""
-    done = {r[0] for r in _query(db, "select run_uuid from tags where key='status' and value!='running'")}
-    logged = dict(_query(db, "select t.value, count(m.step) from tags t join tags s on t.run_uuid = s.run_uuid "
+def _mid_run(storage: Path, db: Path, stage: str) -> tuple[set[str], set[str]]:
+    """Of `stage`'s trial runs: (finished ones, running trials with a registered checkpoint and epochs still to log)."""
+    staged = f"join tags g on g.run_uuid = t.run_uuid and g.key = 'stage' and g.value = '{stage}'"
+    done = {r[0] for r in _query(db, f"select t.run_uuid from tags t {staged} join runs r on r.run_uuid = t.run_uuid "
+                                     "where t.key='status' and t.value!='running' and r.end_time is not null")}
+    logged = dict(_query(db, f"select t.value, count(m.step) from tags t join tags s on t.run_uuid = s.run_uuid {staged} "
                              "left join metrics m on m.run_uuid = t.run_uuid and m.key = 'epoch' "
                              "where t.key='trial_id' and s.key='status' and s.value='running' group by t.value"))
-    return done, {t for t, n in logged.items() if n < 3 and _checkpointed_epoch(storage, t) > 0}
+    return done, {t for t, n in logged.items() if n < EPOCHS and _checkpointed_epoch(storage, t) > 0}
 
 
-def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10_dir, data_cache):
-    storage, db = tmp_path / "results", tmp_path / "results" / "mlflow.db"
-    cmd = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
-           "--data-dir", cifar10_dir, *SMALL]
-    first_log = tmp_path / "study-first.log"
-    first = start_logged(cmd, first_log, cwd=REPO, env=_env(data_cache), start_new_session=True)
+def _kill_mid_stage(proc, cmd: list[str], log: Path, storage: Path, db: Path, stage: str) -> None:
+    """SIGKILL the study once one of `stage`'s trials has finished while another is mid-run (a registered
+    checkpoint, epochs still to go). The study is frozen (SIGSTOP, whole session) before its state is
+    judged: what is judged is what gets killed."""
     deadline = time.time() + 420
-    # Kill once a trial has finished while another is mid-run: a registered checkpoint, epochs still to go.
-    # The study is frozen (SIGSTOP, whole session) before the state is judged: what is judged is what gets killed.
-    while time.time() < deadline and first.poll() is None:
+    while time.time() < deadline and proc.poll() is None:
         time.sleep(1)
-        if not _mid_run(storage, db)[1]:
+        if not _mid_run(storage, db, stage)[1]:
             continue
-        _signal_session(first.pid, signal.SIGSTOP)
-        finished, interrupted = _mid_run(storage, db)
+        _signal_session(proc.pid, signal.SIGSTOP)
+        finished, interrupted = _mid_run(storage, db, stage)
         if finished and interrupted:
             break
-        _signal_session(first.pid, signal.SIGCONT)
-    assert first.poll() is None, describe(cmd, first_log, f"ended (status {first.returncode}) before it could be "
-                                                          "interrupted")
-    _signal_session(first.pid, signal.SIGKILL)  # the driver and its local Ray, all frozen since the check
-    first.wait()
-    uri = f"sqlite:///{db}"
-    client, _, before = _trial_runs(uri)
-    finished = {r.info.run_id: r.info.end_time for r in before if r.data.tags["status"] != "running"}
-    # interrupted: epochs logged at the kill (MLflow's ledger), for running trials with a registered checkpoint
-    interrupted = {r.info.run_id: len(_epochs(client, r)) for r in before if r.data.tags["status"] == "running"
-                   and _checkpointed_epoch(storage, r.data.tags["trial_id"]) > 0}
-    interrupted = {run_id: logged for run_id, logged in interrupted.items() if logged < 3}
-    assert finished and interrupted, describe(cmd, first_log, "was killed")
+        _signal_session(proc.pid, signal.SIGCONT)
+    assert proc.poll() is None, describe(cmd, log, f"ended (status {proc.returncode}) before its {stage} stage "
+                                                   "could be interrupted")
+    _signal_session(proc.pid, signal.SIGKILL)  # the driver and its local Ray, all frozen since the check
+    proc.wait()
 
-    resumed = assert_succeeds([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
-                               "--resume"], tmp_path / "study-resumed.log", cwd=REPO, env=_env(data_cache),
+
+def _at_kill(client, storage: Path, runs) -> tuple[dict[str, int], dict[str, int]]:
+    """(finished runs → end time, interrupted runs → epochs logged): the runs as a kill left them; interrupted
+    are running trials with a registered checkpoint and epochs still to go."""
+    # closed: the recorder tags the status, then ends the run; a kill between the two leaves it open
+    finished = {r.info.run_id: r.info.end_time for r in runs if r.data.tags["status"] != "running" and r.info.end_time}
+    interrupted = {r.info.run_id: len(_epochs(client, r)) for r in runs if r.data.tags["status"] == "running"
+                   and _checkpointed_epoch(storage, r.data.tags["trial_id"]) > 0}
+    return finished, {run_id: logged for run_id, logged in interrupted.items() if logged < EPOCHS}
+
+
+def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(tmp_path, cifar10_dir, data_cache):
+    """A demo study (3 variants, 1 search trial each, then the best of each × 2 seeds) killed mid-search,
+    resumed, killed mid-confirm, resumed: every trial runs once, every epoch is logged once."""
+    storage, db = tmp_path / "results", tmp_path / "results" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    resume = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage), "--resume"]
+    cmd = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage), "--data-dir", cifar10_dir,
+           *SMALL]
+    # each kill: (runs closed by then → end time, runs interrupted mid-way → epochs logged), over all stages
+    # (a variant's confirm trials start while other variants may still be searching)
+    kills: list[tuple[dict[str, int], dict[str, int]]] = []
+    for stage, command in (("search", cmd), ("confirm", resume)):
+        log = tmp_path / f"study-until-{stage}-kill.log"
+        _kill_mid_stage(start_logged(command, log, cwd=REPO, env=_env(data_cache), start_new_session=True),
+                        command, log, storage, db, stage)
+        client, _, runs = _trial_runs(uri)
+        kills.append(_at_kill(client, storage, runs))
+        staged = {r.info.run_id for r in runs if r.data.tags["stage"] == stage}
+        assert all(set(part) & staged for part in kills[-1]), describe(command, log, f"was killed in its {stage} "
+                                                                                     f"stage: {kills[-1]}")
+    finished = {run_id: end for closed, _ in kills for run_id, end in closed.items()}
+    interrupted = {run_id for _, cut in kills for run_id in cut}
+
+    resumed = assert_succeeds(resume, tmp_path / "study-resumed.log", cwd=REPO, env=_env(data_cache),
                               timeout=600).output
-    assert "best test_top1 = " in resumed and "mlflow ui --backend-store-uri" in resumed
+    assert "best search trial: val_top1 = " in resumed and "mlflow ui --backend-store-uri" in resumed
 
     client, parents, after = _trial_runs(uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"space.json", "report"}
     report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/table.md", "report/trials.parquet", "report/figures"} <= report
-    assert "## Test top-1, best epoch" in resumed and "## Study budget" in resumed
-    assert parents[0].data.params["budget.num_samples"] == "4"
+    assert "## Test top-1, best epoch" in resumed and "## Search stage: validation top-1" in resumed
+    assert "## Study budget" in resumed
+    assert parents[0].data.params["budget.num_samples"] == "1"
     assert 0 < parents[0].data.metrics["train_fraction"] <= 1 and "start_overhead_median_seconds" in parents[0].data.metrics
-    assert len(after) == 4 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in after)
+    search = [r for r in after if r.data.tags["stage"] == "search"]
+    confirm = [r for r in after if r.data.tags["stage"] == "confirm"]
+    assert len(search) == 3 and len(confirm) == 3 * 2, [r.info.run_name for r in after]
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in after)
+    # the confirm stage: the search trial of each variant (the best of one), with 2 fresh seeds, to the full budget
+    for variant in ("tvlars", "lars_warmup", "lars_nowarmup"):
+        (chosen,) = [r for r in search if r.data.tags["variant"] == variant]
+        seeds = sorted(int(r.data.params["seed"]) for r in confirm if r.data.tags["variant"] == variant)
+        assert seeds == [1, 2], (variant, seeds)  # fresh: the search trials ran with seed 0
+        for run in (r for r in confirm if r.data.tags["variant"] == variant):
+            assert run.data.params["lr"] == chosen.data.params["lr"], variant
+            assert run.data.params["split_seed"] == chosen.data.params["split_seed"] == "0"
     for run in after:
         epochs = _epochs(client, run)
         assert epochs == list(range(1, len(epochs) + 1)), (run.info.run_name, epochs)  # each epoch exactly once
-        status = run.data.tags["status"]
-        assert status == ("completed" if epochs[-1] == 3 else "stopped_by_asha"), (run.info.run_name, status)
-        assert len(client.get_metric_history(run.info.run_id, "test_top1")) == len(epochs)
-        assert {"lr", "optimizer", "batch_size", "seed"} <= set(run.data.params)
+        status, stage = run.data.tags["status"], run.data.tags["stage"]
+        assert status == ("completed" if epochs[-1] == EPOCHS else "stopped_by_asha"), (run.info.run_name, status)
+        if stage == "confirm":
+            assert epochs[-1] == EPOCHS, run.info.run_name  # no ASHA in the confirm stage
+        for metric in ("val_top1", "test_top1"):
+            assert len(client.get_metric_history(run.info.run_id, metric)) == len(epochs), (run.info.run_name, metric)
+        assert {"lr", "optimizer", "batch_size", "seed", "val_size"} <= set(run.data.params)
         assert "telemetry.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
         # the start overhead (from Tune starting the trial to its first report) and its split; a resumed
         # attempt's first report repeats an epoch MLflow has already, so only single-attempt trials add up
@@ -156,12 +198,13 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(tmp_path, cifar10
             assert overhead[0] - launch[0] == pytest.approx(setup[0])
         if run.info.run_id in finished:
             assert run.info.end_time == finished[run.info.run_id]  # not re-run
-    # Continued from a checkpoint, not from scratch: epochs logged before the kill keep restarts 0 (each epoch
-    # is logged once; one the resumed run repeats after its checkpoint is not logged again), later ones 1.
-    for run_id, logged in interrupted.items():
+    # Continued from a checkpoint, not from scratch: an epoch's `restarts` counts the kills that came before it
+    # was logged (each epoch is logged once; one a resumed run repeats after its checkpoint is not logged again).
+    for run_id in interrupted:
+        logged = [cut[run_id] for _, cut in kills if run_id in cut]  # epochs it had logged at each kill
         restarts = {int(m.step): m.value for m in client.get_metric_history(run_id, "restarts")}
-        assert restarts == {e: float(e > logged) for e in range(1, max(restarts) + 1)}, (logged, restarts)
-        assert max(restarts) > logged
+        assert restarts == {e: float(sum(n < e for n in logged)) for e in range(1, max(restarts) + 1)}, (logged, restarts)
+        assert max(restarts) > max(logged)
 
 
 def _free_port() -> int:
@@ -185,7 +228,8 @@ def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
                         tmp_path / "ray-start.log", env=env, timeout=180)
         storage = tmp_path / "results"
         submit = [ray_cli, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
-                  "--", "python", "-m", "study.run", "--space", "demo", "--set", "epochs=1", "--num-samples", "2",
+                  "--", "python", "-m", "study.run", "--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0",
+                  "--set", "epochs=1", "--num-samples", "2",
                   "--set", "limit=600", "--set", "test_limit=200", "--set", "batch_size=200", "--set", "workers=2",
                   "--data-dir", cifar10_dir, "--storage", str(storage)]
         # Right after `ray start` the head's job agent may not be up yet: Ray answers 500 "No available agent to

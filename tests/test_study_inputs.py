@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
     (["--space", "demo", "--data-dir", "{data}", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),
     (["--space", "demo", "--resume"], "--resume: no study of space 'demo'"),
-    (["--space", "demo", "--storage", "s3://bucket/x"], "--storage: object-store URIs are not supported yet"),
     (["--space", "demo", "--data-dir", "{data}", "--storage", "/proc/nope"], "--storage: cannot write to /proc/nope ("),
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "http://127.0.0.1:9/"],
      "--tracking-uri: cannot reach the MLflow tracking server at 'http://127.0.0.1:9/' ("),
@@ -45,12 +44,24 @@ def test_bad_input_is_one_error_and_nothing_written(extra, message, tmp_path, ca
         assert "0 GPU in all: no GPU for it" in err and "--set gpus_per_worker=0" in err
 
 
+def test_an_unreachable_object_store_is_one_error_and_nothing_starts(tmp_path, capsys, monkeypatch, cifar10_dir):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    for key, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+    code = main(["--space", "demo", "--data-dir", cifar10_dir, "--storage", "s3://bucket/x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --storage: cannot write to s3://bucket/x (") and err.count("\n") == 1, err
+    assert "127.0.0.1" in err
+
+
 def test_list_prints_every_space_and_optimizer(capsys):
     from optim.factory import SPECS
 
     assert main(["--list"]) == 0
     spaces, optimizers = capsys.readouterr().out.split("\n\n")
-    assert len(spaces.splitlines()) == len(SPACES)
+    names = [line.split()[0] for line in spaces.splitlines() if not line.startswith(" ")]
+    assert names == list(SPACES)
+    assert "  variants (--variants): tvlars, lars_warmup, lars_nowarmup" in spaces
     assert spaces.splitlines()[0].split()[0] == "demo" and "TVLARS" in spaces.splitlines()[0]
     listed = {line.split()[0]: line for line in optimizers.splitlines()[1:]}
     assert list(listed) == list(SPECS)

@@ -10,27 +10,29 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.plan import SETTINGS_KEY, make_plan, settings_of
 from study.record import STUDY_FILE, StudyRecord
+from study.storage import Location
 from study.tracking import ERROR_TAG, LOST_TRIAL, PARENT_TAG, STATUS_TAG, StudyRecorder
 from trainables.config import TrialConfig
 
 
 def test_record_round_trips_and_the_latest_study_is_found(tmp_path):
+    storage = Location.of(tmp_path)
     older = StudyRecord(space="demo", overrides={"epochs": 3}, seed=1, tracking_uri="sqlite:///x.db",
-                        experiment="demo", study_dir=tmp_path / "demo-20260101-000000", parent_run_id="abc")
-    newer = StudyRecord.new(tmp_path, "demo", overrides={"epochs": 2, "limit": 600}, seed=7,
+                        experiment="demo", study_dir=storage / "demo-20260101-000000", parent_run_id="abc")
+    newer = StudyRecord.new(storage, "demo", overrides={"epochs": 2, "limit": 600}, seed=7,
                             tracking_uri="sqlite:///y.db", experiment="mine")
     older.save()
     newer.save()
-    assert (newer.study_dir / STUDY_FILE).is_file() and newer.study_dir.name.startswith("demo-2")
+    assert (tmp_path / newer.name / STUDY_FILE).is_file() and newer.study_dir.name.startswith("demo-2")
     assert StudyRecord.load(older.study_dir) == older
-    assert StudyRecord.latest(tmp_path, "demo") == newer
-    assert StudyRecord.latest(tmp_path, "tvlars_bs16k") is None
-    assert newer.train_dir == newer.study_dir / "train" and newer.artifact_root == tmp_path / "mlartifacts"
+    assert StudyRecord.latest(storage, "demo") == newer
+    assert StudyRecord.latest(storage, "tvlars_bs16k") is None
+    assert newer.train_dir == newer.study_dir / "train" and newer.artifact_root == storage / "mlartifacts"
 
 
 def test_each_tune_config_carries_the_trials_complete_settings(tmp_path):
     plan = make_plan("demo", {"epochs": 2, "limit": 600}, seed=3, data_dir=str(tmp_path))
-    search = OptunaSearch(space=plan.define_by_run, metric="test_top1", mode="max",
+    search = OptunaSearch(space=plan.define_by_run, metric="val_top1", mode="max",
                           sampler=optuna.samplers.TPESampler(seed=0))
     configs = [search.suggest(f"t{i}") for i in range(6)]
     variants = {c["variant"] for c in configs}

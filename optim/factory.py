@@ -21,10 +21,10 @@ from optim.lamb import LAMB
 from optim.lambc import LAMBC
 from optim.larc import LARC
 from optim.lars import LARS
-from optim.layerwise import ParamsLike, check_clip, check_positive, normalize_params, split_1d_groups
+from optim.layerwise import CLIP_DEFAULTS, ParamsLike, check_clip, check_positive, normalize_params, split_1d_groups
 from optim.tvlars import TVLARS, delay_steps_from_epochs
 
-_CLIP = {"clip_lower", "clip_upper", "clip_mode", "clip_k", "clip_beta"}
+_CLIP = set(CLIP_DEFAULTS)
 _LARS = {"lr", "momentum", "weight_decay", "eta", "trust_denominator", "exclude_1d"} | _CLIP
 _LAMB = {"lr", "betas", "eps", "weight_decay", "bias_correction", "exclude_1d"} | _CLIP
 
@@ -125,8 +125,7 @@ def validate_hparams(name: str, hparams: dict[str, Any]) -> None:
                     or not all(0 <= _check_number(field, b) < 1 for b in value)):
                 raise ValueError(f"betas: must be two numbers in [0, 1), got {value!r}")
     if name in LAYERWISE:
-        check_clip(hparams.get("clip_lower"), hparams.get("clip_upper"),
-                   hparams.get("clip_mode", "fixed"), hparams.get("clip_k", 3.0), hparams.get("clip_beta", 0.99))
+        check_clip(hparams)
 
 
 def build_optimizer(name: str, params: ParamsLike, **hparams: Any) -> Optimizer:

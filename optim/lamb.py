@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optim.layerwise import LayerwiseOptimizer, ParamsLike, check_positive, safe_trust_ratio, stack_norms
+from optim.layerwise import CLIP_DEFAULTS, LayerwiseOptimizer, ParamsLike, check_positive, safe_trust_ratio, stack_norms
 
 
 def lamb_direction(
@@ -58,11 +58,11 @@ class LAMB(LayerwiseOptimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
         bias_correction: bool = True,
-        clip_lower: float | None = None,
-        clip_upper: float | None = None,
-        clip_mode: str = "fixed",
-        clip_k: float = 3.0,
-        clip_beta: float = 0.99,
+        clip_lower: float | None = CLIP_DEFAULTS["clip_lower"],
+        clip_upper: float | None = CLIP_DEFAULTS["clip_upper"],
+        clip_mode: str = CLIP_DEFAULTS["clip_mode"],
+        clip_k: float = CLIP_DEFAULTS["clip_k"],
+        clip_beta: float = CLIP_DEFAULTS["clip_beta"],
         exclude_1d: bool = True,
     ):
         check_positive("lr", lr)

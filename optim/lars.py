@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from optim.layerwise import (
+    CLIP_DEFAULTS,
     LayerwiseOptimizer,
     ParamsLike,
     check_positive,
@@ -62,11 +63,11 @@ class LARS(LayerwiseOptimizer):
         weight_decay: float = 0.0,
         eta: float = 1e-3,
         trust_denominator: str = "lars",
-        clip_lower: float | None = None,
-        clip_upper: float | None = None,
-        clip_mode: str = "fixed",
-        clip_k: float = 3.0,
-        clip_beta: float = 0.99,
+        clip_lower: float | None = CLIP_DEFAULTS["clip_lower"],
+        clip_upper: float | None = CLIP_DEFAULTS["clip_upper"],
+        clip_mode: str = CLIP_DEFAULTS["clip_mode"],
+        clip_k: float = CLIP_DEFAULTS["clip_k"],
+        clip_beta: float = CLIP_DEFAULTS["clip_beta"],
         exclude_1d: bool = True,
         **extra: Any,
     ):

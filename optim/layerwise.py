@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -21,6 +21,10 @@ from optim.telemetry import TrustRatioTelemetry
 ParamsLike = Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Iterable[dict[str, Any]]
 
 CLIP_MODES = ("fixed", "adaptive")
+# The trust-ratio clipping options every layer-wise optimizer takes, with their defaults (unbounded, fixed mode;
+# the adaptive mode's bounds EMA-mean ± 3·EMA-std with decay 0.99): their one home.
+CLIP_DEFAULTS: dict[str, Any] = {"clip_lower": None, "clip_upper": None, "clip_mode": "fixed", "clip_k": 3.0,
+                                 "clip_beta": 0.99}
 
 
 def normalize_params(params: ParamsLike) -> tuple[list[dict[str, Any]], dict[int, str]]:
@@ -143,8 +147,11 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
         raise ValueError(f"{name}: must be {bound}, got {value}")
 
 
-def check_clip(clip_lower: float | None, clip_upper: float | None, clip_mode: str, clip_k: float,
-               clip_beta: float) -> None:
+def check_clip(options: Mapping[str, Any]) -> None:
+    """Validate the clipping options in `options` (others ignored; missing ones take CLIP_DEFAULTS)."""
+    clip = {**CLIP_DEFAULTS, **{k: v for k, v in options.items() if k in CLIP_DEFAULTS}}
+    clip_lower, clip_upper, clip_mode = clip["clip_lower"], clip["clip_upper"], clip["clip_mode"]
+    clip_k, clip_beta = clip["clip_k"], clip["clip_beta"]
     for name, value in (("clip_lower", clip_lower), ("clip_upper", clip_upper)):
         if value is not None:
             check_positive(name, value, allow_zero=True)
@@ -167,12 +174,10 @@ class LayerwiseOptimizer(Optimizer):
     """
 
     def __init__(self, params: ParamsLike, defaults: dict[str, Any], exclude_1d: bool = True):
-        check_clip(defaults.get("clip_lower"), defaults.get("clip_upper"), defaults.get("clip_mode", "fixed"),
-                   defaults.get("clip_k", 3.0), defaults.get("clip_beta", 0.99))
+        check_clip(defaults)
         groups, names = normalize_params(params)
         groups = split_1d_groups(groups, exclude_1d)
-        defaults = {"adapt": True, "clip_lower": None, "clip_upper": None, "clip_mode": "fixed",
-                    "clip_k": 3.0, "clip_beta": 0.99, "step": 0, **defaults}
+        defaults = {"adapt": True, **CLIP_DEFAULTS, "step": 0, **defaults}
         super().__init__(groups, defaults)
         self.exclude_1d = exclude_1d
         self._names = names

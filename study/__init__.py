@@ -1,1 +1,1 @@
-"""The study runner: Ray Tune + Optuna + ASHA, MLflow records (issue 4; not built yet)."""
+"""The study runner: Ray Tune (Optuna TPE + ASHA, then a seeded confirm stage) over the trials, MLflow records, resume."""

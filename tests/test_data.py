@@ -18,7 +18,8 @@ def _png(path: Path, color: int, size: int) -> None:
     Image.new("RGB", (size, size), (color, color, color)).save(path, format="PNG")
 
 
-def test_cifar10_parquet_decodes_real_data(cifar10_dir, data_cache):
+def test_cifar10_parquet_decodes_real_data(cifar10_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERWISE_CACHE", str(tmp_path))  # a cache of its own: it counts the entries
     data = load_dataset("cifar10", cifar10_dir)
     assert data.train.images.shape == (50000, 3, 32, 32) and data.train.images.dtype == torch.uint8
     assert data.test.images.shape == (10000, 3, 32, 32)
@@ -26,7 +27,7 @@ def test_cifar10_parquet_decodes_real_data(cifar10_dir, data_cache):
     assert data.train.classes[0] == "airplane" and data.num_classes == 10
     # CIFAR-10's well-known channel means (0.491, 0.482, 0.447), up to JPEG re-encoding
     assert data.mean == pytest.approx((0.491, 0.482, 0.447), abs=0.01)
-    cached = list(Path(data_cache).glob("cifar10-*.pt"))
+    cached = list(tmp_path.glob("cifar10-*.pt"))
     assert len(cached) == 1
     again = load_dataset("cifar10", cifar10_dir)  # from the cache
     assert torch.equal(again.test.images, data.test.images)

@@ -35,7 +35,7 @@ class RecordingSession:
         saved = directory is not None and (Path(directory) / STATE_FILE).is_file()
         self.reports.append((dict(metrics), saved))
         if saved:
-            self.model_keys = list(torch.load(Path(directory) / STATE_FILE, weights_only=False)["modules"]["model"])
+            self.model_keys = list(torch.load(Path(directory) / STATE_FILE, weights_only=True)["modules"]["model"])
 
     def wait_for_checkpoints(self) -> None:
         pass

@@ -65,7 +65,7 @@ def test_checkpoint_holds_state_and_per_layer_telemetry(uninterrupted):
 
     directory = Path(uninterrupted.checkpoint_path)
     assert directory.name == "epoch_0003"
-    state = torch.load(directory / "state.pt", weights_only=False)
+    state = torch.load(directory / "state.pt", weights_only=True)  # plain: what restore reads
     assert state["next_epoch"] == 3 and len(state["history"]) == 3
     assert state["modules"]["optimizer"]["param_groups"][0]["step"] == 9  # 3 steps/epoch × 3 epochs
     assert any("momentum_buffer" in s for s in state["modules"]["optimizer"]["state"].values())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import shutil
 import tempfile
 import warnings
@@ -23,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from trainables.safe_load import UnsafeFileError, load_plain
 
 DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "parquet")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -72,10 +73,12 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.train.classes)
 
-    def to_arrays(self) -> dict[str, Any]:
-        """NumPy arrays (and plain lists) for Ray's object store, where every actor reads them zero-copy."""
-        return {"train_images": self.train.images.numpy(), "train_labels": self.train.labels.numpy(),
-                "test_images": self.test.images.numpy(), "test_labels": self.test.labels.numpy(),
+    def to_arrays(self, tensors: bool = False) -> dict[str, Any]:
+        """Arrays and plain lists: NumPy for Ray's object store, where every actor reads them zero-copy, or
+        tensors (`tensors=True`) for the decode cache, which torch reads back with `weights_only=True`."""
+        arrays = (lambda t: t) if tensors else (lambda t: t.numpy())
+        return {"train_images": arrays(self.train.images), "train_labels": arrays(self.train.labels),
+                "test_images": arrays(self.test.images), "test_labels": arrays(self.test.labels),
                 "classes": list(self.train.classes), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
@@ -83,7 +86,7 @@ class Dataset:
         """The inverse of `to_arrays`, sharing the arrays' memory (read-only when they live in the object store)."""
         with warnings.catch_warnings():  # read-only object-store buffers: nothing writes into a dataset in place
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            tensor = torch.from_numpy
+            tensor = torch.as_tensor
             return cls(ImageData(tensor(arrays["train_images"]), tensor(arrays["train_labels"]), arrays["classes"]),
                        ImageData(tensor(arrays["test_images"]), tensor(arrays["test_labels"]), arrays["classes"]),
                        tuple(arrays["mean"]), tuple(arrays["std"]))
@@ -251,8 +254,14 @@ def unwritable(path: Path) -> str | None:
 
 
 def _fingerprint(dataset: str, root: Path, image_size: int | None) -> str:
-    """Hash of the loader, path and every source file's size and mtime (re-decode when data changes)."""
-    h = hashlib.sha1(f"v2|{dataset}|{root.resolve()}|{image_size}".encode())
+    """Hash of the loader, resolved path and every source file's size and mtime (re-decode when data changes).
+
+    The path is resolved before it is walked, so one dataset has one cache entry however it is spelled
+    (through a symlink, `..`, relative). v3: the cache holds tensors and lists (`Dataset.to_arrays`), no
+    pickled objects.
+    """
+    root = root.resolve()
+    h = hashlib.sha1(f"v3|{dataset}|{root}|{image_size}".encode())
     for dirpath, _, files in sorted(os.walk(root)):
         for name in sorted(files):
             st = os.stat(os.path.join(dirpath, name))
@@ -297,13 +306,15 @@ def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | No
     path = _cache_dir() / f"{dataset}-{_fingerprint(dataset, root, image_size)}.pt"
     if path.is_file():
         try:
-            return torch.load(path, weights_only=False)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-            pass  # a corrupt cache entry is re-decoded below
+            return Dataset.from_arrays(load_plain(path))
+        except UnsafeFileError:  # anything but tensors and plain lists: refused, never decoded over
+            raise
+        except Exception:  # noqa: BLE001 - a truncated or corrupt entry fails in torch's many ways: decode again
+            pass
     data = _decode_dataset(dataset, root, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(data, tmp)
+    torch.save(data.to_arrays(tensors=True), tmp)
     os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
     return data
 

@@ -35,6 +35,7 @@ from trainables.batches import BN_SYNC, derived_seed, eval_indices
 from trainables.config import TrialConfig
 from trainables.data import Dataset, balanced_subset, load_dataset, stratified_split
 from trainables.models import set_bn_group
+from trainables.safe_load import load_plain
 from trainables.session import Session, TrainSession
 
 STATE_FILE, TELEMETRY_FILE, HISTORY_FILE = "state.pt", "telemetry.parquet", "history.json"
@@ -183,8 +184,8 @@ def restore(modules: dict[str, Any], env: WorkerEnv) -> RunState:
     checkpoint = env.session.checkpoint()
     if checkpoint is None:
         return RunState()
-    with checkpoint.as_directory() as directory:
-        saved = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=False)
+    with checkpoint.as_directory() as directory:  # (a bucket's checkpoint arrives as a local copy)
+        saved = load_plain(Path(directory) / STATE_FILE, f"{checkpoint.path}/{STATE_FILE}", map_location=device)
         tables = []
         if (Path(directory) / TELEMETRY_FILE).is_file():
             tables = [pq.read_table(Path(directory) / TELEMETRY_FILE)]

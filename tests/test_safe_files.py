@@ -1,0 +1,92 @@
+"""Files we read back hold only tensors and plain containers: a tampered decode cache is refused with one error
+naming it (and nothing in it runs); one dataset has one cache entry however its path is spelled.
+
+The tampered checkpoint of a resumed study: tests/test_study_e2e.py."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from study.run import main
+from trainables.data import load_dataset
+from tampering import WritesMarker, tamper
+from trainables.safe_load import UnsafeFileError, load_plain
+
+
+def tiny_cifar(root: Path, per_class: int = 12) -> Path:
+    """A CIFAR-10 folder in the parquet layout: 10 classes of flat-coloured 32×32 PNGs."""
+    import io
+
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", per_class), ("test", 2)):
+        blobs, labels = [], []
+        for label in range(10):
+            for i in range(n):
+                buffer = io.BytesIO()
+                Image.new("RGB", (32, 32), (20 * label, 5 * i, 100)).save(buffer, format="PNG")
+                blobs.append({"bytes": buffer.getvalue(), "path": f"{label}-{i}.png"})
+                labels.append(label)
+        pq.write_table(pa.table({"img": blobs, "label": labels}), root / f"{split}.parquet")
+    return root
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LAYERWISE_CACHE", str(cache))
+    return cache
+
+
+def test_a_tampered_decode_cache_is_refused_naming_the_file_and_never_run(tmp_path, own_cache):
+    data_dir = tiny_cifar(tmp_path / "cifar10")
+    first = load_dataset("cifar10", data_dir)
+    (entry,) = own_cache.glob("cifar10-*.pt")
+    assert set(torch.load(entry, weights_only=True)) >= {"train_images", "classes"}  # plain: tensors and lists
+    marker = tmp_path / "marker"
+    tamper(entry, marker)
+    with pytest.raises(UnsafeFileError, match=rf"^{re.escape(str(entry))}: refused to load: it holds a pickled \S*open"):
+        load_dataset("cifar10", data_dir)
+    assert not marker.exists()
+    entry.write_bytes(entry.read_bytes()[:1000])  # a truncated (not hostile) entry is decoded again, as before
+    assert torch.equal(load_dataset("cifar10", data_dir).train.images, first.train.images)
+
+
+def test_a_study_whose_decode_cache_was_tampered_stops_before_any_work(tmp_path, own_cache, capsys):
+    data_dir = tiny_cifar(tmp_path / "cifar10")
+    load_dataset("cifar10", data_dir)
+    (entry,) = own_cache.glob("cifar10-*.pt")
+    marker = tmp_path / "marker"
+    tamper(entry, marker)
+    code = main(["--space", "demo", "--data-dir", str(data_dir), "--storage", str(tmp_path / "results"),
+                 "--set", "val_size=20", "--set", "batch_size=50", "--set", "limit=100"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and errors == [f"error: {entry}: refused to load: it holds a pickled io.open, not only tensors "
+                                    f"and plain containers; a file this project wrote never does, so it was replaced "
+                                    f"or tampered with"], errors
+    assert not marker.exists()
+
+
+def test_one_dataset_has_one_cache_entry_however_its_path_is_spelled(tmp_path, own_cache, monkeypatch):
+    data_dir = tiny_cifar(tmp_path / "real" / "cifar10")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    for spelling in (data_dir, link / "cifar10", Path("real/../link/cifar10"), Path("real/cifar10/")):
+        load_dataset("cifar10", spelling)
+    assert len(list(own_cache.glob("cifar10-*.pt"))) == 1
+
+
+def test_load_plain_names_the_file_as_the_caller_shows_it(tmp_path):
+    path = tmp_path / "state.pt"
+    torch.save({"w": torch.ones(2), "bad": WritesMarker(tmp_path / "m")}, path)
+    with pytest.raises(UnsafeFileError, match=r"^s3://bucket/trial/checkpoint_000001/state.pt: refused"):
+        load_plain(path, "s3://bucket/trial/checkpoint_000001/state.pt")
+    assert not (tmp_path / "m").exists() and os.listdir(tmp_path) == ["state.pt"]

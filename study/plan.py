@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from optim import OPTIMIZERS
@@ -66,7 +67,7 @@ class StudyPlan:
 
     def overrides_for(self, variant: str) -> dict[str, Any]:
         """The overrides that apply to `variant` (an optimizer hyperparameter only where its optimizer has it)."""
-        optimizer = {**self.space.fixed, **self.space.variants[variant].fixed, **self.overrides}.get("optimizer")
+        optimizer = _optimizer(self, variant)
         return {k: v for k, v in self.overrides.items() if k in TRIAL_FIELDS or _hyperparameter_of(k, optimizer)}
 
     def trial_config(self, sampled: dict[str, Any]) -> dict[str, Any]:
@@ -121,8 +122,7 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
         if key not in TRIAL_FIELDS and not any(_hyperparameter_of(key, o) for o in optimizers):
             raise ValueError(f"{key}: not a trial setting nor a hyperparameter of this space's optimizers "
                              f"({', '.join(sorted(map(str, optimizers)))})")
-    for draw in space.corner_draws(frozenset(overrides)):
-        TrialConfig.from_dict(plan.trial_config(draw), check_data=False)  # types, values; data comes later
+    check_variants(plan, lambda cfg: None)  # types and values (from_dict checks them); the data comes later
     if space.grace_period > plan.max_epoch:
         plan.space = dataclasses.replace(space, grace_period=plan.max_epoch)
     check_evaluations(plan)
@@ -130,6 +130,39 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
 
 
 VARIANTS_KEY = "variants"  # --variants / --set variants=: run only these of the space's variants
+
+
+def check_variants(plan: StudyPlan, check: Callable[[TrialConfig], None]) -> None:
+    """`check` each variant's settings at its lowest and highest draws; a ValueError is raised again naming
+    the variant and, when the setting at fault is not one the command line set, where it comes from and
+    the fixes."""
+    for draw in plan.space.corner_draws(frozenset(plan.overrides)):
+        variant = draw["variant"]
+        try:
+            check(TrialConfig.from_dict(plan.trial_config(draw), check_data=False))
+        except ValueError as err:
+            raise ValueError(f"variant {variant}: {err}{_fixes(plan, variant, str(err))}") from None
+
+
+def _fixes(plan: StudyPlan, variant: str, error: str) -> str:
+    """Where the setting an error names comes from, and how to change it or leave its variant out ('' when the
+    command line set it: the error is already about the user's own value)."""
+    key = error.partition(":")[0]
+    if key in plan.overrides or not (key in TRIAL_FIELDS or _hyperparameter_of(key, _optimizer(plan, variant))):
+        return ""
+    space, fixed = plan.space, plan.space.variants[variant].fixed
+    searched = any(p.key == key for p in space.searched + space.variants[variant].searched)
+    origin = (f"variant {variant} sets {key}={fixed[key]}" if key in fixed else
+              f"variant {variant} searches {key}" if searched else
+              f"space {space.name} sets {key}={space.fixed[key]}" if key in space.fixed else f"{key} is a default")
+    others = [v for v in space.variants if v != variant]
+    own = key in fixed or searched  # a space's setting or a default fails every variant alike
+    leave_out = f", or leave the variant out: --variants {','.join(others)}" if own and others else ""
+    return f" ({origin}, not your command line); fix: --set {key}=<a value that fits>{leave_out}"
+
+
+def _optimizer(plan: StudyPlan, variant: str) -> str | None:
+    return {**plan.space.fixed, **plan.space.variants[variant].fixed, **plan.overrides}.get("optimizer")
 
 
 def _chosen_variants(space: SearchSpace, chosen: list[str] | str) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
-from study.plan import StudyPlan, make_plan, parse_sets, settings_of
+from study.plan import StudyPlan, check_variants, make_plan, parse_sets, settings_of
 from study.record import StudyRecord
 from study.storage import Location
+from trainables.config import TrialConfig
 from trainables.data import Dataset, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
 
@@ -153,14 +154,14 @@ def check_splits(plan: StudyPlan, train_images: int) -> None:
     """Each variant's held-out split leaves it training images, and its batch fits them (ValueError naming
     the setting, as the trial itself would raise once started)."""
     from trainables.batches import Shard
-    from trainables.config import TrialConfig
 
-    for draw in plan.space.corner_draws(frozenset(plan.overrides)):
-        cfg = TrialConfig.from_dict(plan.trial_config(draw), check_data=False)
+    def fits(cfg: TrialConfig) -> None:
         pool = min(cfg.limit or train_images, train_images)
         held = cfg.validation_size(pool)
         check_validation_size(held, pool)
         Shard(pool - held, cfg.batch_size, 0, plan.space.workers, cfg.seed)
+
+    check_variants(plan, fits)
 
 
 def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:

@@ -26,6 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
     (["--space", "demo", "--data-dir", "{data}", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),
     (["--space", "demo", "--resume"], "--resume: no study of space 'demo'"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "epochs=1"],  # the conflict is with a variant's own setting
+     "error: variant lars_warmup: warmup_epochs: must be in [0, epochs=1), got 1.0 (variant lars_warmup sets "
+     "warmup_epochs=1.0, not your command line); fix: --set warmup_epochs=<a value that fits>, or leave the variant "
+     "out: --variants tvlars,lars_nowarmup\n"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "limit=50"],  # checked against the data: the space's setting
+     "error: variant tvlars: val_size: must be in [0, 50) for 50 training images, got 300 (space demo sets "
+     "val_size=300, not your command line); fix: --set val_size=<a value that fits>\n"),
     (["--space", "demo", "--data-dir", "{data}", "--storage", "/proc/nope"], "--storage: cannot write to /proc/nope ("),
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "http://127.0.0.1:9/"],
      "--tracking-uri: cannot reach the MLflow tracking server at 'http://127.0.0.1:9/' ("),

@@ -12,7 +12,7 @@ import difflib
 
 from search_spaces.cpu import CIFAR10_CPU
 from search_spaces.demo import DEMO
-from search_spaces.paper import DATASETS, FAMILIES, PAPER_LRS, batch_label, paper_spaces
+from search_spaces.paper import PAPER_DATASETS, PAPER_FAMILIES, PAPER_LRS, batch_label, paper_spaces
 from search_spaces.spec import SearchSpace
 
 SPACES: dict[str, SearchSpace] = {"demo": DEMO, "cifar10_cpu": CIFAR10_CPU, **paper_spaces()}
@@ -20,9 +20,9 @@ SPACES: dict[str, SearchSpace] = {"demo": DEMO, "cifar10_cpu": CIFAR10_CPU, **pa
 
 def available() -> str:
     """All space names, the paper grid written as its pattern."""
-    grid = (f"[bt_]{{{','.join(FAMILIES)}}}[_cifar100|_tinyimagenet]"
+    grid = (f"[bt_]{{{','.join(f.name for f in PAPER_FAMILIES)}}}[_cifar100|_tinyimagenet]"
             f"_bs{{{','.join(batch_label(b) for b in PAPER_LRS)}}}")
-    return (f"demo, cifar10_cpu, table1_{{{','.join(DATASETS)}}}, and the paper grid {grid} "
+    return (f"demo, cifar10_cpu, table1_{{{','.join(PAPER_DATASETS)}}}, and the paper grid {grid} "
             f"({len(SPACES)} spaces in all; `--list` prints each)")
 
 

@@ -13,38 +13,34 @@ batch 128 / 1024).
 from __future__ import annotations
 
 import math
+from functools import partial
 
+from search_spaces.families import LAMB_WARMUP, LAMBC, LARS_NOWARMUP, LARS_WARMUP, TVLARS
 from search_spaces.spec import Float, SearchSpace, Variant, by_batch
 
 BATCHES = (128, 1024)
-_LARS = {"momentum": 0.9, "weight_decay": 5e-4}
-_LAMB = {"weight_decay": 5e-4}
-_WARMUP = {"scheduler": "warmup_cosine", "warmup_epochs": 2.0}
-_SMALL_LRS = {"lars": (0.3, 3.0), "lamb": (2e-3, 2e-2)}  # lr ranges at batch 128; ×√(b/128) above
+_LARS_LR, _LAMB_LR = (0.3, 3.0), (2e-3, 2e-2)  # lr ranges at batch 128; ×√(b/128) above
+_WARMUP_EPOCHS = 2.0
 
-
-def lr_range(family: str, size: int) -> tuple[Float, ...]:
-    low, high = (x * math.sqrt(size / BATCHES[0]) for x in _SMALL_LRS[family])
-    return (Float("lr", low, high, log=True),)
-
-
-FAMILIES = {
-    "lars_warmup": ("lars", Variant({"optimizer": "lars", **_WARMUP, **_LARS})),
-    "lars_nowarmup": ("lars", Variant({"optimizer": "lars", "scheduler": "poly", **_LARS})),
-    "tvlars": ("lars", Variant({"optimizer": "tvlars", "scheduler": "none", **_LARS},
-                               (Float("lam", 1e-4, 1e-1, log=True), Float("delay_epochs", 0.0, 3.0)))),
-    "lamb_warmup": ("lamb", Variant({"optimizer": "lamb", **_WARMUP, **_LAMB})),
-    "lambc_warmup": ("lamb", Variant({"optimizer": "lambc", **_WARMUP, **_LAMB},
-                                     (Float("clip_upper", 0.1, 10.0, log=True),
-                                      Float("clip_lower", 1e-3, 10.0, log=True, at_most="clip_upper")))),
+_CHOSEN: dict[str, tuple[Variant, tuple[float, float]]] = {  # variant: (its setting, its lr range at batch 128)
+    "lars_warmup": (LARS_WARMUP.variant(warmup_epochs=_WARMUP_EPOCHS), _LARS_LR),
+    "lars_nowarmup": (LARS_NOWARMUP.variant(), _LARS_LR),
+    "tvlars": (TVLARS.variant(Float("lam", 1e-4, 1e-1, log=True), Float("delay_epochs", 0.0, 3.0)), _LARS_LR),
+    "lamb_warmup": (LAMB_WARMUP.variant(warmup_epochs=_WARMUP_EPOCHS), _LAMB_LR),
+    "lambc_warmup": (LAMBC.variant(warmup_epochs=_WARMUP_EPOCHS), _LAMB_LR),
 }
 
 
+def scaled_lr(at_128: tuple[float, float], size: int) -> tuple[Float, ...]:
+    """The lr searched at batch `size`: the range at batch 128 × √(size/128)."""
+    low, high = (x * math.sqrt(size / BATCHES[0]) for x in at_128)
+    return (Float("lr", low, high, log=True),)
+
+
 def _variants() -> dict[str, Variant]:
-    variants = {}
-    for name, (lr_family, variant) in FAMILIES.items():
-        variants |= by_batch({name: variant}, BATCHES, lambda size, family=lr_family: lr_range(family, size))
-    return variants
+    """Each chosen setting at each batch size, setting by setting."""
+    return {key: variant for name, (setting, at_128) in _CHOSEN.items()
+            for key, variant in by_batch({name: setting}, BATCHES, partial(scaled_lr, at_128)).items()}
 
 
 CIFAR10_CPU = SearchSpace(

@@ -10,9 +10,9 @@ minutes on a 2-core laptop (measured: the same study on 4,500 training images to
 
 from __future__ import annotations
 
-from search_spaces.spec import Float, SearchSpace, Variant
+from search_spaces.families import LARS_NOWARMUP, LARS_WARMUP, TVLARS
+from search_spaces.spec import Float, SearchSpace
 
-_LARS = {"optimizer": "lars", "momentum": 0.9, "weight_decay": 5e-4}
 _LR = Float("lr", 0.5, 4.0, log=True)
 
 DEMO = SearchSpace(
@@ -24,10 +24,9 @@ DEMO = SearchSpace(
            # and the last) took train_fraction from 0.78 to 0.8x in the same study
            "eval_every": 2},
     variants={
-        "tvlars": Variant({**_LARS, "optimizer": "tvlars", "scheduler": "none"},
-                          (_LR, Float("lam", 1e-4, 1e-1, log=True))),
-        "lars_warmup": Variant({**_LARS, "scheduler": "warmup_cosine", "warmup_epochs": 1.0}, (_LR,)),
-        "lars_nowarmup": Variant({**_LARS, "scheduler": "poly"}, (_LR,)),
+        "tvlars": TVLARS.variant(_LR, Float("lam", 1e-4, 1e-1, log=True)),
+        "lars_warmup": LARS_WARMUP.variant(_LR, warmup_epochs=1.0),
+        "lars_nowarmup": LARS_NOWARMUP.variant(_LR),
     },
     num_samples=3, grace_period=2, reduction_factor=2, confirm=1, seeds=3,
     workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0, max_concurrent=2,

@@ -1,7 +1,7 @@
 """Declarative study definitions: fixed settings, searched hyperparameters, objective, budget, resources.
 
-A space has one or more *variants* (an optimizer setting — TVLARS, LARS with warm-up, LAMB … — at a
-batch size; `by_batch` makes the product) that share the space's fixed settings and add their own;
+A space has one or more *variants* (an optimizer setting — a `Family`: TVLARS, LARS with warm-up, LAMB … — at
+a batch size; `by_batch` makes the product) that share the space's fixed settings and add their own;
 each variant searches its own hyperparameters with its own budget: `num_samples` trials per variant,
 taken in turn, so no variant is starved by chance. Sampling is an Optuna define-by-run function, so a
 variant's parameters exist only for its trials and a bound may depend on an earlier draw (`at_most`:
@@ -67,6 +67,20 @@ class Variant:
 
     fixed: dict[str, Any]
     searched: tuple[Param, ...] = ()
+
+
+@dataclass(frozen=True)
+class Family:
+    """An optimizer setting written once (`search_spaces.families`): optimizer, its fixed hyperparameters, scheduler."""
+
+    name: str
+    description: str  # one line
+    fixed: dict[str, Any]
+    searched: tuple[Param, ...] = ()  # searched wherever the family is used; ranges that vary are each space's
+
+    def variant(self, *searched: Param, **fixed: Any) -> Variant:
+        """This setting in a space: the space's own fixed settings added, its searched parameters after the family's."""
+        return Variant({**self.fixed, **fixed}, self.searched + searched)
 
 
 def by_batch(variants: dict[str, Variant], batch_sizes: tuple[int, ...],

@@ -5,8 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search_spaces import SPACES, get_space
+from search_spaces import SPACES, families, get_space
 from search_spaces.paper import PAPER_LRS
+from search_spaces.spec import Family
 from trainables.config import TrialConfig
 
 
@@ -83,3 +84,14 @@ def test_batch_size_is_a_variant_axis_with_its_own_lr_range():
     assert {v.fixed["batch_size"] for v in cpu.variants.values()} == {128, 1024}
     assert {v.fixed["optimizer"] for v in cpu.variants.values()} == {"lars", "tvlars", "lamb", "lambc"}
     assert cpu.seeds >= 3 and cpu.confirm >= 1
+
+
+def test_every_variant_is_one_family_with_its_spaces_additions():
+    every = [f for f in vars(families).values() if isinstance(f, Family)]
+    assert len({f.name for f in every}) == len(every) == 8
+    for space in SPACES.values():
+        for name, variant in space.variants.items():
+            (family,) = [f for f in every if f.fixed["optimizer"] == variant.fixed["optimizer"]
+                         and f.fixed["scheduler"] == variant.fixed["scheduler"]]
+            assert family.fixed.items() <= variant.fixed.items(), (space.name, name)
+            assert variant.searched[:len(family.searched)] == family.searched, (space.name, name)

@@ -7,38 +7,73 @@ tensors (biases, norm layers) no weight decay, as it does for the layer-wise opt
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 import dataclasses
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
+from optim.checks import Check, check_hparams, unit_interval
 from optim.clars import CLARS
 from optim.lamb import LAMB
 from optim.lambc import LAMBC
 from optim.larc import LARC
 from optim.lars import LARS
-from optim.layerwise import CLIP_DEFAULTS, ParamsLike, check_clip, check_positive, normalize_params, split_1d_groups
+from optim.layerwise import LayerwiseOptimizer, ParamsLike, normalize_params, split_1d_groups
 from optim.tvlars import TVLARS, delay_steps_from_epochs
 
-_CLIP = set(CLIP_DEFAULTS)
-_LARS = {"lr", "momentum", "weight_decay", "eta", "trust_denominator", "exclude_1d"} | _CLIP
-_LAMB = {"lr", "betas", "eps", "weight_decay", "bias_correction", "exclude_1d"} | _CLIP
+# torch.optim arguments the platform does not expose: `maximize` flips the objective (a trial minimises its loss);
+# `capturable`, `differentiable` and `fused` pick how the step runs (CUDA graphs, autograd through the step, fused
+# kernels), not the method; `decoupled_weight_decay` makes Adam AdamW (use `adamw`); Adagrad's
+# `initial_accumulator_value` was never a search dimension. (`foreach` stays: a plain switch, checked as a flag.)
+NOT_EXPOSED = frozenset({"maximize", "capturable", "differentiable", "fused", "decoupled_weight_decay",
+                         "initial_accumulator_value"})
+
+
+def constructor_hparams(cls: type[Optimizer]) -> dict[str, Any]:
+    """`cls`'s keyword parameters but `self` and `params`, with their defaults; where `cls` hands `**kwargs` on
+    to a parent optimizer's constructor (TVLARS, CLARS, LAMBC), the parent's too (the subclass's defaults win)."""
+    signature = inspect.signature(cls.__init__).parameters.values()
+    own = {p.name: p.default for p in signature
+           if p.name not in ("self", "params") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    owner = next(c for c in cls.__mro__ if "__init__" in vars(c))
+    parent = next(c for c in owner.__mro__[1:] if "__init__" in vars(c))
+    passes_on = any(p.kind is p.VAR_KEYWORD for p in signature)
+    if passes_on and parent is not LayerwiseOptimizer:  # LARS' **extra goes into the base's `defaults` dict
+        return {**constructor_hparams(parent), **own}
+    return own
 
 
 @dataclass(frozen=True)
 class OptimSpec:
-    """What the platform knows about one optimizer: its class, a description, the hyperparameters it takes,
-    and those a trial may give in epochs (name → the optimizer's own step-denominated name and converter)."""
+    """What the platform knows about one optimizer: its class, a description, checks replacing `CHECKS`' for
+    it, and the settings a trial may give in epochs (name → the optimizer's own step-denominated name and
+    converter). Its hyperparameters and their defaults (`defaults`) come from the class's constructor."""
 
     cls: type[Optimizer]
     description: str
-    hparams: frozenset[str]
-    layerwise: bool = True
     in_epochs: dict[str, tuple[str, Callable[[float, int], int]]] = dataclasses.field(default_factory=dict)
+    checks: dict[str, Check] = dataclasses.field(default_factory=dict)
+    defaults: dict[str, Any] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        defaults = {k: v for k, v in constructor_hparams(self.cls).items() if k not in NOT_EXPOSED}
+        if not self.layerwise:  # the factory gives baselines the layer-wise optimizers' 1-D exclusion
+            defaults["exclude_1d"] = constructor_hparams(LayerwiseOptimizer)["exclude_1d"]
+        object.__setattr__(self, "defaults", defaults)
+
+    @property
+    def layerwise(self) -> bool:
+        """A trust-ratio optimizer of this package (else a torch.optim baseline)."""
+        return issubclass(self.cls, LayerwiseOptimizer)
+
+    @property
+    def hparams(self) -> frozenset[str]:
+        """The hyperparameter names the class takes (through the factory, for baselines' `exclude_1d`)."""
+        return frozenset(self.defaults)
 
     def to_steps(self, hparams: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:
         """`hparams` with every epoch-denominated setting converted to the optimizer's steps."""
@@ -53,37 +88,28 @@ class OptimSpec:
 
 
 SPECS: dict[str, OptimSpec] = {
-    "lars": OptimSpec(LARS, "LARS: layer-wise trust ratio η‖w‖/‖d‖ with momentum", frozenset(_LARS)),
-    "larc": OptimSpec(LARC, "LARC: LARS with the local lr clipped at the global lr", frozenset(_LARS)),
+    "lars": OptimSpec(LARS, "LARS: layer-wise trust ratio η‖w‖/‖d‖ with momentum"),
+    "larc": OptimSpec(LARC, "LARC: LARS with the local lr clipped at the global lr"),
     "tvlars": OptimSpec(TVLARS, "TVLARS: LARS with the trust ratio scaled by φ(t), no warm-up",
-                        frozenset(_LARS | {"lam", "alpha", "delay_steps", "gamma_min"}),
                         in_epochs={"delay_epochs": ("delay_steps", delay_steps_from_epochs)}),
-    "clars": OptimSpec(CLARS, "CLARS: per-sample gradient norms in the trust ratio", frozenset(_LARS)),
-    "lamb": OptimSpec(LAMB, "LAMB: Adam's update scaled by a layer-wise trust ratio", frozenset(_LAMB)),
-    "lambc": OptimSpec(LAMBC, "LAMBC: LAMB with the trust ratio clipped to [μ, τ]", frozenset(_LAMB)),
-    "sgd": OptimSpec(torch.optim.SGD, "torch SGD (momentum)",
-                     frozenset({"lr", "momentum", "weight_decay", "nesterov", "dampening"}), layerwise=False),
-    "adam": OptimSpec(torch.optim.Adam, "torch Adam", frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad"}),
-                      layerwise=False),
-    "adamw": OptimSpec(torch.optim.AdamW, "torch AdamW", frozenset({"lr", "betas", "eps", "weight_decay", "amsgrad"}),
-                       layerwise=False),
-    "adagrad": OptimSpec(torch.optim.Adagrad, "torch Adagrad", frozenset({"lr", "eps", "weight_decay", "lr_decay"}),
-                         layerwise=False),
-    "rmsprop": OptimSpec(torch.optim.RMSprop, "torch RMSprop",
-                         frozenset({"lr", "alpha", "eps", "momentum", "weight_decay", "centered"}), layerwise=False),
+    "clars": OptimSpec(CLARS, "CLARS: per-sample gradient norms in the trust ratio"),
+    "lamb": OptimSpec(LAMB, "LAMB: Adam's update scaled by a layer-wise trust ratio"),
+    "lambc": OptimSpec(LAMBC, "LAMBC: LAMB with the trust ratio clipped to [μ, τ]"),
+    "sgd": OptimSpec(torch.optim.SGD, "torch SGD (momentum)"),
+    "adam": OptimSpec(torch.optim.Adam, "torch Adam"),
+    "adamw": OptimSpec(torch.optim.AdamW, "torch AdamW"),
+    "adagrad": OptimSpec(torch.optim.Adagrad, "torch Adagrad"),
+    # RMSprop's `alpha` is a squared-gradient EMA decay, in [0, 1); TVLARS' `alpha` (CHECKS') is φ's offset > 0.
+    "rmsprop": OptimSpec(torch.optim.RMSprop, "torch RMSprop", checks={"alpha": unit_interval}),
 }
 LAYERWISE = {name: spec for name, spec in SPECS.items() if spec.layerwise}
 BASELINES = {name: spec for name, spec in SPECS.items() if not spec.layerwise}
 OPTIMIZERS = SPECS
 
-_BOOLS = {"exclude_1d", "bias_correction", "nesterov", "amsgrad", "centered", "foreach"}
-_NONNEGATIVE = {"weight_decay", "eps", "lam", "delay_steps", "gamma_min", "lr_decay", "dampening"}
-_POSITIVE = {"lr", "eta", "alpha"}
-
 
 def optimizer_hparams(name: str) -> set[str]:
     """The hyperparameter names `build_optimizer(name, ...)` accepts."""
-    return set(spec_of(name).hparams) | ({"foreach"} if name in BASELINES else set()) | {"exclude_1d"}
+    return set(spec_of(name).hparams)
 
 
 def trial_hparams(name: str) -> set[str]:
@@ -97,45 +123,23 @@ def spec_of(name: str) -> OptimSpec:
     return SPECS[name]
 
 
-def _check_number(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{field}: expected a number, got {value!r}")
-    return value
-
-
 def validate_hparams(name: str, hparams: dict[str, Any]) -> None:
     """Raise ValueError naming the first unknown or invalid field; no optimizer is built."""
-    allowed = optimizer_hparams(name)
-    unknown = sorted(set(hparams) - allowed)
+    spec = spec_of(name)
+    unknown = sorted(set(hparams) - spec.hparams)
     if unknown:
-        raise ValueError(f"{unknown[0]}: not a hyperparameter of {name!r}; allowed: {', '.join(sorted(allowed))}")
-    for field, value in hparams.items():
-        if field in _BOOLS:
-            if not isinstance(value, bool):
-                raise ValueError(f"{field}: expected true/false, got {value!r}")
-        elif field == "momentum" or (field == "alpha" and name == "rmsprop"):
-            if not 0 <= _check_number(field, value) < 1:
-                raise ValueError(f"{field}: must be in [0, 1), got {value}")
-        elif field in _POSITIVE:
-            check_positive(field, _check_number(field, value))
-        elif field in _NONNEGATIVE:
-            check_positive(field, _check_number(field, value), allow_zero=True)
-        elif field == "betas":
-            if (not isinstance(value, (tuple, list)) or len(value) != 2
-                    or not all(0 <= _check_number(field, b) < 1 for b in value)):
-                raise ValueError(f"betas: must be two numbers in [0, 1), got {value!r}")
-    if name in LAYERWISE:
-        check_clip(hparams)
+        raise ValueError(f"{unknown[0]}: not a hyperparameter of {name!r}; allowed: {', '.join(sorted(spec.hparams))}")
+    check_hparams(hparams, spec.defaults, spec.checks)
 
 
 def build_optimizer(name: str, params: ParamsLike, **hparams: Any) -> Optimizer:
     """Build optimizer `name` (see OPTIMIZERS) over `params` (tensors, (name, tensor) pairs or groups)."""
-    cls = spec_of(name).cls
+    spec = spec_of(name)
     validate_hparams(name, hparams)
     if "betas" in hparams:
         hparams["betas"] = tuple(hparams["betas"])
-    if name in LAYERWISE:
-        return cls(params, **hparams)
+    if spec.layerwise:
+        return spec.cls(params, **hparams)
     groups, _ = normalize_params(params)
-    groups = split_1d_groups(groups, hparams.pop("exclude_1d", True), trust_ratio=False)
-    return cls(groups, **hparams)
+    groups = split_1d_groups(groups, hparams.pop("exclude_1d", spec.defaults["exclude_1d"]), trust_ratio=False)
+    return spec.cls(groups, **hparams)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optim.layerwise import CLIP_DEFAULTS, LayerwiseOptimizer, ParamsLike, check_positive, safe_trust_ratio, stack_norms
+from optim.layerwise import CLIP_DEFAULTS, LayerwiseOptimizer, ParamsLike, safe_trust_ratio, stack_norms
 
 
 def lamb_direction(
@@ -65,12 +65,7 @@ class LAMB(LayerwiseOptimizer):
         clip_beta: float = CLIP_DEFAULTS["clip_beta"],
         exclude_1d: bool = True,
     ):
-        check_positive("lr", lr)
-        check_positive("eps", eps, allow_zero=True)
-        check_positive("weight_decay", weight_decay, allow_zero=True)
-        betas = tuple(betas)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"betas: must be two numbers in [0, 1), got {betas!r}")
+        betas = tuple(betas) if isinstance(betas, list) else betas  # a config's list; checked with the rest
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
                         clip_lower=clip_lower, clip_upper=clip_upper, clip_mode=clip_mode, clip_k=clip_k,
                         clip_beta=clip_beta)

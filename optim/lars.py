@@ -16,13 +16,10 @@ from optim.layerwise import (
     CLIP_DEFAULTS,
     LayerwiseOptimizer,
     ParamsLike,
-    check_positive,
     decayed_gradients,
     safe_trust_ratio,
     stack_norms,
 )
-
-DENOMINATORS = ("lars", "paper")
 
 
 def lars_update(
@@ -71,13 +68,6 @@ class LARS(LayerwiseOptimizer):
         exclude_1d: bool = True,
         **extra: Any,
     ):
-        check_positive("lr", lr)
-        check_positive("eta", eta)
-        check_positive("weight_decay", weight_decay, allow_zero=True)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum: must be in [0, 1), got {momentum}")
-        if trust_denominator not in DENOMINATORS:
-            raise ValueError(f"trust_denominator: must be one of {DENOMINATORS}, got {trust_denominator!r}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                         trust_denominator=trust_denominator, clip_lower=clip_lower, clip_upper=clip_upper,
                         clip_mode=clip_mode, clip_k=clip_k, clip_beta=clip_beta, **extra)

@@ -7,20 +7,19 @@ one vectorised op, so nothing is synchronised with the host per layer.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from optim.checks import check_hparams
 from optim.telemetry import TrustRatioTelemetry
 
 ParamsLike = Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Iterable[dict[str, Any]]
 
-CLIP_MODES = ("fixed", "adaptive")
 # The trust-ratio clipping options every layer-wise optimizer takes, with their defaults (unbounded, fixed mode;
 # the adaptive mode's bounds EMA-mean ± 3·EMA-std with decay 0.99): their one home.
 CLIP_DEFAULTS: dict[str, Any] = {"clip_lower": None, "clip_upper": None, "clip_mode": "fixed", "clip_k": 3.0,
@@ -139,31 +138,6 @@ def stack_norms(tensors: list[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(tensors))
 
 
-def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}: must be {bound}, got {value}")
-
-
-def check_clip(options: Mapping[str, Any]) -> None:
-    """Validate the clipping options in `options` (others ignored; missing ones take CLIP_DEFAULTS)."""
-    clip = {**CLIP_DEFAULTS, **{k: v for k, v in options.items() if k in CLIP_DEFAULTS}}
-    clip_lower, clip_upper, clip_mode = clip["clip_lower"], clip["clip_upper"], clip["clip_mode"]
-    clip_k, clip_beta = clip["clip_k"], clip["clip_beta"]
-    for name, value in (("clip_lower", clip_lower), ("clip_upper", clip_upper)):
-        if value is not None:
-            check_positive(name, value, allow_zero=True)
-    if clip_lower is not None and clip_upper is not None and clip_lower > clip_upper:
-        raise ValueError(f"clip_lower: must be <= clip_upper, got clip_lower={clip_lower} > clip_upper={clip_upper}")
-    if clip_mode not in CLIP_MODES:
-        raise ValueError(f"clip_mode: must be one of {CLIP_MODES}, got {clip_mode!r}")
-    check_positive("clip_k", clip_k)
-    if not 0 <= clip_beta < 1:
-        raise ValueError(f"clip_beta: must be in [0, 1), got {clip_beta}")
-
-
 class LayerwiseOptimizer(Optimizer):
     """Base of LARS/LAMB-style optimizers; subclasses implement `_update_chunk`.
 
@@ -171,10 +145,11 @@ class LayerwiseOptimizer(Optimizer):
     `clip_lower`/`clip_upper` (fixed bounds μ ≤ ρ ≤ τ, None = unbounded), `clip_mode` ("fixed" or
     "adaptive": per-layer bounds EMA-mean ± clip_k·EMA-std of that layer's own ρ, decay clip_beta,
     intersected with the fixed bounds) and `step` (t, completed optimizer steps, saved in state_dict).
+    Every hyperparameter in `defaults` is checked by `optim.checks.CHECKS` before anything is built.
     """
 
     def __init__(self, params: ParamsLike, defaults: dict[str, Any], exclude_1d: bool = True):
-        check_clip(defaults)
+        check_hparams({**defaults, "exclude_1d": exclude_1d})
         groups, names = normalize_params(params)
         groups = split_1d_groups(groups, exclude_1d)
         defaults = {"adapt": True, **CLIP_DEFAULTS, "step": 0, **defaults}

@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import (
     SequentialLR,
 )
 
-from optim.layerwise import check_positive
+from optim.checks import nonnegative, positive
 
 SCHEDULERS = ("warmup_cosine", "poly", "cosine", "none")
 
@@ -41,10 +41,10 @@ def build_scheduler(
     """A per-step scheduler for `optimizer` over `epochs` × `steps_per_epoch` steps."""
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler: unknown {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    check_positive("epochs", epochs)
-    check_positive("steps_per_epoch", steps_per_epoch)
-    check_positive("warmup_epochs", warmup_epochs, allow_zero=True)
-    check_positive("power", power)
+    positive("epochs", epochs)
+    positive("steps_per_epoch", steps_per_epoch)
+    nonnegative("warmup_epochs", warmup_epochs)
+    positive("power", power)
     if not 0 <= min_lr_ratio <= 1:
         raise ValueError(f"min_lr_ratio: must be in [0, 1], got {min_lr_ratio}")
     total = int(epochs * steps_per_epoch)

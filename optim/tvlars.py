@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import Tensor
 
+from optim.checks import nonnegative, positive
 from optim.lars import LARS
-from optim.layerwise import check_positive
 
 
 def tvlars_phi(t: float, lam: float, delay_steps: float, alpha: float = 1.0, gamma_min: float = 0.0) -> float:
@@ -26,8 +26,8 @@ def tvlars_phi(t: float, lam: float, delay_steps: float, alpha: float = 1.0, gam
 
 def delay_steps_from_epochs(delay_epochs: float, steps_per_epoch: int) -> int:
     """d_e in optimizer steps from a delay given in epochs."""
-    check_positive("delay_epochs", delay_epochs, allow_zero=True)
-    check_positive("steps_per_epoch", steps_per_epoch)
+    nonnegative("delay_epochs", delay_epochs)
+    positive("steps_per_epoch", steps_per_epoch)
     return int(round(delay_epochs * steps_per_epoch))
 
 
@@ -36,10 +36,6 @@ class TVLARS(LARS):
 
     def __init__(self, params, lam: float = 1e-3, alpha: float = 1.0, delay_steps: float = 0,
                  gamma_min: float = 0.0, **kwargs: Any):
-        check_positive("lam", lam, allow_zero=True)
-        check_positive("alpha", alpha)
-        check_positive("delay_steps", delay_steps, allow_zero=True)
-        check_positive("gamma_min", gamma_min, allow_zero=True)
         super().__init__(params, lam=lam, alpha=alpha, delay_steps=delay_steps, gamma_min=gamma_min, **kwargs)
 
     def phi(self, group: dict[str, Any] | None = None) -> float:

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from reports import figures, tables
-from reports.collect import CONFIRM, SEARCH, StudyData, collect, telemetry
+from reports.collect import StudyData, collect, telemetry
+from trainables.records import Stage, TrialStatus
 
 FORMATS = ("md", "csv", "latex", "html")
 METRICS = ("best", "final")
@@ -27,7 +28,7 @@ SEARCH_ONLY = ("search stage only — no confirm stage ran: one seed per configu
 SEARCH_LEGEND = ("Validation top-1 (%) of the search's trials, one seed each (ASHA stopped some early: '@eK'); the "
                  "confirm stage re-ran the best of each variant — these numbers chose it and are not a result.")
 LEGEND = ("Cells: test top-1 (%) mean ± 95% t-interval over seeds (n = completed runs); **bold** = best in its "
-          "column; 'diverged' runs are counted, never dropped; '@eK (ASHA)' = only early-stopped trials, "
+          f"column; '{TrialStatus.DIVERGED}' runs are counted, never dropped; '@eK (ASHA)' = only early-stopped trials, "
           "accuracy at epoch K; '[best of k; d diverged]' = best of k configurations (e.g. λ values) in that cell, d runs of the others diverged; "
           "'(… paper)' rows = the published single-run number for the same setting.")
 
@@ -78,11 +79,11 @@ class Tables:
 
     @classmethod
     def of(cls, trials: pd.DataFrame, metric: str) -> "Tables":
-        confirmed = bool((trials["stage"] == CONFIRM).any())
-        headline = trials[trials["stage"] == CONFIRM] if confirmed else trials
+        confirmed = bool((trials["stage"] == Stage.CONFIRM).any())
+        headline = trials[trials["stage"] == Stage.CONFIRM] if confirmed else trials
         cells = tables.cells(headline, metric)
-        search = tables.cells(trials[trials["stage"] == SEARCH], f"val_{metric}") if confirmed else None
-        errored = trials.loc[trials["status"] == "errored", ["run_name", "variant", "stage", "error"]]
+        search = tables.cells(trials[trials["stage"] == Stage.SEARCH], f"val_{metric}") if confirmed else None
+        errored = trials.loc[trials["status"] == TrialStatus.ERRORED, ["run_name", "variant", "stage", "error"]]
         return cls(cells, confirmed, search, tables.warmup_gap(cells), tables.budget(trials),
                    errored.sort_values("run_name").reset_index(drop=True))
 

@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-PARENT_TAG = "mlflow.parentRunId"
+from trainables.records import (ERROR_TAG, LR_EFFECTIVE_KEY, PARENT_TAG, STAGE_TAG, STATUS_TAG, TELEMETRY_FILE,
+                                TRIAL_ID_TAG, VARIANT_TAG, Stage, TrialStatus)
+
 METRIC = "test_top1"  # what a table cell reports
 VAL_METRIC = "val_top1"  # what the search selected on
-STAGE_TAG, SEARCH, CONFIRM = "stage", "search", "confirm"  # as study.confirm tags trial runs
 BASELINE_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad", "rmsprop": "RMSprop"}
 # Rows in the TVLARS paper's order, then the other layer-wise methods, then baselines.
 ROW_ORDER = ("LARS + warm-up", "LARS", "LAMB + warm-up", "LAMB", "TVLARS", "LAMBC + warm-up", "LAMBC",
@@ -84,7 +85,7 @@ def collect(client: MlflowClient, experiment: str, study: str | None = None) -> 
     for parent in parents:
         runs = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'", max_results=10_000)
         for run in runs:
-            if "trial_id" not in run.data.tags:
+            if TRIAL_ID_TAG not in run.data.tags:
                 continue
             trial, history = _trial(client, run, parent)
             trials.append(trial)
@@ -92,7 +93,7 @@ def collect(client: MlflowClient, experiment: str, study: str | None = None) -> 
     if not trials:
         raise ReportError(f"experiment {experiment!r} has study runs but no trial runs yet")
     # trials that logged no epoch or no evaluation (errored before): still the columns readers use
-    epochs_frame = pd.DataFrame(epochs, columns=None if epochs else ["run_id", "trial_id", "label", "epoch"])
+    epochs_frame = pd.DataFrame(epochs, columns=None if epochs else ["run_id", TRIAL_ID_TAG, "label", "epoch"])
     for column in (METRIC, VAL_METRIC):
         if column not in epochs_frame:
             epochs_frame[column] = math.nan
@@ -110,12 +111,12 @@ def _trial(client: MlflowClient, run: Run, parent: Run) -> tuple[dict, list[dict
     best_epoch = chosen_epoch(scores, val)
     resources = parent.data.params
     end = run.info.end_time or run.info.start_time
-    lr = params.get("lr_effective", params.get("lr"))
+    lr = params.get(LR_EFFECTIVE_KEY, params.get("lr"))
     trial = {
-        "run_id": run.info.run_id, "run_name": run.info.run_name, "trial_id": run.data.tags["trial_id"],
+        "run_id": run.info.run_id, "run_name": run.info.run_name, TRIAL_ID_TAG: run.data.tags[TRIAL_ID_TAG],
         "study": parent.info.run_name, "study_run_id": parent.info.run_id,
-        "variant": run.data.tags.get("variant", ""), "status": run.data.tags.get("status", "running"),
-        "stage": run.data.tags.get(STAGE_TAG, SEARCH), "error": run.data.tags.get("error", ""),
+        "variant": run.data.tags.get(VARIANT_TAG, ""), "status": run.data.tags.get(STATUS_TAG, TrialStatus.RUNNING),
+        "stage": run.data.tags.get(STAGE_TAG, Stage.SEARCH), "error": run.data.tags.get(ERROR_TAG, ""),
         "label": row_label(params), "task": params.get("task", "clf"), "dataset": params.get("dataset", "?"),
         "model": params.get("model", "?"), "epochs": int(params.get("epochs") or 0),
         "batch_size": int(params.get("batch_size") or 0), "lr": float(lr) if lr is not None else math.nan,
@@ -129,7 +130,7 @@ def _trial(client: MlflowClient, run: Run, parent: Run) -> tuple[dict, list[dict
         "gpus_per_worker": float(resources.get("resources.gpus_per_worker", 0)),
         "params": params,
     }
-    history = [{"run_id": run.info.run_id, "trial_id": trial["trial_id"], "label": trial["label"], "epoch": e, **v}
+    history = [{"run_id": run.info.run_id, TRIAL_ID_TAG: trial[TRIAL_ID_TAG], "label": trial["label"], "epoch": e, **v}
                for e, v in sorted(per_epoch.items())]
     return trial, history
 
@@ -152,8 +153,8 @@ def _scores(per_epoch: dict[int, dict[str, float]], metric: str) -> list[tuple[i
 def telemetry(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
     """The trial's trust-ratio telemetry (step, layer, rho, w_norm, g_norm), or None if it has none."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial is noise
-    if "telemetry.parquet" not in {a.path for a in client.list_artifacts(run_id)}:
+    if TELEMETRY_FILE not in {a.path for a in client.list_artifacts(run_id)}:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, "telemetry.parquet", tmp)
+        path = client.download_artifacts(run_id, TELEMETRY_FILE, tmp)
         return pq.read_table(Path(path)).to_pandas()

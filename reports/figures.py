@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.collect import SEARCH, row_rank  # noqa: E402
+from reports.collect import row_rank  # noqa: E402
 from reports.tables import CI_SUFFIX, GAPS  # noqa: E402
+from trainables.records import Stage, TrialStatus  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "legend.fontsize": 8}
@@ -94,11 +95,12 @@ def accuracy_vs_lambda(trials: pd.DataFrame, metric: str, out: Path) -> Path:
     tv = tv.assign(lam=pd.to_numeric(lam, errors="coerce")).dropna(subset=["lam"])
     if tv.empty:
         _empty(ax, "no TVLARS trials with a λ in this report")
-    for status, style in (("completed", dict(marker="o")), ("stopped_by_asha", dict(marker="o", mfc="none")),
-                          ("diverged", dict(marker="x"))):
+    for status, style in ((TrialStatus.COMPLETED, dict(marker="o")),
+                          (TrialStatus.STOPPED_BY_ASHA, dict(marker="o", mfc="none")),
+                          (TrialStatus.DIVERGED, dict(marker="x"))):
         part = tv[tv["status"] == status]
         if not part.empty:
-            y = part[metric].fillna(0 if status == "diverged" else np.nan)
+            y = part[metric].fillna(0 if status == TrialStatus.DIVERGED else np.nan)
             ax.plot(part["lam"], y, ls="none", ms=7, color="C3", label=status.replace("_", " "), **style)
             for lam, value, run in zip(part["lam"], y, part.itertuples()):
                 ax.annotate(f"lr={run.lr:.3g}, e{run.epochs_run}", (lam, value), textcoords="offset points",
@@ -162,4 +164,4 @@ def all_figures(trials: pd.DataFrame, epochs: pd.DataFrame, gaps: pd.DataFrame, 
     with plt.rc_context(STYLE):
         return [*accuracy_vs_epoch(trials, epochs, out), trust_ratio(trials, load_telemetry, out),
                 accuracy_vs_lambda(trials, metric, out), warmup_gap(gaps, out),
-                best_so_far(trials[trials["stage"] == SEARCH], metric, out)]
+                best_so_far(trials[trials["stage"] == Stage.SEARCH], metric, out)]

@@ -18,13 +18,14 @@ from scipy import stats
 
 from reports.collect import row_rank
 from reports.reference import attach_paper, lr_key
+from trainables.records import LR_EFFECTIVE_KEY, MICRO_CHOSEN_KEY, TrialStatus, not_configuration
 
 COLUMN = ["task", "dataset", "model", "epochs", "batch_size", "lr"]
-# Settings that do not make a different configuration: the seed, where/how fast it ran, and the lr
-# (the column holds it, at 4 significant digits).
-NOT_CONFIG = {"seed", "split_seed", "lr", "base_lr", "lr_effective", "data_dir", "device", "precision", "threads",
-              "telemetry_every", "compile", "micro_batch_size", "micro_batch_size_chosen"}
-FULL_LENGTH = ("completed", "diverged")
+# Settings that do not make a different configuration: the seeds, where/how fast it ran (TrialSettings' field
+# metadata says which), and the lr (the column holds it, at 4 significant digits).
+NOT_CONFIG = not_configuration() | {"lr", "base_lr", LR_EFFECTIVE_KEY, MICRO_CHOSEN_KEY}
+FULL_LENGTH = (TrialStatus.COMPLETED, TrialStatus.DIVERGED)
+DIVERGED, ERRORED = TrialStatus.DIVERGED.value, TrialStatus.ERRORED.value  # also a cell's counts of such runs
 
 
 def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, int]:
@@ -49,14 +50,14 @@ def configurations(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     rows = []
     for (label, *column, config), group in t.groupby(["label", *COLUMN, "config"], sort=False, dropna=False):
         full = group[group["status"].isin(FULL_LENGTH)]
-        ok = full[(full["status"] == "completed") & full[metric].notna()]
+        ok = full[(full["status"] == TrialStatus.COMPLETED) & full[metric].notna()]
         mean, half, n = mean_ci(ok[metric].tolist())
         std = float(ok[metric].std(ddof=1)) if n > 1 else math.nan
-        stopped = group[group["status"] == "stopped_by_asha"]
+        stopped = group[group["status"] == TrialStatus.STOPPED_BY_ASHA]
         best_stopped = stopped.loc[stopped[metric].idxmax()] if stopped[metric].notna().any() else None
         rows.append({
             "label": label, **dict(zip(COLUMN, column)), "config": config, "mean": mean, "ci95": half, "n": n, "std": std,
-            "diverged": int((full["status"] == "diverged").sum()), "errored": int((group["status"] == "errored").sum()),
+            DIVERGED: int((full["status"] == DIVERGED).sum()), ERRORED: int((group["status"] == ERRORED).sum()),
             "stopped": len(stopped), "stopped_best": best_stopped[metric] if best_stopped is not None else math.nan,
             "stopped_epoch": int(best_stopped["epochs_run"]) if best_stopped is not None else 0,
             "seeds": ",".join(str(s) for s in sorted(ok["seed"].dropna().unique())),
@@ -76,7 +77,7 @@ def cells(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     best = by_merit(configurations(trials, metric)).groupby(["label", *COLUMN], sort=False, dropna=False)
     out = best.head(1).copy()
     out["configs"] = best["config"].transform("size").loc[out.index]
-    out["cell_diverged"] = best["diverged"].transform("sum").loc[out.index]
+    out["cell_diverged"] = best[DIVERGED].transform("sum").loc[out.index]
     out = attach_paper(out)
     column_best = out.groupby(COLUMN, dropna=False)["mean"].transform("max")
     out["best_in_column"] = out["mean"].notna() & (out["mean"] == column_best)
@@ -88,20 +89,20 @@ def cell_text(cell: pd.Series) -> str:
     """'77.50 ± 0.40 (n=3)', 'diverged (n=2)', '33.10 @e2 (ASHA)', '—'."""
     if cell["n"] > 0:
         text = f"{cell['mean']:.2f}" + ("" if math.isnan(cell["ci95"]) else f" ± {cell['ci95']:.2f}")
-        extra = [f"n={cell['n']}"] + ([f"{cell['diverged']} diverged"] if cell["diverged"] else [])
+        extra = [f"n={cell['n']}"] + ([f"{cell[DIVERGED]} {DIVERGED}"] if cell[DIVERGED] else [])
         text += f" ({', '.join(extra)})"
-    elif cell["diverged"]:
-        text = f"diverged (n={cell['diverged']})"
+    elif cell[DIVERGED]:
+        text = f"{DIVERGED} (n={cell[DIVERGED]})"
     elif cell["stopped"]:
         text = f"{cell['stopped_best']:.2f} @e{cell['stopped_epoch']} (ASHA)" if not math.isnan(
             cell["stopped_best"]) else f"stopped @e{cell['stopped_epoch']} (ASHA)"
-    elif cell["errored"]:
-        text = f"errored (n={cell['errored']})"
+    elif cell[ERRORED]:
+        text = f"{ERRORED} (n={cell[ERRORED]})"
     else:
         text = "—"
-    others = cell["cell_diverged"] - cell["diverged"]
+    others = cell["cell_diverged"] - cell[DIVERGED]
     if cell["configs"] > 1:
-        text += f" [best of {cell['configs']}" + (f"; {others} diverged" if others else "") + "]"
+        text += f" [best of {cell['configs']}" + (f"; {others} {DIVERGED}" if others else "") + "]"
     return text
 
 
@@ -183,15 +184,14 @@ def warmup_gap(cell_rows: pd.DataFrame) -> pd.DataFrame:
 def budget(trials: pd.DataFrame) -> pd.DataFrame:
     """Per study and stage, and in total: trials by status, epochs run, epochs ASHA saved, CPU/GPU hours."""
     t = trials.assign(
-        saved=np.where(trials["status"] == "stopped_by_asha", trials["epochs"] - trials["epochs_run"], 0),
+        saved=np.where(trials["status"] == TrialStatus.STOPPED_BY_ASHA, trials["epochs"] - trials["epochs_run"], 0),
         gpu_hours=trials["wall_seconds"] * trials["workers"] * trials["gpus_per_worker"] / 3600,
         cpu_hours=trials["wall_seconds"] * trials["workers"] * trials["cpus_per_worker"] / 3600)
     t.loc[t["gpus_per_worker"] > 0, "cpu_hours"] = 0.0  # a GPU trial's budget is its GPU hours
 
     def summary(group: pd.DataFrame) -> dict:
         counts = group["status"].value_counts()
-        return {"trials": len(group), **{s: int(counts.get(s, 0)) for s in
-                                         ("completed", "stopped_by_asha", "diverged", "errored", "running")},
+        return {"trials": len(group), **{s.value: int(counts.get(s, 0)) for s in TrialStatus},
                 "epochs_run": int(group["epochs_run"].sum()), "epochs_saved_by_asha": int(group["saved"].sum()),
                 "epochs_without_asha": int(group["epochs"].sum()),
                 "cpu_hours": round(float(group["cpu_hours"].sum()), 3),

@@ -13,7 +13,7 @@ from search_spaces.demo import DEMO
 
 from study.plan import make_plan
 from trainables.classification import train_classifier
-from trainables.worker import STATE_FILE
+from trainables.records import STATE_FILE
 
 
 class RecordingSession:
@@ -119,7 +119,8 @@ def test_an_epoch_of_steps_never_waits_on_the_host(device, cifar10_dir, data_cac
     from trainables.config import TrialConfig
     from trainables.data import balanced_subset, load_dataset
     from trainables.models import build_model
-    from trainables.worker import EpochMeter, WorkerEnv, build_training, place_model
+    from trainables.epochs import EpochMeter
+    from trainables.worker import WorkerEnv, build_training, place_model
 
     cfg = TrialConfig.from_dict(_settings(cifar10_dir, epochs=1, warmup_epochs=0, micro_batch_size=100, bn_group=50))
     env = WorkerEnv(0, 1, torch.device(device), None, RecordingSession())

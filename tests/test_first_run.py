@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from torchvision.datasets import CIFAR10
 
 from study.run import main
-from trainables.worker import FAULT_ENV
+from trainables.epochs import FAULT_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

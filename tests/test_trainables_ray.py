@@ -13,7 +13,7 @@ import ray
 
 from trainables.data import DataError
 from trainables.launch import fit, init_local_ray
-from trainables.worker import FAULT_ENV
+from trainables.epochs import FAULT_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -23,18 +23,9 @@ from trainables.batches import BN_SYNC, Shard, generator
 from trainables.classification import AUGMENT_STREAM, input_pipeline
 from trainables.models import build_model, split_head
 from trainables.session import Session
-from trainables.worker import (
-    EpochMeter,
-    Epochs,
-    build_training,
-    current_lr,
-    evaluate,
-    place_model,
-    restore,
-    run_epochs,
-    start_worker,
-    steps,
-)
+from trainables.checkpoints import restore
+from trainables.epochs import EpochMeter, Epochs, current_lr, evaluate, run_epochs, steps
+from trainables.worker import build_training, place_model, start_worker
 
 VIEW_STREAMS = (2, 3)
 

@@ -33,7 +33,6 @@ def per_worker_batch(global_batch: int, world_size: int) -> int:
 
 
 MICRO_AUTO = "auto"  # micro_batch_size: the largest that fits the device (probed once per run)
-MICRO_CHOSEN_KEY = "micro_batch_size_chosen"  # the metric saying what `auto` picked (a study records it as a param)
 BN_SYNC = "sync"  # bn_group: SyncBatchNorm over the whole global batch (GPUs, no micro-batching)
 
 

@@ -44,7 +44,9 @@ from trainables.classification import AUGMENT_STREAM, fitting_micro_batch, input
 from trainables.config import TrialConfig
 from trainables.launch import LOOPS, default_threads, fit
 from trainables.models import build_model
-from trainables.worker import WorkerEnv, build_training, evaluate, place_model
+from trainables.records import STATE_FILE, STATUS_KEY, TRIAL_ID_TAG, TrialStatus
+from trainables.epochs import evaluate
+from trainables.worker import WorkerEnv, build_training, place_model
 
 
 def bare_loop(cfg: dict, device: torch.device, threads: int) -> list[float]:
@@ -193,7 +195,7 @@ def trial_lines(cfg: dict, device: str, rounds: int, torch_trainer_too: bool = T
 
     def torch_trainer() -> tuple[float, float]:
         outcome = fit(cfg, use_gpu=gpu)
-        if outcome.status != "completed":
+        if outcome.status != TrialStatus.COMPLETED:
             raise SystemExit(f"TorchTrainer run ended {outcome.status}: {outcome.error}")
         return later(outcome.history)
 
@@ -289,7 +291,7 @@ def epoch_phases(cfg: dict, device: torch.device, batch: int, micro: int | str |
         evaluate(model, test_images, test_labels, env, prepare)
         clock.switch("checkpoint")
         with tempfile.TemporaryDirectory() as directory:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(directory) / "state.pt")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(directory) / STATE_FILE)
         clock.switch(None)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {**clock.seconds, "peak_gib": peak, "micro_batch_size": micro}
@@ -365,8 +367,8 @@ def tune_trial(cfg: dict, use_gpu: bool) -> list[dict]:
     with tempfile.TemporaryDirectory() as storage:
         grid = tune.Tuner(loop, param_space=cfg, run_config=tune.RunConfig(storage_path=storage, verbose=0)).fit()
         (result,) = grid
-        if result.error or result.metrics.get("status") != "completed":
-            raise SystemExit(f"Tune trial ended {result.metrics.get('status')}: {result.error}")
+        if result.error or result.metrics.get(STATUS_KEY) != TrialStatus.COMPLETED:
+            raise SystemExit(f"Tune trial ended {result.metrics.get(STATUS_KEY)}: {result.error}")
         return result.metrics_dataframe.to_dict("records")
 
 
@@ -386,7 +388,7 @@ def study_overhead(data_dir: str) -> str:
         client = MlflowClient(f"sqlite:///{Path(storage) / 'mlflow.db'}")
         runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
         epochs = sum(r.data.metrics.get("epoch_seconds", 0.0) for r in runs)  # 1 epoch each
-        (parent,) = [r for r in runs if "trial_id" not in r.data.tags]
+        (parent,) = [r for r in runs if TRIAL_ID_TAG not in r.data.tags]
         loop_wall = parent.data.metrics["wall_seconds"]
         concurrency = parent.data.params.get("resources.max_concurrent", "?")
     return (f"  study: demo, {STUDY_TRIALS} trials x 1 epoch, {concurrency} at a time: Tune wall {loop_wall:.0f} s "

@@ -3,7 +3,7 @@
 One call trains one configuration on this worker's shard: per epoch it reports train loss/top-1,
 validation and test loss/top-1/top-5 (every `eval_every` epochs), lr, the trust-ratio summary, epoch
 seconds and images/s, and checkpoints (`run_epochs`). A non-finite loss or parameter, or a train loss
-above `divergence_factor`·ln(classes), ends the run with `status="diverged"` instead of an exception.
+above `divergence_factor`·ln(classes), ends the run with status `TrialStatus.DIVERGED` instead of an exception.
 """
 
 from __future__ import annotations
@@ -19,24 +19,14 @@ from torch import Tensor, nn
 from optim import per_sample_grad_norms
 from optim.clars import CLARS, microbatch_grad_norms
 from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_flip
-from trainables.batches import MICRO_AUTO, MICRO_CHOSEN_KEY, Shard, generator, resolve_batching
+from trainables.batches import MICRO_AUTO, Shard, generator, resolve_batching
 from trainables.config import TrialConfig
 from trainables.models import build_model
+from trainables.records import MICRO_CHOSEN_KEY
+from trainables.checkpoints import restore
+from trainables.epochs import EpochMeter, Epochs, current_lr, due, evaluate, run_epochs, steps
 from trainables.session import Session
-from trainables.worker import (
-    EpochMeter,
-    Epochs,
-    WorkerEnv,
-    build_training,
-    current_lr,
-    due,
-    evaluate,
-    place_model,
-    restore,
-    run_epochs,
-    start_worker,
-    steps,
-)
+from trainables.worker import WorkerEnv, build_training, place_model, start_worker
 
 AUGMENT_STREAM = 1  # generator stream id for augmentation draws (the batch order uses the bare (seed, epoch))
 

@@ -9,10 +9,9 @@ Every error is a ValueError whose message starts with the offending key.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from optim import SCHEDULERS
@@ -20,6 +19,7 @@ from optim.factory import spec_of, trial_hparams, validate_hparams
 from trainables.batches import BN_SYNC, MICRO_AUTO
 from trainables.data import check_data_dir
 from trainables.models import INITS, MODELS
+from trainables.records import SETTING_NAMES, TrialSettings
 
 TASKS = ("clf", "bt")
 LR_SCALINGS = ("sqrt", "linear")
@@ -39,59 +39,13 @@ _POSITIVE = {"bt_lambda", "linear_lr", "base_lr", "poly_power", "divergence_fact
 
 
 @dataclass
-class TrialConfig:
-    # what to train on
-    task: str = "clf"
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    image_size: int | None = None  # imagefolder only: images are resized to this square size
-    limit: int | None = None  # class-balanced training subset
-    test_limit: int | None = None
-    val_size: int | None = None  # training images held out for validation (stratified); None = a tenth, 0 = none
-    split_seed: int = 0  # fixes which images are held out (a study sets its own seed: every trial holds out the same)
-    model: str = "resnet18"
-    width: int | None = None  # base width of the small CIFAR ResNets
-    init: str = "kaiming_uniform"
-    # how to train
-    optimizer: str = "lars"
-    lr: float | None = None  # explicit learning rate, or …
-    base_lr: float | None = None  # … base_lr scaled from base_batch to batch_size by lr_scaling
-    lr_scaling: str = "sqrt"
-    base_batch: int = 256
-    scheduler: str = "warmup_cosine"
-    warmup_epochs: float = 5.0
-    min_lr_ratio: float = 0.0
-    poly_power: float = 2.0
-    batch_size: int = 512  # global batch, over all workers
-    micro_batch_size: int | str | None = None  # per worker: gradient accumulation; None = whole batch, or "auto"
-    bn_group: int | str | None = None  # samples per BatchNorm group (ghost BN); None = the micro-batch, or "sync"
-    epochs: int = 10
-    seed: int = 0
-    label_smoothing: float = 0.0
-    divergence_factor: float = 10.0  # clf: diverged once the epoch's train loss exceeds this × ln(classes)
-    clars_norms: str = "exact"  # CLARS denominator: exact per-sample norms or the micro-batch approximation
-    clars_microbatches: int = 8
-    # Barlow Twins
-    bt_projector: str = "4096-4096-4096"
-    bt_lambda: float = 0.005
-    linear_epochs: int = 10
-    linear_lr: float = 0.3
-    linear_batch_size: int | None = None  # default: batch_size
-    # runtime
-    telemetry_every: int = 1
-    eval_every: int = 1  # classification: evaluate every N epochs (and the last); ASHA's rungs must be multiples
-    checkpoint_every: int = 1  # save a checkpoint every N epochs (and the last)
-    device: str = "auto"
-    precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
-    threads: int | None = None  # torch intra-op threads per worker
-    compile: bool = False  # torch.compile the network
-    optimizer_params: dict[str, Any] = field(default_factory=dict)
+class TrialConfig(TrialSettings):
+    """A trial's settings (`trainables.records.TrialSettings`), each checked: built with `from_dict`."""
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], check_data: bool = True) -> "TrialConfig":
-        names = {f.name for f in dataclasses.fields(cls)} - {"optimizer_params"}
-        known = {k: v for k, v in values.items() if k in names}
-        extra = {k: v for k, v in values.items() if k not in names}
+        known = {k: v for k, v in values.items() if k in SETTING_NAMES}
+        extra = {k: v for k, v in values.items() if k not in SETTING_NAMES}
         extra.update(values.get("optimizer_params") or {})
         hints = typing.get_type_hints(cls)
         for key, value in known.items():
@@ -99,11 +53,6 @@ class TrialConfig:
         config = cls(**known, optimizer_params=extra)
         config.validate(check_data)
         return config
-
-    def to_dict(self) -> dict[str, Any]:
-        flat = dataclasses.asdict(self)
-        flat.update(flat.pop("optimizer_params"))
-        return flat
 
     def validate(self, check_data: bool = True) -> None:
         for key, choices in _CHOICES.items():

@@ -9,6 +9,8 @@ controller, its workers and (under Tune) the trial driver never wait on each oth
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
@@ -25,6 +27,7 @@ from trainables.barlow_twins import train_barlow_twins
 from trainables.batches import resolve_batching
 from trainables.classification import train_classifier
 from trainables.config import TrialConfig
+from trainables.records import STATUS_KEY, TrialStatus
 from trainables.worker import SHARED_DATA_KEY
 
 LOOPS: dict[str, Callable[[dict], None]] = {"clf": train_classifier, "bt": train_barlow_twins}
@@ -55,8 +58,24 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         # one-worker Tune trial ran 1.256x slower than the bare loop (IQR [1.217, 1.311]) at nice 15 and 1.076x
         # (IQR [1.069, 1.090]) at nice 0. Only the local Ray this process starts; a user's setting wins.
         os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+        kwargs["runtime_env"] = with_quoted_interpreter(kwargs.get("runtime_env"))
         ray.init(address="local", num_cpus=num_cpus or local_cpu_slots(1), include_dashboard=True,
                  dashboard_host="127.0.0.1", log_to_driver=False, **kwargs)
+
+
+def with_quoted_interpreter(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`runtime_env`, naming this process's Python quoted (`py_executable`) when its path needs quoting.
+
+    Ray 2.60 starts a worker that has a runtime_env (env_vars, py_modules, a Train worker's fault env) through
+    `bash -c "exec <python> <args>"`, quoting the arguments but not the interpreter
+    (ray/_private/runtime_env/context.py: exec_worker): from a checkout under a path with a space every such
+    worker died with `bash: /tmp/sp: No such file or directory` and trials waited for actors that never
+    started. Only for the local Ray this process starts, whose workers run this very interpreter.
+    """
+    quoted = shlex.quote(sys.executable)
+    if quoted == sys.executable:
+        return runtime_env
+    return {**(runtime_env or {}), "py_executable": quoted}
 
 
 def default_threads(num_workers: int, use_gpu: bool) -> int:
@@ -113,10 +132,11 @@ def fit(config: dict[str, Any], **kwargs: Any) -> TrialOutcome:
     try:
         result = trainer.fit() if ray.is_initialized() else _fit_with_local_ray(trainer, kwargs)
     except TrainingFailedError as error:
-        return TrialOutcome("errored", [], None, error)
+        return TrialOutcome(TrialStatus.ERRORED, [], None, error)
     checkpoint_path = result.checkpoint.path if result.checkpoint else None
     history = list(result.return_value or [])  # rank 0's history, including a diverged last epoch
-    return TrialOutcome(history[-1]["status"] if history else "errored", history, checkpoint_path, None, result.path)
+    return TrialOutcome(history[-1][STATUS_KEY] if history else TrialStatus.ERRORED, history, checkpoint_path, None,
+                        result.path)
 
 
 def _fit_with_local_ray(trainer: TorchTrainer, kwargs: dict[str, Any]):

@@ -31,10 +31,10 @@ from ray import tune
 from study.confirm import STAGE_KEY, stage_of
 from study.plan import settings_of
 from study.storage import Location, is_uri
-from trainables.batches import MICRO_CHOSEN_KEY
+from trainables.records import MICRO_CHOSEN_KEY
 from trainables.config import TrialConfig
 from trainables.session import ACTOR_STARTED_KEY
-from trainables.worker import NODE_KEY, TELEMETRY_FILE
+from trainables.records import NODE_KEY, TELEMETRY_FILE
 
 PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
@@ -239,8 +239,7 @@ class StudyRecorder(tune.Callback):
             self._logged[trial.trial_id] = {int(m.value) for m in history}
         else:
             settings = settings_of(trial.config)
-            label = trial.config.get("variant") or settings.get("optimizer")
-            run_id = self.client.create_run(self.exp_id, run_name=f"{label}-{trial.trial_id}", tags={
+            run_id = self.client.create_run(self.exp_id, run_name=str(trial), tags={  # Tune's name, `<variant>-<n>`
                 PARENT_TAG: self.parent, "trial_id": trial.trial_id, "variant": str(trial.config.get("variant", "")),
                 STAGE_KEY: stage_of(trial.config), STATUS_TAG: "running"}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(resolved(settings).items())])

@@ -30,12 +30,14 @@ import cloudpickle
 import optuna
 import psutil
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study.confirm import SEARCH, SearchTrial, confirm_configs, stage_of
+from study.console import StudyConsole
 from study.plan import StudyPlan, settings_of
 from study.record import StudyRecord
 from study.storage import Location
@@ -45,6 +47,17 @@ from trainables.session import ACTOR_STARTED_KEY, TuneSession
 
 
 FINAL_FILE = "final.json"
+TRIAL_NAME_KEY = "trial_name"  # a Tune config's trial name, `<variant>-<n>` (`StudySearch` numbers them)
+
+
+def trial_name(trial: Trial) -> str:
+    """Tune's name of a trial (its console, its MLflow run): the one its config was handed out with."""
+    return trial.config.get(TRIAL_NAME_KEY) or f"trial_{trial.trial_id}"
+
+
+def trial_dirname(trial: Trial) -> str:
+    """A trial's folder: its name and, for uniqueness, its id."""
+    return f"{trial_name(trial)}_{trial.trial_id}"
 
 
 class FinishedTrials(tune.Callback):
@@ -143,6 +156,7 @@ class StudySearch(Searcher):
         self.searched: dict[str, SearchTrial] = {}  # trial id → what the search learned of it
         self.ready: list[dict[str, Any]] = []  # confirm trials to hand out
         self.confirmed: set[str] = set()  # variants whose confirm trials were chosen
+        self.numbered: dict[str, int] = {}  # variant → trials handed out, both stages (names `<variant>-<n>`)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return self.optuna.set_search_properties(metric, mode, config, **spec)
@@ -153,10 +167,11 @@ class StudySearch(Searcher):
             if isinstance(config, dict):
                 self.search_left -= 1
                 self.searched[trial_id] = SearchTrial(config["variant"], settings_of(config))
+                return self._named(config)
             return config
         self._choose_confirm_trials()
         if self.ready:
-            return self.ready.pop(0)
+            return self._named(self.ready.pop(0))
         return Searcher.FINISHED if self.confirmed == set(self.plan.space.variants) else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -169,6 +184,13 @@ class StudySearch(Searcher):
         if trial_id in self.searched:
             self.searched[trial_id].end(result, error, self.metric, self.mode)
             self.optuna.on_trial_complete(trial_id, without_test_metrics(result), error)
+
+    def _named(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The config with its trial's name, `<variant>-<n>`: numbered per variant across both stages; the count
+        is saved with the searcher, so a resumed study goes on numbering."""
+        variant = config["variant"]
+        self.numbered[variant] = self.numbered.get(variant, 0) + 1
+        return {**config, TRIAL_NAME_KEY: f"{variant}-{self.numbered[variant]}"}
 
     def _choose_confirm_trials(self) -> None:
         """The confirm trials of every variant whose search trials have all ended (once per variant)."""
@@ -183,6 +205,7 @@ class StudySearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.__dict__.update(cloudpickle.loads(Path(checkpoint_path).read_bytes()))
+        self.__dict__.setdefault("numbered", {})  # saved before trials were named: theirs were Tune's
 
 
 class ValidationASHA(ASHAScheduler):
@@ -214,10 +237,11 @@ def scheduler(plan: StudyPlan) -> ASHAScheduler:
 
 
 def run_config(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failures: int) -> tune.RunConfig:
-    """The study's Tune run config: its folder, callbacks, checkpoints and retries."""
+    """The study's Tune run config: its folder, callbacks, checkpoints and retries; the study's own console
+    (`StudyConsole`) instead of Tune's, whose box of every trial's configuration is in MLflow already."""
     return tune.RunConfig(
-        name=record.name, storage_path=str(record.storage), callbacks=[*callbacks, FinishedTrials(str(record.train_dir))],
-        verbose=1,
+        name=record.name, storage_path=str(record.storage), verbose=0,
+        callbacks=[*callbacks, FinishedTrials(str(record.train_dir)), StudyConsole(plan)],
         # in-actor trials: Tune keeps their checkpoints and retries a crashed one from its latest;
         # Ray Train trials do both themselves (retrying those here too would square the retries)
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -234,6 +258,7 @@ def new_tuner(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failure
         tune_config=tune.TuneConfig(search_alg=StudySearch(plan, record.seed), scheduler=scheduler(plan),
                                     num_samples=space.total_samples + len(space.variants) * space.confirm * space.seeds,
                                     max_concurrent_trials=plan.concurrency,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
                                     reuse_actors=True),  # a trial's actor, process and imports serve the next
         run_config=run_config(plan, record, callbacks, max_failures))
 
@@ -241,8 +266,9 @@ def new_tuner(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failure
 def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data_ref: Any = None) -> tune.Tuner:
     """Continue an interrupted study: finished trials stay finished, unfinished ones resume from checkpoints.
 
-    The run config (and with it the MLflow callback, parent run and store) comes back from the study's
-    own saved state; Tune restores the searcher too (Optuna's history, the confirm trials chosen so far).
+    The run config (and with it the MLflow callback, parent run and store, and the console) and the trial
+    namers come back from the study's own saved state (`Tuner.restore` takes no new callbacks); Tune restores
+    the searcher too (Optuna's history, the confirm trials chosen so far, the trials numbered so far).
     """
     return tune.Tuner.restore(str(record.study_dir), trainable(plan, record, max_failures, data_ref),
                               resume_unfinished=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,9 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from subprocs import assert_succeeds, describe, run_logged, start_logged
+from tampering import tamper
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -75,6 +78,21 @@ def _checkpointed_epoch(storage: Path, trial_id: str) -> int:
     except (OSError, ValueError, KeyError, TypeError, EOFError):  # being written
         return 0
     return 0
+
+
+def _status_rows(output: str, metric: str = "val_top1") -> list[dict[str, str]]:
+    """The rows of every status table the study's console printed, as {column: cell}."""
+    rows, lines = [], output.splitlines()
+    for i, header in enumerate(lines[:-1]):
+        if header.split()[:1] != ["trial"] or metric not in header.split() or not lines[i + 1].startswith("-"):
+            continue
+        spans = [m.span() for m in re.finditer(r"-+", lines[i + 1])]
+        for line in lines[i + 2:]:
+            row = {header[a:b].strip(): line[a:b].strip() for a, b in spans}
+            if row["stage"] not in ("search", "confirm"):  # the table ended
+                break
+            rows.append(row)
+    return rows
 
 
 def _signal_session(sid: int, sig: int) -> None:
@@ -155,6 +173,16 @@ def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(t
     resumed = assert_succeeds(resume, tmp_path / "study-resumed.log", cwd=REPO, env=_env(data_cache),
                               timeout=600).output
     assert "best search trial: val_top1 = " in resumed and "mlflow ui --backend-store-uri" in resumed
+    # the study's console: no configuration box per trial; progress lines (9 trials planned: 3 searched, the best
+    # of each × 2 seeds; 3 epochs each) and tables naming each trial by variant and number, with its val_top1
+    killed = [tmp_path / f"study-until-{stage}-kill.log" for stage in ("search", "confirm")]
+    for output in [log.read_text(errors="replace") for log in killed] + [resumed]:
+        assert "started with configuration" not in output
+        assert re.search(r"^progress: \d/9 trials done, \d+/27 trial-epochs, \w+ elapsed, ETA", output, re.M), output
+    assert re.search(r"^progress: 9/9 trials done, 27/27 trial-epochs, \w+ elapsed, ended$", resumed, re.M), resumed
+    rows = _status_rows(resumed)
+    assert rows and all(re.fullmatch(rf"{row['variant']}-\d+", row["trial"]) for row in rows), resumed
+    assert any(re.fullmatch(r"\d+(\.\d+)?", row["val_top1"]) for row in rows), resumed
 
     client, parents, after = _trial_runs(uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -168,9 +196,12 @@ def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(t
     search = [r for r in after if r.data.tags["stage"] == "search"]
     confirm = [r for r in after if r.data.tags["stage"] == "confirm"]
     assert len(search) == 3 and len(confirm) == 3 * 2, [r.info.run_name for r in after]
+    # runs named as the console names their trials: `<variant>-<n>`, numbered on across the stages and the resumes
+    variants = ("tvlars", "lars_warmup", "lars_nowarmup")
+    assert sorted(r.info.run_name for r in after) == sorted(f"{v}-{n}" for v in variants for n in (1, 2, 3))
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in after)
     # the confirm stage: the search trial of each variant (the best of one), with 2 fresh seeds, to the full budget
-    for variant in ("tvlars", "lars_warmup", "lars_nowarmup"):
+    for variant in variants:
         (chosen,) = [r for r in search if r.data.tags["variant"] == variant]
         seeds = sorted(int(r.data.params["seed"]) for r in confirm if r.data.tags["variant"] == variant)
         assert seeds == [1, 2], (variant, seeds)  # fresh: the search trials ran with seed 0
@@ -251,3 +282,54 @@ def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
         assert "report/table.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     finally:  # also after a failed start: `ray stop` resets /tmp/ray/ray_current_cluster
         assert_succeeds([ray_cli, "stop", "--force"], tmp_path / "ray-stop.log", env=env, timeout=120)
+
+
+TAMPER_EPOCHS = 6
+TAMPER = ["--space", "demo", "--variants", "lars_warmup,tvlars", "--num-samples", "1", "--confirm", "0",
+          "--set", f"epochs={TAMPER_EPOCHS}", "--set", f"grace_period={TAMPER_EPOCHS}", "--set", "eval_every=1",
+          "--set", "limit=600", "--set", "val_size=100", "--set", "test_limit=200", "--set", "batch_size=100"]
+
+
+def _running_with_checkpoint(storage: Path, db: Path, variant: str) -> str | None:
+    """The trial id of `variant`'s running trial once Tune has registered a checkpoint of it and epochs remain."""
+    rows = _query(db, "select t.value, count(m.step) from tags t join tags v on v.run_uuid = t.run_uuid "
+                      f"and v.key = 'variant' and v.value = '{variant}' join tags s on s.run_uuid = t.run_uuid "
+                      "and s.key = 'status' and s.value = 'running' left join metrics m on m.run_uuid = t.run_uuid "
+                      "and m.key = 'epoch' where t.key = 'trial_id' group by t.value")
+    return next((t for t, n in rows if n < TAMPER_EPOCHS and _checkpointed_epoch(storage, t) > 0), None)
+
+
+def test_a_tampered_checkpoint_fails_its_trial_naming_the_file_and_runs_nothing(tmp_path, cifar10_dir, data_cache):
+    """Kill a study while its TVLARS trial has a checkpoint, put a pickled object that writes a marker file into
+    that checkpoint's state.pt, `--resume`: that trial errors naming the file, the marker is never written, the
+    other trial trains to its end."""
+    storage, db = tmp_path / "results", tmp_path / "results" / "mlflow.db"
+    cmd = [sys.executable, "-m", "study.run", *TAMPER, "--storage", str(storage), "--data-dir", cifar10_dir]
+    log = tmp_path / "study-until-kill.log"
+    proc = start_logged(cmd, log, cwd=REPO, env=_env(data_cache), start_new_session=True)
+    deadline = time.time() + 420
+    while time.time() < deadline and proc.poll() is None and not _running_with_checkpoint(storage, db, "tvlars"):
+        time.sleep(0.5)
+    _signal_session(proc.pid, signal.SIGSTOP)
+    assert proc.poll() is None and _running_with_checkpoint(storage, db, "tvlars"), describe(
+        cmd, log, "ended or never checkpointed its tvlars trial mid-run")
+    _signal_session(proc.pid, signal.SIGKILL)
+    proc.wait()
+    marker = tmp_path / "marker"
+    tampered = [p for p in storage.glob("demo-*/**/state.pt")
+                if torch.load(p, weights_only=True)["config"]["optimizer"] == "tvlars"]
+    assert tampered, sorted(map(str, storage.glob("demo-*/**/state.pt")))
+    for path in tampered:
+        tamper(path, marker)
+
+    resume = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage), "--resume"]
+    done = assert_succeeds(resume, tmp_path / "study-resumed.log", cwd=REPO, env=_env(data_cache), timeout=600)
+    assert not marker.exists(), done.explain()
+    client, _, runs = _trial_runs(f"sqlite:///{db}")
+    (tvlars,) = [r for r in runs if r.data.tags["variant"] == "tvlars"]
+    (other,) = [r for r in runs if r.data.tags["variant"] == "lars_warmup"]
+    assert tvlars.data.tags["status"] == "errored", tvlars.data.tags
+    error = tvlars.data.tags["error"]
+    assert "UnsafeFileError" in error and "/state.pt: refused to load: it holds a pickled" in error, error
+    assert any(str(p.parent.name) in error for p in tampered), (error, tampered)
+    assert other.data.tags["status"] == "completed" and _epochs(client, other) == list(range(1, TAMPER_EPOCHS + 1))

@@ -7,7 +7,6 @@ a study's parent run (as `study.tracking` writes them); its params are the trial
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +151,6 @@ def _scores(per_epoch: dict[int, dict[str, float]], metric: str) -> list[tuple[i
 
 def telemetry(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
     """The trial's trust-ratio telemetry (step, layer, rho, w_norm, g_norm), or None if it has none."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial is noise
     if TELEMETRY_FILE not in {a.path for a in client.list_artifacts(run_id)}:
         return None
     with tempfile.TemporaryDirectory() as tmp:

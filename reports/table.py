@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reports.build import FORMATS, METRICS, build_report
 from reports.collect import ReportError
+from trainables.environment import set_library_defaults
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_library_defaults()
     args = parse_args(argv)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     out = args.out or Path("reports-out") / args.experiment

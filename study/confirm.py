@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from study.plan import SETTINGS_KEY, StudyPlan
+from trainables.records import STAGE_TAG, STATUS_KEY, Stage, TrialStatus
 
-STAGE_KEY = "stage"  # a Tune config's stage, and the MLflow tag of its trial run
-SEARCH, CONFIRM = "search", "confirm"
+STAGE_KEY = STAGE_TAG  # a Tune config's stage is also the MLflow tag of its trial run
 
 
-def stage_of(config: dict[str, Any]) -> str:
-    return config.get(STAGE_KEY, SEARCH)
+def stage_of(config: dict[str, Any]) -> Stage:
+    """A Tune config's stage (search unless the confirm stage made it)."""
+    return Stage(config.get(STAGE_KEY, Stage.SEARCH))
 
 
 @dataclass
@@ -32,7 +33,7 @@ class SearchTrial:
         value = result.get(metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             self.score = max(self.score, value if mode == "max" else -value)
-        if result.get("status") == "diverged":
+        if result.get(STATUS_KEY) == TrialStatus.DIVERGED:
             self.usable = False
 
     def end(self, result: dict[str, Any] | None, error: bool, metric: str, mode: str) -> None:
@@ -51,5 +52,5 @@ def confirm_configs(variant: str, trials: list[SearchTrial], plan: StudyPlan) ->
     `seeds` fresh seeds (fewer if fewer search trials reported a validation score)."""
     space = plan.space
     ranked = sorted((t for t in trials if t.usable and math.isfinite(t.score)), key=lambda t: t.score, reverse=True)
-    return [{"variant": variant, STAGE_KEY: CONFIRM, SETTINGS_KEY: {**t.settings, "seed": seed}}
+    return [{"variant": variant, STAGE_KEY: Stage.CONFIRM.value, SETTINGS_KEY: {**t.settings, "seed": seed}}
             for t in ranked[: space.confirm] for seed in fresh_seeds(int(t.settings["seed"]), space.seeds)]

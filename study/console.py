@@ -17,8 +17,9 @@ from ray.tune.experiment import Trial
 from ray.tune.experimental.output import ProgressReporter
 from tabulate import tabulate
 
-from study.confirm import SEARCH, stage_of
+from study.confirm import stage_of
 from study.plan import StudyPlan, settings_of
+from trainables.records import Stage
 
 # Tune's own status cadence (30 s in Ray 2.60), read from its console reporter so ours keeps its pace.
 HEARTBEAT_S = ProgressReporter._heartbeat_freq
@@ -155,6 +156,6 @@ class StudyConsole(tune.Callback):
         total = max(self.total, len(trials))
         budget = total * self.plan.max_epoch
         rate = (spent - self.spent_at_first_step) / max(now - self.first_step, 1e-9)
-        search_ended = sum(1 for t in trials if stage_of(t.config) == SEARCH and t.status in ENDED)
+        search_ended = sum(1 for t in trials if stage_of(t.config) == Stage.SEARCH and t.status in ENDED)
         eta = "ended" if ended else eta_text(budget - spent, rate, search_ended < self.plan.space.total_samples)
         return progress_line(sum(1 for t in trials if t.status in ENDED), total, spent, budget, now - self.started, eta)

@@ -15,7 +15,6 @@ import socket
 import sys
 import time
 import traceback
-from pathlib import Path
 
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
@@ -25,6 +24,8 @@ from study.storage import Location
 from trainables.config import TrialConfig
 from trainables.data import Dataset, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
+from trainables.environment import set_library_defaults
+from trainables.records import Stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -166,7 +167,7 @@ def check_splits(plan: StudyPlan, train_images: int) -> None:
 
 def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
     """Resolve the plan and the study's record (new, or saved by the study to resume); writes nothing."""
-    from study.tracking import check_tracking_uri, default_tracking_uri
+    from study.mlflow_store import check_tracking_uri, default_tracking_uri
 
     storage = Location.of(args.storage)
     if args.resume:
@@ -191,7 +192,8 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
 def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Dataset) -> int:
     import ray
 
-    from study.tracking import StudyRecorder, check_tracking_uri, experiment_id, start_parent_run
+    from study.mlflow_store import check_tracking_uri, experiment_id, start_parent_run
+    from study.tracking import StudyRecorder
     from study.tuner import new_tuner, restored_tuner
 
     client = check_tracking_uri(record.tracking_uri)
@@ -257,14 +259,14 @@ def write_report(record: StudyRecord) -> None:
 def report_stages(results, plan: StudyPlan, record: StudyRecord, client) -> None:
     """Print each stage's trial count and the search's best trial by the validation metric (logged on the
     parent run)."""
-    from study.confirm import CONFIRM, SEARCH, stage_of
+    from study.confirm import stage_of
 
     space = plan.space
-    for stage in (SEARCH, CONFIRM):
+    for stage in Stage:
         ran = [r for r in results if stage_of(r.config) == stage]
         print(f"{stage}: {len(ran)} trials ({sum(1 for r in ran if r.error)} errored)")
     scores = [(r.metrics_dataframe[space.metric].agg("max" if space.mode == "max" else "min"), r) for r in results
-              if stage_of(r.config) == SEARCH and r.metrics_dataframe is not None
+              if stage_of(r.config) == Stage.SEARCH and r.metrics_dataframe is not None
               and space.metric in r.metrics_dataframe and r.metrics_dataframe[space.metric].notna().any()]
     if scores:
         value, best = (max if space.mode == "max" else min)(scores, key=lambda s: s[0])
@@ -276,7 +278,8 @@ def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started
     """Print the study's efficiency and how to review it; close the parent run with its summary."""
     from mlflow.entities import Metric
 
-    from study.tracking import review_hint, study_efficiency
+    from study.mlflow_store import review_hint
+    from study.summary import study_efficiency
 
     seconds, parent = time.time() - started, record.parent_run_id
     print(f"\nstudy: {seconds:.0f} s")
@@ -297,6 +300,7 @@ def fail(code: int, message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_library_defaults()
     args = parse_args(argv)
     if args.list:
         list_spaces()

@@ -1,4 +1,5 @@
-"""MLflow records of a study: one parent run per study, one nested run per trial.
+"""MLflow records of a study's trials: one nested run per trial under the study's parent run
+(`study.mlflow_store` makes that run; `study.summary` reads the closing numbers).
 
 Everything is written from the Tune driver process by a `tune.Callback` through `MlflowClient`, so
 concurrent trials never write to the store at the same time. Epochs are logged idempotently: the
@@ -11,188 +12,36 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import statistics
-import socket
-import subprocess
-import urllib.parse
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from study.confirm import STAGE_KEY, stage_of
+from study.confirm import stage_of
 from study.plan import settings_of
 from study.storage import Location, is_uri
-from trainables.records import MICRO_CHOSEN_KEY
 from trainables.config import TrialConfig
+from trainables.records import (EPOCH_KEY, ERROR_TAG, HISTORY_FILE, LR_EFFECTIVE_KEY, MICRO_CHOSEN_KEY, NODE_KEY,
+                                NODE_TAG, PARENT_TAG, STAGE_TAG, STATUS_KEY, STATUS_TAG, TELEMETRY_FILE, TRIAL_ID_TAG,
+                                VARIANT_TAG, TrialStatus)
 from trainables.session import ACTOR_STARTED_KEY
-from trainables.records import NODE_KEY, TELEMETRY_FILE
 
-PARENT_TAG = "mlflow.parentRunId"
-STATUS_TAG = "status"  # completed | stopped_by_asha | diverged | errored (| running)
-ERROR_TAG = "error"  # an errored trial's exception line
-NODE_TAG = "ray_node_id"  # the Ray node that ran the trial (its latest attempt)
 ERROR_FILE = "error.txt"  # an errored trial's full error text (artifact)
 START_OVERHEAD_METRIC = "start_overhead_seconds"  # Tune starting a trial → its first report, minus that epoch
 LAUNCH_METRIC = "launch_seconds"  # start overhead outside the loop's own setup (Tune, Ray, process, imports)
 LOST_TRIAL = "lost: the study was interrupted before Tune saved this trial, and --resume did not continue it"
 
 
-def user_data_dir() -> Path:
-    """This user's data folder for the platform (`$XDG_DATA_HOME/layerwise-study`, default ~/.local/share/…)."""
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "layerwise-study"
-
-
-def default_tracking_uri(storage: Location) -> str:
-    """MLflow's default store: `mlflow.db` in a local storage folder; for a storage URI, a SQLite file on
-    this machine (the same for every study in object storage, so any of them is found from any folder)."""
-    folder = Path(storage.uri) if storage.is_local else user_data_dir()
-    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
-
-
-def is_server(uri: str) -> bool:
-    """Whether `uri` is a tracking server (whose own artifact store holds every run's files)."""
-    return uri.startswith(("http://", "https://"))
-
-
-# MLflow 3.17's UI takes its view (GenAI or model training) from the URL, else from the browser's last
-# choice (GenAI at first), whatever the experiment's kind tag says: a link naming the view opens a study's
-# experiment on its runs (and the browser remembers the choice).
-MODEL_TRAINING_VIEW = "workflowType=machine_learning"
-LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
-
-
-def experiment_page(base_url: str, exp_id: str) -> str:
-    """The MLflow UI page of an experiment's runs."""
-    return f"{base_url.rstrip('/')}/#/experiments/{exp_id}?{MODEL_TRAINING_VIEW}"
-
-
-def review_hint(uri: str, exp_id: str) -> str:
-    """How to open the study's records: the server's page, or `mlflow ui` over a local store and its page."""
-    if is_server(uri):
-        return f"open {experiment_page(uri, exp_id)}"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1, then open {experiment_page(LOCAL_UI, exp_id)}"
-
-
-SERVER_CHECK_TIMEOUT_S = 10  # MLflow's own client retries an unreachable server for minutes
-
-
-def _reach_server(uri: str) -> None:
-    """Connect to an http(s) tracking server's port (ValueError naming the URI if nothing answers)."""
-    parsed = urllib.parse.urlsplit(uri)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=SERVER_CHECK_TIMEOUT_S).close()
-    except OSError as err:
-        raise ValueError(f"--tracking-uri: cannot reach the MLflow tracking server at {uri!r} "
-                         f"({err.strerror or err})") from None
-
-
-def check_tracking_uri(uri: str) -> MlflowClient:
-    """A client for `uri`, or ValueError if the store cannot be reached (within seconds, not MLflow's retries)."""
-    server = is_server(uri)
-    if server:
-        _reach_server(uri)
-    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT_S)}
-    saved = {k: os.environ.get(k) for k in fast}
-    os.environ.update(fast if server else {})
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
-    except Exception as err:  # MLflow raises many types for unusable URIs
-        raise ValueError(f"--tracking-uri: cannot use MLflow store {uri!r}: {str(err).splitlines()[0]}") from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return client
-
-
-# The experiment's kind for MLflow UIs that read it (3.17.2's OSS UI decides its view from the URL or the
-# browser's last choice instead: see `experiment_page`).
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def experiment_id(client: MlflowClient, name: str, artifact_root: Location) -> str:
-    """The study's experiment (created if new), tagged to open on its runs in the MLflow UI.
-
-    Its artifacts go beside the study's records (`artifact_root`), except with a tracking server, whose
-    own artifact store decides (`mlflow-artifacts:/…`): every file then goes up through the server, where
-    a teammate can read it.
-    """
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        location = None if is_server(client.tracking_uri) else (
-            Path(artifact_root.uri).as_uri() if artifact_root.is_local else artifact_root.uri)
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
-    for key, value in EXPERIMENT_KIND.items():
-        if found.tags.get(key) != value:
-            client.set_experiment_tag(found.experiment_id, key, value)
-    return found.experiment_id
-
-
-def git_commit() -> str:
-    """The checkout's commit, `+dirty` when it has uncommitted changes to tracked files ("unknown" outside git)."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                 text=True, timeout=5, cwd=here)
-    except OSError:
-        return "unknown"
-    commit = head.stdout.strip()
-    return (commit + "+dirty" * bool(changed.stdout.strip())) if commit else "unknown"
-
-
-def library_versions() -> dict[str, str]:
-    import optuna
-    import ray
-    import torch
-
-    return {"ray_version": ray.__version__, "optuna_version": optuna.__version__, "torch_version": torch.__version__,
-            "mlflow_version": mlflow.__version__, "python_version": sys.version.split()[0]}
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-
-
-def start_parent_run(client: MlflowClient, exp_id: str, study_path: str, definition: dict[str, Any],
-                     tags: dict[str, str]) -> str:
-    """Create the study's parent run (or reopen it on --resume); returns its id."""
-    found = client.search_runs([exp_id], f"tags.study_path = '{study_path}'", max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    run = client.create_run(exp_id, run_name=Path(study_path).name,
-                            tags={"study_path": study_path, "git_commit": git_commit(), **library_versions(), **tags})
-    params: dict[str, str] = {}
-    _flatten("", {k: v for k, v in definition.items() if k != "variants"}, params)
-    params["variants"] = ",".join(definition["variants"])
-    client.log_batch(run.info.run_id, params=[Param(k[:250], v[:6000]) for k, v in params.items()])
-    client.log_dict(run.info.run_id, definition, "space.json")
-    return run.info.run_id
-
-
 def resolved(settings: dict[str, Any]) -> dict[str, Any]:
     """Every setting of the trial, defaults included, plus `lr_effective` (the lr after batch scaling)."""
     config = TrialConfig.from_dict(settings, check_data=False)
-    return {**config.to_dict(), "lr_effective": config.learning_rate()}
+    return {**config.to_dict(), LR_EFFECTIVE_KEY: config.learning_rate()}
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -240,8 +89,8 @@ class StudyRecorder(tune.Callback):
         else:
             settings = settings_of(trial.config)
             run_id = self.client.create_run(self.exp_id, run_name=str(trial), tags={  # Tune's name, `<variant>-<n>`
-                PARENT_TAG: self.parent, "trial_id": trial.trial_id, "variant": str(trial.config.get("variant", "")),
-                STAGE_KEY: stage_of(trial.config), STATUS_TAG: "running"}).info.run_id
+                PARENT_TAG: self.parent, TRIAL_ID_TAG: trial.trial_id, VARIANT_TAG: str(trial.config.get("variant", "")),
+                STAGE_TAG: stage_of(trial.config), STATUS_TAG: TrialStatus.RUNNING}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(resolved(settings).items())])
             self._logged[trial.trial_id] = set()
         self._runs[trial.trial_id] = run_id
@@ -269,7 +118,7 @@ class StudyRecorder(tune.Callback):
 
     def _checkpoint_history(self, result: dict[str, Any]) -> list[dict[str, Any]]:
         path = result.get("checkpoint_path")
-        history = self._at(path) / "history.json" if path else None
+        history = self._at(path) / HISTORY_FILE if path else None
         return json.loads(history.read_text()) if history is not None and history.is_file() else []
 
     def _latest_checkpoint(self, trial, last: dict[str, Any]) -> Location | None:
@@ -288,7 +137,7 @@ class StudyRecorder(tune.Callback):
     def _last_epoch(checkpoint: Location) -> int:
         """The last epoch in a checkpoint's history (-1 if it has none: being written, pruned, not one)."""
         try:
-            history = json.loads((checkpoint / "history.json").read_text())
+            history = json.loads((checkpoint / HISTORY_FILE).read_text())
         except (OSError, ValueError):
             return -1
         return int(history[-1].get("epoch", 0)) if history else 0
@@ -344,37 +193,37 @@ class StudyRecorder(tune.Callback):
             last = history[-1]
         if checkpoint:  # its telemetry and history (in-actor trials' results carry no checkpoint path)
             last = {**last, "checkpoint_path": str(checkpoint)}
-        if last.get("status") == "diverged":
-            status = "diverged"
-        elif int(last.get("epoch", 0)) < self.max_epoch:
-            status = "stopped_by_asha"
-        else:
-            status = "completed"
-        self._finish(trial, status, last)
+        self._finish(trial, self._ended_as(last), last)
+
+    def _ended_as(self, last: dict[str, Any]) -> TrialStatus:
+        """A finished trial's status: diverged, stopped by ASHA before the budget's last epoch, or completed."""
+        if last.get(STATUS_KEY) == TrialStatus.DIVERGED:
+            return TrialStatus.DIVERGED
+        return TrialStatus.STOPPED_BY_ASHA if int(last.get(EPOCH_KEY, 0)) < self.max_epoch else TrialStatus.COMPLETED
 
     def on_trial_error(self, iteration, trials, trial, **info):
         last = self._last.get(trial.trial_id, {})
         checkpoint = self._latest_checkpoint(trial, last)
-        self._finish(trial, "errored", {**last, "checkpoint_path": str(checkpoint)} if checkpoint else last)
+        self._finish(trial, TrialStatus.ERRORED, {**last, "checkpoint_path": str(checkpoint)} if checkpoint else last)
 
     def on_experiment_end(self, trials, **info):
         """Close the runs of trials that Tune's saved state does not hold: a trial started less than a
         snapshot interval before the study was killed is forgotten on `--resume` (Tune samples a new one)."""
         known = {t.trial_id for t in trials}
-        query = f"tags.`{PARENT_TAG}` = '{self.parent}' and tags.{STATUS_TAG} = 'running'"
+        query = f"tags.`{PARENT_TAG}` = '{self.parent}' and tags.{STATUS_TAG} = '{TrialStatus.RUNNING}'"
         for run in self.client.search_runs([self.exp_id], query):
-            if run.data.tags.get("trial_id") in known:
+            if run.data.tags.get(TRIAL_ID_TAG) in known:
                 continue
             if not self.client.get_metric_history(run.info.run_id, "epoch"):
                 self.client.delete_run(run.info.run_id)  # it never trained: nothing to keep
                 continue
             self.client.set_tag(run.info.run_id, ERROR_TAG, LOST_TRIAL)
-            self._close(run.info.run_id, "errored")
+            self._close(run.info.run_id, TrialStatus.ERRORED)
 
-    def _finish(self, trial, status: str, last: dict[str, Any]) -> None:
+    def _finish(self, trial, status: TrialStatus, last: dict[str, Any]) -> None:
         run_id = self.run_for(trial)
         run = self.client.get_run(run_id)
-        if run.info.status != "RUNNING" and run.data.tags.get(STATUS_TAG) != "running":
+        if run.info.status != "RUNNING" and run.data.tags.get(STATUS_TAG) != TrialStatus.RUNNING:
             return  # already closed (a trial restored after the driver died reports its end again)
         history = self._checkpoint_history(last)
         if history:
@@ -384,14 +233,14 @@ class StudyRecorder(tune.Callback):
         if telemetry is not None and telemetry.is_file():
             with telemetry.local_copy() as local:
                 self.client.log_artifact(run_id, str(local))
-        if status == "errored":
+        if status == TrialStatus.ERRORED:
             self._record_error(trial, run_id)
         self._close(run_id, status)
 
-    def _close(self, run_id: str, status: str) -> None:
+    def _close(self, run_id: str, status: TrialStatus) -> None:
         """Tag the trial run's final status and end it (FAILED for an errored trial)."""
-        self.client.set_tag(run_id, STATUS_TAG, status)
-        self.client.set_terminated(run_id, "FAILED" if status == "errored" else "FINISHED")
+        self.client.set_tag(run_id, STATUS_TAG, status.value)
+        self.client.set_terminated(run_id, "FAILED" if status == TrialStatus.ERRORED else "FINISHED")
 
     def _record_error(self, trial, run_id: str) -> None:
         """The trial's error text: its full file as an artifact, its last line as the `error` tag and in the log."""
@@ -409,21 +258,3 @@ def error_summary(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*:", ln)]
     return raised[-1] if raised else (lines[-1] if lines else "")
-
-
-def study_efficiency(client: MlflowClient, exp_id: str, parent: str, since: float, seconds: float,
-                     concurrency: int) -> dict[str, float]:
-    """`train_fraction` = Σ trial epoch seconds ÷ (wall seconds × concurrent trials), and the median
-    start overhead, over what this session of the study ran (MLflow timestamps ≥ `since`)."""
-    since_ms = int(since * 1000)
-    runs = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent}'")
-
-    def values(key: str) -> list[float]:
-        return [m.value for run in runs for m in client.get_metric_history(run.info.run_id, key)
-                if m.timestamp >= since_ms and math.isfinite(m.value)]
-
-    epoch_seconds, overheads = values("epoch_seconds"), values(START_OVERHEAD_METRIC)
-    if not epoch_seconds or seconds <= 0:
-        return {}
-    return {"train_fraction": sum(epoch_seconds) / (seconds * concurrency),
-            "start_overhead_median_seconds": statistics.median(overheads) if overheads else math.nan}

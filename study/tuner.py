@@ -15,14 +15,6 @@ checkpoints and reports, and read the study's dataset from Ray's object store.
 from __future__ import annotations
 
 import json
-import os
-
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-# Barlow Twins trials report test accuracy only in their linear-eval stage.
-os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-# Save the study's state often, so a killed driver loses at most seconds of trial bookkeeping.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +28,14 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from study.confirm import SEARCH, SearchTrial, confirm_configs, stage_of
+from study.confirm import SearchTrial, confirm_configs, stage_of
 from study.console import StudyConsole
 from study.plan import StudyPlan, settings_of
 from study.record import StudyRecord
 from study.storage import Location
 from trainables.config import TrialConfig
 from trainables.launch import LOOPS, build_trainer
+from trainables.records import Stage
 from trainables.session import ACTOR_STARTED_KEY, TuneSession
 
 
@@ -212,20 +205,20 @@ class ValidationASHA(ASHAScheduler):
     """ASHA over the search trials only, never shown a test-set metric; confirm trials run to the end."""
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        if stage_of(trial.config) == SEARCH:
+        if stage_of(trial.config) == Stage.SEARCH:
             super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if stage_of(trial.config) != SEARCH:
+        if stage_of(trial.config) != Stage.SEARCH:
             return self.CONTINUE
         return super().on_trial_result(tune_controller, trial, without_test_metrics(result))
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if stage_of(trial.config) == SEARCH:
+        if stage_of(trial.config) == Stage.SEARCH:
             super().on_trial_complete(tune_controller, trial, without_test_metrics(result))
 
     def on_trial_remove(self, tune_controller, trial) -> None:
-        if stage_of(trial.config) == SEARCH:
+        if stage_of(trial.config) == Stage.SEARCH:
             super().on_trial_remove(tune_controller, trial)
 
 

@@ -8,7 +8,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from study.storage import Location
-from study.tracking import experiment_id
+from study.mlflow_store import experiment_id
 
 HOUR_MS = 3_600_000
 COMMON = {"task": "clf", "dataset": "cifar10", "model": "resnet18", "epochs": 100, "batch_size": 512,

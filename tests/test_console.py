@@ -8,7 +8,8 @@ import re
 from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
-from study.confirm import CONFIRM, STAGE_KEY
+from study.confirm import STAGE_KEY
+from trainables.records import Stage
 from study.console import ended_line, epochs_spent, eta_text, progress_line, searched_keys, status_table
 from study.plan import SETTINGS_KEY, make_plan
 from study.tuner import TRIAL_NAME_KEY, StudySearch, trial_name
@@ -33,7 +34,7 @@ def test_the_status_table_shows_names_stages_searched_values_epoch_and_the_last_
     assert keys == ["lr", "lam"]  # the demo's: lr in every variant, λ in TVLARS only
     trials = [_trial("tvlars-2", "tvlars", {"lr": 1.7511347799, "lam": 0.000123456},
                      [{"epoch": 2, METRIC: 31.41592}, {"epoch": 3}]),  # epoch 3 not evaluated (eval_every=2)
-              _trial("lars_warmup-4", "lars_warmup", {"lr": 2.0}, [{"epoch": 6, METRIC: 40.0}], Trial.TERMINATED, CONFIRM)]
+              _trial("lars_warmup-4", "lars_warmup", {"lr": 2.0}, [{"epoch": 6, METRIC: 40.0}], Trial.TERMINATED, Stage.CONFIRM)]
     header, rule, *rows = status_table(trials, keys, METRIC).splitlines()
     assert header.split() == ["trial", "variant", "stage", "lr", "lam", "epoch", METRIC, "status"]
     assert rows[0].split() == ["tvlars-2", "tvlars", "search", "1.75", "0.000123", "3", "31.4", "running"]

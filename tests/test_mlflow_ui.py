@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from study.tracking import MODEL_TRAINING_VIEW, experiment_page
+from study.mlflow_store import MODEL_TRAINING_VIEW, experiment_page
 from subprocs import describe, start_logged
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

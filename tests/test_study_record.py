@@ -11,7 +11,8 @@ from ray.tune.search.optuna import OptunaSearch
 from study.plan import SETTINGS_KEY, make_plan, settings_of
 from study.record import STUDY_FILE, StudyRecord
 from study.storage import Location
-from study.tracking import ERROR_TAG, LOST_TRIAL, PARENT_TAG, STATUS_TAG, StudyRecorder
+from study.tracking import LOST_TRIAL, StudyRecorder
+from trainables.records import ERROR_TAG, PARENT_TAG, STATUS_TAG
 from trainables.config import TrialConfig
 
 

@@ -39,6 +39,7 @@ from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_fl
 from trainables.batches import MICRO_AUTO, Shard, generator
 from trainables.data import balanced_subset, data_dir_for, load_dataset
 from trainables.download import ensure_dataset
+from trainables.environment import set_library_defaults
 from trainables.batches import resolve_batching
 from trainables.classification import AUGMENT_STREAM, fitting_micro_batch, input_pipeline, train_step
 from trainables.config import TrialConfig
@@ -312,6 +313,7 @@ def gpu_epoch_lines(cfg: dict, device: torch.device) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    set_library_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--model")

@@ -1,6 +1,6 @@
 """Run one trial as a Ray Train job: `fit(config, num_workers=…)` → `TrialOutcome`.
 
-Uses Ray Train V2 (`RAY_TRAIN_V2_ENABLED=1`): `TorchTrainer` with `ScalingConfig`, per-epoch
+Uses Ray Train V2 (Ray 2.60's default): `TorchTrainer` with `ScalingConfig`, per-epoch
 checkpoints kept by `CheckpointConfig`, worker crashes retried from the last checkpoint by
 `FailureConfig`. `init_local_ray` starts a local Ray with enough logical CPUs that the Train
 controller, its workers and (under Tune) the trial driver never wait on each other.
@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-
 import math
 from dataclasses import dataclass
 from typing import Any, Callable

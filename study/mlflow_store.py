@@ -1,0 +1,163 @@
+"""The study's MLflow store: where it is (a local SQLite file, a team's server), whether it answers, the
+experiment and the study's parent run (with the code's git commit and library versions), and how to
+review it in MLflow's UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+
+from study.storage import Location
+
+
+def user_data_dir() -> Path:
+    """This user's data folder for the platform (`$XDG_DATA_HOME/layerwise-study`, default ~/.local/share/…)."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "layerwise-study"
+
+
+def default_tracking_uri(storage: Location) -> str:
+    """MLflow's default store: `mlflow.db` in a local storage folder; for a storage URI, a SQLite file on
+    this machine (the same for every study in object storage, so any of them is found from any folder)."""
+    folder = Path(storage.uri) if storage.is_local else user_data_dir()
+    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+def is_server(uri: str) -> bool:
+    """Whether `uri` is a tracking server (whose own artifact store holds every run's files)."""
+    return uri.startswith(("http://", "https://"))
+
+
+# MLflow 3.17's UI takes its view (GenAI or model training) from the URL, else from the browser's last
+# choice (GenAI at first), whatever the experiment's kind tag says: a link naming the view opens a study's
+# experiment on its runs (and the browser remembers the choice).
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def experiment_page(base_url: str, exp_id: str) -> str:
+    """The MLflow UI page of an experiment's runs."""
+    return f"{base_url.rstrip('/')}/#/experiments/{exp_id}?{MODEL_TRAINING_VIEW}"
+
+
+def review_hint(uri: str, exp_id: str) -> str:
+    """How to open the study's records: the server's page, or `mlflow ui` over a local store and its page."""
+    if is_server(uri):
+        return f"open {experiment_page(uri, exp_id)}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1, then open {experiment_page(LOCAL_UI, exp_id)}"
+
+
+SERVER_CHECK_TIMEOUT_S = 10  # MLflow's own client retries an unreachable server for minutes
+
+
+def _reach_server(uri: str) -> None:
+    """Connect to an http(s) tracking server's port (ValueError naming the URI if nothing answers)."""
+    parsed = urllib.parse.urlsplit(uri)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "127.0.0.1", port), timeout=SERVER_CHECK_TIMEOUT_S).close()
+    except OSError as err:
+        raise ValueError(f"--tracking-uri: cannot reach the MLflow tracking server at {uri!r} "
+                         f"({err.strerror or err})") from None
+
+
+def check_tracking_uri(uri: str) -> MlflowClient:
+    """A client for `uri`, or ValueError if the store cannot be reached (within seconds, not MLflow's retries)."""
+    server = is_server(uri)
+    if server:
+        _reach_server(uri)
+    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT_S)}
+    saved = {k: os.environ.get(k) for k in fast}
+    os.environ.update(fast if server else {})
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as err:  # MLflow raises many types for unusable URIs
+        raise ValueError(f"--tracking-uri: cannot use MLflow store {uri!r}: {str(err).splitlines()[0]}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return client
+
+
+# The experiment's kind for MLflow UIs that read it (3.17.2's OSS UI decides its view from the URL or the
+# browser's last choice instead: see `experiment_page`).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_root: Location) -> str:
+    """The study's experiment (created if new), tagged to open on its runs in the MLflow UI.
+
+    Its artifacts go beside the study's records (`artifact_root`), except with a tracking server, whose
+    own artifact store decides (`mlflow-artifacts:/…`): every file then goes up through the server, where
+    a teammate can read it.
+    """
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        location = None if is_server(client.tracking_uri) else (
+            Path(artifact_root.uri).as_uri() if artifact_root.is_local else artifact_root.uri)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if found.tags.get(key) != value:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
+
+
+def git_commit() -> str:
+    """The checkout's commit, `+dirty` when it has uncommitted changes to tracked files ("unknown" outside git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, timeout=5, cwd=here)
+    except OSError:
+        return "unknown"
+    commit = head.stdout.strip()
+    return (commit + "+dirty" * bool(changed.stdout.strip())) if commit else "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    import optuna
+    import ray
+    import torch
+
+    return {"ray_version": ray.__version__, "optuna_version": optuna.__version__, "torch_version": torch.__version__,
+            "mlflow_version": mlflow.__version__, "python_version": sys.version.split()[0]}
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def start_parent_run(client: MlflowClient, exp_id: str, study_path: str, definition: dict[str, Any],
+                     tags: dict[str, str]) -> str:
+    """Create the study's parent run (or reopen it on --resume); returns its id."""
+    found = client.search_runs([exp_id], f"tags.study_path = '{study_path}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(exp_id, run_name=Path(study_path).name,
+                            tags={"study_path": study_path, "git_commit": git_commit(), **library_versions(), **tags})
+    params: dict[str, str] = {}
+    _flatten("", {k: v for k, v in definition.items() if k != "variants"}, params)
+    params["variants"] = ",".join(definition["variants"])
+    client.log_batch(run.info.run_id, params=[Param(k[:250], v[:6000]) for k, v in params.items()])
+    client.log_dict(run.info.run_id, definition, "space.json")
+    return run.info.run_id

@@ -1,0 +1,22 @@
+"""Settings of Ray Tune and MLflow this platform relies on, set once by each entry point (`study.run`,
+`reports.table`, `trainables.bench`) before the libraries read them — never as a side effect of an import.
+Each is a default: a value the user set wins. (Ray Train V2, which the trials use, is Ray 2.60's default.)"""
+
+from __future__ import annotations
+
+import os
+
+LIBRARY_DEFAULTS = {
+    # Barlow Twins trials report test accuracy only in their linear-eval stage.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Save the study's state often, so a killed driver loses at most seconds of trial bookkeeping.
+    "TUNE_GLOBAL_CHECKPOINT_S": "2",
+    # A report downloads every trial's telemetry: one progress bar per trial is noise.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def set_library_defaults() -> None:
+    """Put `LIBRARY_DEFAULTS` into this process's environment (and so its local Ray's), where not set."""
+    for key, value in LIBRARY_DEFAULTS.items():
+        os.environ.setdefault(key, value)

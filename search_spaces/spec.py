@@ -120,7 +120,7 @@ class SearchSpace:
         """Search trials in all: `num_samples` per variant."""
         return self.num_samples * len(self.variants)
 
-    def define_by_run(self, trial, fixed: frozenset[str] = frozenset()) -> dict[str, Any]:
+    def draw(self, trial, fixed: frozenset[str] = frozenset()) -> dict[str, Any]:
         """Optuna define-by-run sampling: the variants take turns (Optuna's trial number picks it), then the
         variant's hyperparameters are drawn (except `fixed` keys) — by TPE from that variant's own trials,
         since every name is prefixed by its variant; returns the draw in Tune's form,
@@ -134,8 +134,8 @@ class SearchSpace:
                 drawn[param.key] = param.suggest(trial, variant, drawn)
         return {"variant": variant, variant: drawn}
 
-    def trial_config(self, sampled: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The flat TrialConfig dict of one trial from Tune's sampled config ({variant, <variant>: {...}})."""
+    def settings(self, sampled: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One trial's flat settings from a draw (`{variant, <variant>: {...}}`, as `draw` makes them)."""
         variant = sampled.get("variant", next(iter(self.variants)))
         config = {**self.fixed, **self.variants[variant].fixed, **sampled.get(variant, {})}
         config.update(overrides or {})

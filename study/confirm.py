@@ -3,11 +3,13 @@ with fresh seeds to the full budget. Chosen by `study.tuner.StudySearch` once th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from study.plan import SETTINGS_KEY, StudyPlan
+from study.plan import StudyPlan, to_tune
+from trainables.config import TrialConfig
 from trainables.records import STAGE_TAG, STATUS_KEY, Stage, TrialStatus
 
 STAGE_KEY = STAGE_TAG  # a Tune config's stage is also the MLflow tag of its trial run
@@ -24,7 +26,7 @@ class SearchTrial:
     better whatever the mode; -inf until it reports one), and whether it ended fit to confirm."""
 
     variant: str
-    settings: dict[str, Any]
+    settings: TrialConfig
     score: float = -math.inf
     ended: bool = False
     usable: bool = True  # not errored, not diverged
@@ -52,5 +54,5 @@ def confirm_configs(variant: str, trials: list[SearchTrial], plan: StudyPlan) ->
     `seeds` fresh seeds (fewer if fewer search trials reported a validation score)."""
     space = plan.space
     ranked = sorted((t for t in trials if t.usable and math.isfinite(t.score)), key=lambda t: t.score, reverse=True)
-    return [{"variant": variant, STAGE_KEY: Stage.CONFIRM.value, SETTINGS_KEY: {**t.settings, "seed": seed}}
-            for t in ranked[: space.confirm] for seed in fresh_seeds(int(t.settings["seed"]), space.seeds)]
+    return [to_tune(variant, dataclasses.replace(t.settings, seed=seed), **{STAGE_KEY: Stage.CONFIRM.value})
+            for t in ranked[: space.confirm] for seed in fresh_seeds(t.settings.seed, space.seeds)]

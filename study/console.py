@@ -18,7 +18,7 @@ from ray.tune.experimental.output import ProgressReporter
 from tabulate import tabulate
 
 from study.confirm import stage_of
-from study.plan import StudyPlan, settings_of
+from study.plan import StudyPlan, from_tune
 from trainables.records import Stage
 
 # Tune's own status cadence (30 s in Ray 2.60), read from its console reporter so ours keeps its pace.
@@ -60,7 +60,7 @@ def last_metric(trial: Trial, metric: str, which: str = "last") -> float | None:
 
 def trial_row(trial: Trial, keys: list[str], metric: str) -> list[str]:
     """One table row: name, variant, stage, the searched values it has, epoch, metric, status."""
-    settings = settings_of(trial.config)
+    settings = from_tune(trial.config).to_dict()
     return [str(trial), trial.config.get("variant", ""), stage_of(trial.config),
             *(figures(settings.get(k)) for k in keys), str(epoch_of(trial)),
             figures(last_metric(trial, metric)), trial.status.lower()]

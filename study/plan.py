@@ -15,6 +15,7 @@ from search_spaces import get_space
 from search_spaces.spec import BUDGET_KEYS, RESOURCE_KEYS, SearchSpace
 from trainables.batches import resolve_batching
 from trainables.config import TrialConfig
+from trainables.records import SETTING_NAMES, TrialSettings
 from trainables.data import data_dir_for
 
 _INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent", "confirm", "seeds"}
@@ -54,8 +55,9 @@ class StudyPlan:
 
     @property
     def max_epoch(self) -> int:
-        config = {**self.space.fixed, **self.overrides}
-        return int(config["epochs"]) + (int(config.get("linear_epochs", TrialConfig.linear_epochs)) if config.get("task") == "bt" else 0)
+        """The epochs a trial reports at most (Barlow Twins adds its linear evaluation's)."""
+        shared = self.shared()
+        return shared.epochs + (shared.linear_epochs if shared.task == "bt" else 0)
 
     @property
     def concurrency(self) -> int:
@@ -70,23 +72,28 @@ class StudyPlan:
         optimizer = _optimizer(self, variant)
         return {k: v for k, v in self.overrides.items() if k in TRIAL_FIELDS or _hyperparameter_of(k, optimizer)}
 
-    def trial_config(self, sampled: dict[str, Any]) -> dict[str, Any]:
-        """A trial's complete settings from a draw (`{"variant": name, name: {...}}`) and the overrides."""
-        variant = sampled.get("variant", next(iter(self.space.variants)))
-        config = self.space.trial_config({**sampled, "variant": variant}, self.overrides_for(variant))
-        config.setdefault("threads", self.threads_per_worker())
-        if config.get("task", TrialConfig.task) == "clf":  # written out, so each trial records what ran
-            config["micro_batch_size"], config["bn_group"] = resolve_batching(
-                config.get("batch_size", TrialConfig.batch_size), self.space.workers, config.get("micro_batch_size"),
-                config.get("bn_group"), on_gpu=bool(self.space.gpus_per_worker))
-        return config
+    def trial_config(self, draw: dict[str, Any]) -> TrialConfig:
+        """A trial's checked settings from a draw (`{"variant": name, name: {...}}`) and the overrides (its data
+        folder is checked where the trial runs)."""
+        variant = draw["variant"]
+        settings = self.space.settings(draw, self.overrides_for(variant))
+        settings.setdefault("threads", self.threads_per_worker())
+        if settings.get("task", TrialSettings.task) == "clf":  # written out, so each trial records what ran
+            settings["micro_batch_size"], settings["bn_group"] = resolve_batching(
+                settings.get("batch_size", TrialSettings.batch_size), self.space.workers,
+                settings.get("micro_batch_size"), settings.get("bn_group"), on_gpu=bool(self.space.gpus_per_worker))
+        return TrialConfig.from_dict(settings, check_data=False)
+
+    def shared(self) -> TrialConfig:
+        """A trial's settings at the first variant's lowest draw: what all trials share (dataset, epochs, …)."""
+        return self.trial_config(self.space.corner_draws(frozenset(self.overrides))[0])
 
     def define_by_run(self, trial) -> dict[str, Any]:
-        """Ray's OptunaSearch space: draw a trial and return its complete settings, which Ray merges into the
-        Tune config (as in Ray's Optuna define-by-run example) — the trial, its MLflow record and the
-        summary read them from there (`settings_of`) instead of deriving them again."""
-        sampled = self.space.define_by_run(trial, frozenset(self.overrides))
-        return {"variant": sampled["variant"], SETTINGS_KEY: self.trial_config(sampled)}
+        """Ray's OptunaSearch space: draw a trial and return its Tune config (`to_tune`), which Ray merges into
+        the trial's (as in Ray's Optuna define-by-run example) — the trial, its MLflow record and the summary
+        read its settings back from there (`from_tune`) instead of deriving them again."""
+        draw = self.space.draw(trial, frozenset(self.overrides))
+        return to_tune(draw["variant"], self.trial_config(draw))
 
 
 def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None = None, epochs: int | None = None,
@@ -139,7 +146,7 @@ def check_variants(plan: StudyPlan, check: Callable[[TrialConfig], None]) -> Non
     for draw in plan.space.corner_draws(frozenset(plan.overrides)):
         variant = draw["variant"]
         try:
-            check(TrialConfig.from_dict(plan.trial_config(draw), check_data=False))
+            check(plan.trial_config(draw))
         except ValueError as err:
             raise ValueError(f"variant {variant}: {err}{_fixes(plan, variant, str(err))}") from None
 
@@ -184,14 +191,21 @@ def check_evaluations(plan: StudyPlan) -> None:
 
 
 SETTINGS_KEY = "settings"  # where a Tune config holds the trial's complete settings
+VARIANT_KEY = "variant"  # and its variant
 
 
-def settings_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The complete trial settings in a Tune trial config made by `StudyPlan.define_by_run`."""
-    return config[SETTINGS_KEY]
+def to_tune(variant: str, cfg: TrialConfig, **tune_keys: Any) -> dict[str, Any]:
+    """A trial's Tune config: its variant, its settings as plain values (Tune merges, logs and pickles configs)
+    and Tune-side keys (stage, name). `from_tune` is the one way back."""
+    return {VARIANT_KEY: variant, SETTINGS_KEY: cfg.to_dict(), **tune_keys}
 
 
-TRIAL_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)} - {"optimizer_params"}
+def from_tune(config: dict[str, Any]) -> TrialConfig:
+    """The checked trial settings in a Tune config made by `to_tune`."""
+    return TrialConfig.from_dict(config[SETTINGS_KEY], check_data=False)
+
+
+TRIAL_FIELDS = SETTING_NAMES
 
 
 def _hyperparameter_of(key: str, optimizer: str | None) -> bool:

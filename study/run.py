@@ -18,7 +18,7 @@ import traceback
 
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
-from study.plan import StudyPlan, check_variants, make_plan, parse_sets, settings_of
+from study.plan import StudyPlan, check_variants, from_tune, make_plan, parse_sets
 from study.record import StudyRecord
 from study.storage import Location
 from trainables.config import TrialConfig
@@ -144,9 +144,9 @@ def fit_to_cluster(plan: StudyPlan, address: str | None, wait: bool) -> None:
 def obtain_data(plan: StudyPlan, data_url: str | None) -> Dataset:
     """The dataset on disk (downloaded once if absent) and decoded (cached), before any trial starts; every
     variant's validation split and batch checked against its size."""
-    fixed = plan.trial_config({})
-    ensure_dataset(fixed["dataset"], fixed["data_dir"], data_url)
-    data = load_dataset(fixed["dataset"], fixed["data_dir"], fixed.get("image_size"))
+    shared = plan.shared()
+    ensure_dataset(shared.dataset, shared.data_dir, data_url)
+    data = load_dataset(shared.dataset, shared.data_dir, shared.image_size)
     check_splits(plan, len(data.train))
     return data
 
@@ -260,6 +260,7 @@ def report_stages(results, plan: StudyPlan, record: StudyRecord, client) -> None
     """Print each stage's trial count and the search's best trial by the validation metric (logged on the
     parent run)."""
     from study.confirm import stage_of
+    from study.console import searched_keys
 
     space = plan.space
     for stage in Stage:
@@ -270,7 +271,10 @@ def report_stages(results, plan: StudyPlan, record: StudyRecord, client) -> None
               and space.metric in r.metrics_dataframe and r.metrics_dataframe[space.metric].notna().any()]
     if scores:
         value, best = (max if space.mode == "max" else min)(scores, key=lambda s: s[0])
-        print(f"best search trial: {space.metric} = {value:.2f}: {json.dumps(settings_of(best.config), default=str)}")
+        settings = from_tune(best.config).to_dict()
+        searched = {k: settings[k] for k in searched_keys(plan) if k in settings}
+        print(f"best search trial: {space.metric} = {value:.2f}: {best.config['variant']} "
+              f"{json.dumps(searched, default=str)}")
         client.log_metric(record.parent_run_id, f"best_{space.metric}", float(value))
 
 

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from study.confirm import stage_of
-from study.plan import settings_of
+from study.plan import from_tune
 from study.storage import Location, is_uri
 from trainables.config import TrialConfig
 from trainables.records import (EPOCH_KEY, ERROR_TAG, HISTORY_FILE, LR_EFFECTIVE_KEY, MICRO_CHOSEN_KEY, NODE_KEY,
@@ -38,9 +38,8 @@ LAUNCH_METRIC = "launch_seconds"  # start overhead outside the loop's own setup 
 LOST_TRIAL = "lost: the study was interrupted before Tune saved this trial, and --resume did not continue it"
 
 
-def resolved(settings: dict[str, Any]) -> dict[str, Any]:
+def resolved(config: TrialConfig) -> dict[str, Any]:
     """Every setting of the trial, defaults included, plus `lr_effective` (the lr after batch scaling)."""
-    config = TrialConfig.from_dict(settings, check_data=False)
     return {**config.to_dict(), LR_EFFECTIVE_KEY: config.learning_rate()}
 
 
@@ -87,11 +86,10 @@ class StudyRecorder(tune.Callback):
             history = self.client.get_metric_history(run_id, "epoch")
             self._logged[trial.trial_id] = {int(m.value) for m in history}
         else:
-            settings = settings_of(trial.config)
             run_id = self.client.create_run(self.exp_id, run_name=str(trial), tags={  # Tune's name, `<variant>-<n>`
                 PARENT_TAG: self.parent, TRIAL_ID_TAG: trial.trial_id, VARIANT_TAG: str(trial.config.get("variant", "")),
                 STAGE_TAG: stage_of(trial.config), STATUS_TAG: TrialStatus.RUNNING}).info.run_id
-            self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(resolved(settings).items())])
+            self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(resolved(from_tune(trial.config)).items())])
             self._logged[trial.trial_id] = set()
         self._runs[trial.trial_id] = run_id
         return run_id

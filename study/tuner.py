@@ -30,10 +30,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.confirm import SearchTrial, confirm_configs, stage_of
 from study.console import StudyConsole
-from study.plan import StudyPlan, settings_of
+from study.plan import StudyPlan, from_tune
 from study.record import StudyRecord
 from study.storage import Location
-from trainables.config import TrialConfig
 from trainables.launch import LOOPS, build_trainer
 from trainables.records import Stage
 from trainables.session import ACTOR_STARTED_KEY, TuneSession
@@ -80,13 +79,13 @@ def trial_driver(config: dict[str, Any], plan: StudyPlan, train_storage: str, ma
     if final.is_file():  # finished before the study was interrupted: hand back its last result only
         tune.report(json.loads(final.read_text())["result"])
         return
-    space, settings = plan.space, settings_of(config)
+    space, cfg = plan.space, from_tune(config)
     if in_actor(plan):
         session = TuneSession(first_report=_new_actor_start())
-        LOOPS[settings.get("task", TrialConfig.task)](settings, session=session, shared_data=data_ref)
+        LOOPS[cfg.task](cfg.to_dict(), session=session, shared_data=data_ref)
         return
     trainer = build_trainer(
-        settings, num_workers=space.workers, use_gpu=space.gpus_per_worker > 0,
+        cfg.to_dict(), num_workers=space.workers, use_gpu=space.gpus_per_worker > 0,
         cpus_per_worker=space.cpus_per_worker, gpus_per_worker=space.gpus_per_worker or 1.0,
         storage_path=train_storage, name=trial_id, max_failures=max_failures,
         callbacks=[TuneReportCallback()], shared_data=data_ref)
@@ -159,7 +158,7 @@ class StudySearch(Searcher):
             config = self.optuna.suggest(trial_id)
             if isinstance(config, dict):
                 self.search_left -= 1
-                self.searched[trial_id] = SearchTrial(config["variant"], settings_of(config))
+                self.searched[trial_id] = SearchTrial(config["variant"], from_tune(config))
                 return self._named(config)
             return config
         self._choose_confirm_trials()

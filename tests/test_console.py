@@ -11,16 +11,17 @@ from ray.tune.search import Searcher
 from study.confirm import STAGE_KEY
 from trainables.records import Stage
 from study.console import ended_line, epochs_spent, eta_text, progress_line, searched_keys, status_table
-from study.plan import SETTINGS_KEY, make_plan
+from study.plan import make_plan, to_tune
 from study.tuner import TRIAL_NAME_KEY, StudySearch, trial_name
 
 METRIC = "val_top1"
 
 
-def _trial(name: str, variant: str, settings: dict, results: list[dict], status: str = Trial.RUNNING,
+def _trial(name: str, variant: str, drawn: dict, results: list[dict], status: str = Trial.RUNNING,
            stage: str | None = None) -> Trial:
-    """A Tune trial named as the study names it, which has reported `results`."""
-    config = {"variant": variant, SETTINGS_KEY: settings, TRIAL_NAME_KEY: name, **({STAGE_KEY: stage} if stage else {})}
+    """A Tune trial of the demo named as the study names it, with these `drawn` values, which has reported `results`."""
+    cfg = make_plan("demo", {}).trial_config({"variant": variant, variant: drawn})
+    config = to_tune(variant, cfg, **{TRIAL_NAME_KEY: name, **({STAGE_KEY: stage} if stage else {})})
     trial = Trial("trial_driver", config=config, stub=True, trial_name_creator=trial_name)
     for result in results:
         trial.update_last_result(dict(result))
@@ -45,8 +46,9 @@ def test_the_status_table_shows_names_stages_searched_values_epoch_and_the_last_
 
 
 def test_the_progress_line_counts_an_ended_trial_s_whole_budget_and_says_when_its_eta_is_an_upper_bound():
-    trials = [_trial("tvlars-1", "tvlars", {}, [{"epoch": 2}], Trial.TERMINATED),  # stopped by ASHA at 2 of 6
-              _trial("tvlars-2", "tvlars", {}, [{"epoch": 3}]), _trial("tvlars-3", "tvlars", {}, [], Trial.PENDING)]
+    lr = {"lr": 1.0}
+    trials = [_trial("tvlars-1", "tvlars", lr, [{"epoch": 2}], Trial.TERMINATED),  # stopped by ASHA at 2 of 6
+              _trial("tvlars-2", "tvlars", lr, [{"epoch": 3}]), _trial("tvlars-3", "tvlars", lr, [], Trial.PENDING)]
     assert epochs_spent(trials, max_epoch=6) == 6 + 3
     line = progress_line(1, 4, 9, 24, 125.0, eta_text(24 - 9, 0.1, upper_bound=True))
     assert line == ("progress: 1/4 trials done, 9/24 trial-epochs, 2m05s elapsed, "

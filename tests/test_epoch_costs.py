@@ -94,7 +94,7 @@ def test_a_micro_batched_epoch_equals_the_whole_batch_epoch(cifar10_dir, data_ca
 def test_study_settings_are_checked_before_the_study(sets, message):
     if sets.get("bn_group") == "sync":  # one CPU worker: 'sync' is simply the whole batch
         plan = make_plan("demo", dict(sets), data_dir="/nonexistent")
-        assert plan.trial_config({})["bn_group"] == "sync"
+        assert plan.shared().bn_group == "sync"
         return
     with pytest.raises(ValueError, match=message):
         make_plan("demo", dict(sets), data_dir="/nonexistent")
@@ -102,8 +102,8 @@ def test_study_settings_are_checked_before_the_study(sets, message):
 
 def test_a_study_trial_records_its_batching_as_numbers():
     half = DEMO.fixed["batch_size"] // 2
-    settings = make_plan("demo", {"micro_batch_size": half}, data_dir="/nonexistent").trial_config({})
-    assert (settings["micro_batch_size"], settings["bn_group"]) == (half, half)
+    settings = make_plan("demo", {"micro_batch_size": half}, data_dir="/nonexistent").shared()
+    assert (settings.micro_batch_size, settings.bn_group) == (half, half)
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]

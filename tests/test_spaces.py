@@ -14,7 +14,7 @@ from trainables.config import TrialConfig
 def test_every_space_validates_at_its_extremes():
     for name, space in SPACES.items():
         for draw in space.corner_draws(frozenset()):
-            TrialConfig.from_dict(space.trial_config(draw), check_data=False)
+            TrialConfig.from_dict(space.settings(draw), check_data=False)
 
 
 def test_paper_grid_names_and_settings():
@@ -41,7 +41,7 @@ def _draws(space, n, fixed=frozenset()):
     out = []
     for _ in range(n):
         trial = study.ask()
-        space.define_by_run(trial, fixed)
+        space.draw(trial, fixed)
         out.append(trial.params)
         study.tell(trial, 0.0)
     return out
@@ -65,7 +65,7 @@ def test_variants_take_turns_and_fixed_keys_are_not_sampled():
     space, drawn = get_space("demo"), []
     for _ in range(9):
         trial = study.ask()
-        drawn.append(space.define_by_run(trial, frozenset({"lr"})))
+        drawn.append(space.draw(trial, frozenset({"lr"})))
         study.tell(trial, 0.0)
     assert [d["variant"] for d in drawn] == list(space.variants) * 3  # each variant its num_samples, in turn
     assert [t.user_attrs["variant"] for t in study.trials] == [d["variant"] for d in drawn]

@@ -8,12 +8,11 @@ import optuna
 from mlflow.tracking import MlflowClient
 from ray.tune.search.optuna import OptunaSearch
 
-from study.plan import SETTINGS_KEY, make_plan, settings_of
+from study.plan import SETTINGS_KEY, from_tune, make_plan
 from study.record import STUDY_FILE, StudyRecord
 from study.storage import Location
 from study.tracking import LOST_TRIAL, StudyRecorder
 from trainables.records import ERROR_TAG, PARENT_TAG, STATUS_TAG
-from trainables.config import TrialConfig
 
 
 def test_record_round_trips_and_the_latest_study_is_found(tmp_path):
@@ -39,13 +38,12 @@ def test_each_tune_config_carries_the_trials_complete_settings(tmp_path):
     variants = {c["variant"] for c in configs}
     assert len(variants) > 1, variants
     for config in configs:
-        settings = settings_of(config)
+        cfg = from_tune(config)
         drawn = config[config["variant"]]
-        assert settings == plan.trial_config({"variant": config["variant"], config["variant"]: drawn})
-        assert settings["epochs"] == 2 and settings["limit"] == 600 and settings["seed"] == 3
-        assert {k: settings[k] for k in drawn} == drawn
-        TrialConfig.from_dict(settings, check_data=False)
-    assert SETTINGS_KEY in configs[0]
+        assert cfg == plan.trial_config({"variant": config["variant"], config["variant"]: drawn})
+        assert (cfg.epochs, cfg.limit, cfg.seed) == (2, 600, 3)
+        assert {k: cfg.to_dict()[k] for k in drawn} == drawn
+        assert config[SETTINGS_KEY] == cfg.to_dict()  # plain values in the Tune config
 
 
 def test_runs_of_trials_that_tune_forgot_are_closed_at_the_end(tmp_path):

@@ -8,7 +8,6 @@ input prints one `error:` line and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import socket
@@ -18,14 +17,13 @@ import traceback
 
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
-from study.plan import StudyPlan, check_variants, from_tune, make_plan, parse_sets
+from study.plan import StudyPlan, check_variants, make_plan, parse_sets
 from study.record import StudyRecord
 from study.storage import Location
 from trainables.config import TrialConfig
 from trainables.data import Dataset, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
 from trainables.environment import set_library_defaults
-from trainables.records import Stage
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -194,6 +192,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
 
     from study.mlflow_store import check_tracking_uri, experiment_id, start_parent_run
     from study.tracking import StudyRecorder
+    from study.summary import report_stages, summarize, untrained, write_report
     from study.tuner import new_tuner, restored_tuner
 
     client = check_tracking_uri(record.tracking_uri)
@@ -226,76 +225,6 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     if failure:
         raise PlatformError(failure)
     return 0
-
-
-def untrained(results) -> str | None:
-    """Why the study trained nothing (every trial failed before its first epoch), or None if one trained."""
-    from study.tracking import error_summary
-
-    if any((r.metrics or {}).get("epoch") for r in results):
-        return None
-    failed = [r for r in results if r.error]
-    first = error_summary(str(failed[0].error)) if failed else "no trial reported an epoch"
-    return f"no trial trained: {len(failed)} of {len(results)} trials failed; the first: {first}"
-
-
-def write_report(record: StudyRecord) -> None:
-    """The study's report (tables, parquet, figures) into <study>/report and onto its parent MLflow run."""
-    from reports.build import FORMATS, build_report
-
-    try:
-        report = build_report(record.tracking_uri, record.experiment, record.report_dir, formats=FORMATS,
-                              study=record.parent_run_id)
-    except Exception as err:  # the trials are recorded already: a failed report must not fail the study
-        print(f"warning: the report failed ({type(err).__name__}: {err}); retry with: python -m reports.table "
-              f"--experiment {record.experiment} --tracking-uri {record.tracking_uri} --study {record.parent_run_id}",
-              file=sys.stderr)
-        return
-    print("\n" + report.markdown)
-    print(f"report: {record.report_dir} ({len(report.files)} files; also on MLflow run {record.parent_run_id} "
-          "under report/)")
-
-
-def report_stages(results, plan: StudyPlan, record: StudyRecord, client) -> None:
-    """Print each stage's trial count and the search's best trial by the validation metric (logged on the
-    parent run)."""
-    from study.confirm import stage_of
-    from study.console import searched_keys
-
-    space = plan.space
-    for stage in Stage:
-        ran = [r for r in results if stage_of(r.config) == stage]
-        print(f"{stage}: {len(ran)} trials ({sum(1 for r in ran if r.error)} errored)")
-    scores = [(r.metrics_dataframe[space.metric].agg("max" if space.mode == "max" else "min"), r) for r in results
-              if stage_of(r.config) == Stage.SEARCH and r.metrics_dataframe is not None
-              and space.metric in r.metrics_dataframe and r.metrics_dataframe[space.metric].notna().any()]
-    if scores:
-        value, best = (max if space.mode == "max" else min)(scores, key=lambda s: s[0])
-        settings = from_tune(best.config).to_dict()
-        searched = {k: settings[k] for k in searched_keys(plan) if k in settings}
-        print(f"best search trial: {space.metric} = {value:.2f}: {best.config['variant']} "
-              f"{json.dumps(searched, default=str)}")
-        client.log_metric(record.parent_run_id, f"best_{space.metric}", float(value))
-
-
-def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float) -> None:
-    """Print the study's efficiency and how to review it; close the parent run with its summary."""
-    from mlflow.entities import Metric
-
-    from study.mlflow_store import review_hint
-    from study.summary import study_efficiency
-
-    seconds, parent = time.time() - started, record.parent_run_id
-    print(f"\nstudy: {seconds:.0f} s")
-    efficiency = study_efficiency(client, exp_id, parent, started, seconds, plan.concurrency)
-    if efficiency:
-        client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in efficiency.items()])
-        print(f"train_fraction = {efficiency['train_fraction']:.2f} (trial epoch seconds / (wall seconds × "
-              f"{plan.concurrency} concurrent)); median start overhead "
-              f"{efficiency['start_overhead_median_seconds']:.1f} s")
-    client.log_metric(parent, "wall_seconds", seconds)
-    client.set_terminated(parent, "FINISHED")
-    print(f"review: {review_hint(record.tracking_uri, exp_id)}")
 
 
 def fail(code: int, message: str) -> int:

@@ -1,15 +1,24 @@
-"""A study's closing numbers from its MLflow records: how much of its slots trained (`train_fraction`) and
-the median trial start overhead."""
+"""A study's ending: each stage's trial count and the search's best trial, how much of its slots trained
+(`train_fraction`) and the median trial start overhead, its report, and how to review it."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import sys
+import time
 
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from study.tracking import START_OVERHEAD_METRIC
-from trainables.records import PARENT_TAG
+from study.confirm import stage_of
+from study.console import searched_keys
+from study.mlflow_store import review_hint
+from study.plan import StudyPlan, from_tune
+from study.record import StudyRecord
+from study.tracking import START_OVERHEAD_METRIC, error_summary
+from trainables.records import PARENT_TAG, Stage
 
 
 def study_efficiency(client: MlflowClient, exp_id: str, parent: str, since: float, seconds: float,
@@ -28,3 +37,67 @@ def study_efficiency(client: MlflowClient, exp_id: str, parent: str, since: floa
         return {}
     return {"train_fraction": sum(epoch_seconds) / (seconds * concurrency),
             "start_overhead_median_seconds": statistics.median(overheads) if overheads else math.nan}
+
+
+def untrained(results) -> str | None:
+    """Why the study trained nothing (every trial failed before its first epoch), or None if one trained."""
+
+    if any((r.metrics or {}).get("epoch") for r in results):
+        return None
+    failed = [r for r in results if r.error]
+    first = error_summary(str(failed[0].error)) if failed else "no trial reported an epoch"
+    return f"no trial trained: {len(failed)} of {len(results)} trials failed; the first: {first}"
+
+
+def write_report(record: StudyRecord) -> None:
+    """The study's report (tables, parquet, figures) into <study>/report and onto its parent MLflow run."""
+    from reports.build import FORMATS, build_report
+
+    try:
+        report = build_report(record.tracking_uri, record.experiment, record.report_dir, formats=FORMATS,
+                              study=record.parent_run_id)
+    except Exception as err:  # the trials are recorded already: a failed report must not fail the study
+        print(f"warning: the report failed ({type(err).__name__}: {err}); retry with: python -m reports.table "
+              f"--experiment {record.experiment} --tracking-uri {record.tracking_uri} --study {record.parent_run_id}",
+              file=sys.stderr)
+        return
+    print("\n" + report.markdown)
+    print(f"report: {record.report_dir} ({len(report.files)} files; also on MLflow run {record.parent_run_id} "
+          "under report/)")
+
+
+def report_stages(results, plan: StudyPlan, record: StudyRecord, client) -> None:
+    """Print each stage's trial count and the search's best trial by the validation metric (logged on the
+    parent run)."""
+
+    space = plan.space
+    for stage in Stage:
+        ran = [r for r in results if stage_of(r.config) == stage]
+        print(f"{stage}: {len(ran)} trials ({sum(1 for r in ran if r.error)} errored)")
+    scores = [(r.metrics_dataframe[space.metric].agg("max" if space.mode == "max" else "min"), r) for r in results
+              if stage_of(r.config) == Stage.SEARCH and r.metrics_dataframe is not None
+              and space.metric in r.metrics_dataframe and r.metrics_dataframe[space.metric].notna().any()]
+    if scores:
+        value, best = (max if space.mode == "max" else min)(scores, key=lambda s: s[0])
+        settings = from_tune(best.config).to_dict()
+        searched = {k: settings[k] for k in searched_keys(plan) if k in settings}
+        print(f"best search trial: {space.metric} = {value:.2f}: {best.config['variant']} "
+              f"{json.dumps(searched, default=str)}")
+        client.log_metric(record.parent_run_id, f"best_{space.metric}", float(value))
+
+
+def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float) -> None:
+    """Print the study's efficiency and how to review it; close the parent run with its summary."""
+
+
+    seconds, parent = time.time() - started, record.parent_run_id
+    print(f"\nstudy: {seconds:.0f} s")
+    efficiency = study_efficiency(client, exp_id, parent, started, seconds, plan.concurrency)
+    if efficiency:
+        client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in efficiency.items()])
+        print(f"train_fraction = {efficiency['train_fraction']:.2f} (trial epoch seconds / (wall seconds × "
+              f"{plan.concurrency} concurrent)); median start overhead "
+              f"{efficiency['start_overhead_median_seconds']:.1f} s")
+    client.log_metric(parent, "wall_seconds", seconds)
+    client.set_terminated(parent, "FINISHED")
+    print(f"review: {review_hint(record.tracking_uri, exp_id)}")

@@ -3,20 +3,24 @@
 The cluster is two `ray start`s on this machine: a head with no CPUs (so every trial runs elsewhere) and a
 worker node started inside `unshare --mount`, where `/tmp` is a fresh tmpfs (its own disk) and the
 project's packages and the data folder are hidden behind empty folders — it has the Python environment
-and nothing else. The study (`python -m study.run --address …`, run on the head's side) must ship the code
-(`py_modules`) and the data (Ray's object store), and keep its records in S3: a real S3-compatible server
-(`moto_server`) on 127.0.0.1, reached through the standard `AWS_*` variables. Needs root for `unshare`.
+and nothing else, wherever the checkout lives (under /tmp too: the environment is carried into the new
+/tmp; see `NODE_SCRIPT`). The study (`python -m study.run --address …`, run on the head's side) must ship
+the code (`py_modules`) and the data (Ray's object store), and keep its records in S3: a real
+S3-compatible server (`moto_server`) on 127.0.0.1, reached through the standard `AWS_*` variables. Needs
+root for `unshare`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -29,6 +33,7 @@ BIN = Path(sys.executable).parent
 PACKAGES = ("optim", "trainables", "search_spaces", "study", "reports")
 BUCKET = "studies"
 START_TIMEOUT_S = 120
+CLUSTER_MARKER = "LAYERWISE_TEST_CLUSTER"  # in the environment of every process of the test's cluster
 TINY = ["--space", "demo", "--variants", "lars_warmup,tvlars", "--num-samples", "2", "--confirm", "0",
         "--set", "epochs=2", "--set", "limit=600", "--set", "val_size=100", "--set", "test_limit=200",
         "--set", "batch_size=100", "--set", "grace_period=1", "--set", "eval_every=1", "--set", "max_concurrent=2"]
@@ -96,26 +101,104 @@ def cluster(tmp_path_factory, s3, cifar10_dir):
         pytest.skip(why)
     tmp = tmp_path_factory.mktemp("cluster")
     port, dashboard = _free_port(), _free_port()
-    env = {**os.environ, **s3[0], "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    marker = uuid.uuid4().hex
+    env = {**os.environ, **s3[0], "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "PATH": f"{BIN}:{os.environ['PATH']}",
+           CLUSTER_MARKER: marker}
     ray_cli = str(BIN / "ray")
-    hidden = [str(REPO / p) for p in PACKAGES] + [str(Path(cifar10_dir).resolve())]
-    node_script = (f"set -e; mount -t tmpfs tmpfs /tmp; mkdir /tmp/empty; "
-                   f"for d in {' '.join(hidden)}; do mount --bind /tmp/empty \"$d\"; done; "
-                   f"cd /tmp; exec {ray_cli} start --address=127.0.0.1:{port} --num-cpus=8 --block "
-                   f"--disable-usage-stats")
-    worker_cmd = ["unshare", "--mount", "--propagation", "private", "bash", "-c", node_script]
+    stage = tmp / "node-tmp"  # where the node's /tmp is built before it is moved over /tmp
+    stage.mkdir()
+    hidden = [*(REPO / p for p in PACKAGES), cifar10_dir, tmp_path_factory.getbasetemp()]
+    node_env = {k: v for k, v in env.items() if k != "RAY_TMPDIR"} | {"TMPDIR": "/tmp"}  # its session on its disk
+    python, mounts = _node_python()
+    worker_cmd = ["unshare", "--mount", "--propagation", "private", "bash", "-c", NODE_SCRIPT, "node", str(stage),
+                  f"127.0.0.1:{port}", python, *mounts, "--", *_both(hidden)]
     try:
         assert_succeeds([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=0",
                          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                          "--disable-usage-stats"], tmp / "head.log", env=env, timeout=180)
-        worker = start_logged(worker_cmd, tmp / "worker-node.log", env=env, start_new_session=True)
+        worker = start_logged(worker_cmd, tmp / "worker-node.log", env=node_env, start_new_session=True)
         nodes = lambda: _nodes(ray_cli, port, env)  # noqa: E731
         _wait_for("a second node", lambda: worker.poll() is None and len(nodes()) == 2, tmp / "worker-node.log",
                   worker_cmd)
         (worker_node,) = [n["node_id"] for n in nodes() if not n["is_head_node"]]
         yield {"address": f"127.0.0.1:{port}", "env": env, "worker_node": worker_node, "tmp": tmp}
     finally:
-        run_logged([ray_cli, "stop", "--force"], tmp / "ray-stop.log", env=env, timeout=120)
+        _stop_cluster(marker, port)
+
+
+def _stop_cluster(marker: str, port: int, grace_s: float = 30) -> None:
+    """End the processes of this cluster only (`ray stop` ends every Ray on the machine, other test runs' too):
+    SIGTERM, then SIGKILL after `grace_s`; and forget its address as the machine's latest cluster, as `ray stop`."""
+    import psutil
+    from ray._common.utils import get_ray_address_file
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get(CLUSTER_MARKER) == marker:
+                    found.append(proc)
+            except (psutil.Error, OSError):  # exited meanwhile, or not ours to read
+                continue
+        return found
+
+    for signal_them, wait_s in ((psutil.Process.terminate, grace_s), (psutil.Process.kill, 10)):
+        procs = ours()
+        for proc in procs:
+            try:
+                signal_them(proc)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=wait_s)
+    address_file = Path(get_ray_address_file(None))  # "<node ip>:<port>" of the latest `ray start --head`
+    if address_file.is_file() and address_file.read_text().strip().rpartition(":")[2] == str(port):
+        address_file.unlink(missing_ok=True)
+
+
+# The worker node's mount namespace. Arguments: the staging folder, the head's address, the Python that runs
+# `ray start`, pairs (a folder the node keeps, the path under /tmp where it sees it), `--`, the paths it must not
+# see. A fresh tmpfs is mounted on the staging folder, the kept folders are bound into it, and it is then moved
+# over /tmp, so the rest of /tmp (the head's Ray session, the test's folders, a checkout there) is gone; the paths
+# to hide that still exist are covered by an empty folder. Paths arrive as arguments, never spliced into the script.
+NODE_SCRIPT = r"""set -euo pipefail
+stage=$1 address=$2 python=$3; shift 3
+mount -t tmpfs tmpfs "$stage"
+while [ "$1" != -- ]; do mkdir -p "$stage/${2#/tmp/}"; mount --bind "$1" "$stage/${2#/tmp/}"; shift 2; done; shift
+mount --move "$stage" /tmp
+empty=$(mktemp -d /tmp/empty.XXXXXX)
+for path in "$@"; do if [ -e "$path" ]; then mount --bind "$empty" "$path"; fi; done
+cd /tmp
+exec "$python" -m ray.scripts.scripts start --address="$address" --num-cpus=8 --block --disable-usage-stats
+"""
+# Where the node sees its Python environment when the environment's own path would need shell quoting (Ray 2.60
+# starts a worker with a runtime environment — every trial here, through `py_modules` — by `bash -c "exec
+# <python> …"` with the interpreter's path unquoted, ray/_private/runtime_env/context.py `exec_worker`: a path
+# with a space never starts one).
+NODE_ENV_ALIAS = Path("/tmp/node-python-env")
+
+
+def _both(paths) -> list[str]:
+    """Each path as given and resolved (a symlink's own path and its target's), without repeats."""
+    return list(dict.fromkeys(str(q) for p in paths for q in (Path(p).absolute(), Path(p).resolve())))
+
+
+def _node_python() -> tuple[str, list[str]]:
+    """The Python that starts the node's Ray, and the (folder, where the node sees it) pairs for NODE_SCRIPT:
+    what lies under /tmp of the virtual environment and the interpreter it links to (e.g. a uv-managed Python),
+    as given and resolved, outermost only so none is bound twice, each at its own path; and the environment at
+    NODE_ENV_ALIAS if its path would need quoting."""
+    env_dir = BIN.parent  # the virtual environment (or the interpreter's own installation)
+    env_dirs = [env_dir, sys.prefix, sys.base_prefix, Path(sys.executable).resolve().parents[1]]
+    under_tmp = sorted({Path(p) for p in _both(env_dirs) if Path(p).is_relative_to("/tmp") and Path(p) != Path("/tmp")},
+                       key=lambda p: len(p.parts))
+    keeps: list[Path] = []
+    for path in under_tmp:
+        if not any(path.is_relative_to(k) for k in keeps):
+            keeps.append(path)
+    mounts = [str(p) for k in keeps for p in (k, k)]
+    if shlex.quote(str(env_dir)) == str(env_dir):
+        return sys.executable, mounts
+    return str(NODE_ENV_ALIAS / "bin" / Path(sys.executable).name), [*mounts, str(env_dir), str(NODE_ENV_ALIAS)]
 
 
 def _nodes(ray_cli: str, port: int, env: dict) -> list[dict]:

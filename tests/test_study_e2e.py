@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from subprocs import assert_succeeds, describe, run_logged, start_logged
 from tampering import tamper
+from trainables.launch import with_quoted_interpreter
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -258,8 +259,12 @@ def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
                          f"--dashboard-port={dashboard}", "--disable-usage-stats"],
                         tmp_path / "ray-start.log", env=env, timeout=180)
         storage = tmp_path / "results"
+        # Ray 2.60 starts the job's workers (its working_dir is a runtime env) through `bash -c` with the
+        # interpreter's path unquoted: from a Python under a path with a space, the job names it quoted (README)
+        quoted = with_quoted_interpreter(None)
+        runtime_env = ["--runtime-env-json", json.dumps(quoted)] if quoted else []
         submit = [ray_cli, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
-                  "--", "python", "-m", "study.run", "--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0",
+                  *runtime_env, "--", "python", "-m", "study.run", "--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0",
                   "--set", "epochs=1", "--num-samples", "2",
                   "--set", "limit=600", "--set", "test_limit=200", "--set", "batch_size=200", "--set", "workers=2",
                   "--data-dir", cifar10_dir, "--storage", str(storage)]

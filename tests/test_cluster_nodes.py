@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from clusters import CLUSTER_MARKER, stop_cluster
 from subprocs import assert_succeeds, describe, run_logged, start_logged
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -33,7 +34,6 @@ BIN = Path(sys.executable).parent
 PACKAGES = ("optim", "trainables", "search_spaces", "study", "reports")
 BUCKET = "studies"
 START_TIMEOUT_S = 120
-CLUSTER_MARKER = "LAYERWISE_TEST_CLUSTER"  # in the environment of every process of the test's cluster
 TINY = ["--space", "demo", "--variants", "lars_warmup,tvlars", "--num-samples", "2", "--confirm", "0",
         "--set", "epochs=2", "--set", "limit=600", "--set", "val_size=100", "--set", "test_limit=200",
         "--set", "batch_size=100", "--set", "grace_period=1", "--set", "eval_every=1", "--set", "max_concurrent=2"]
@@ -123,36 +123,7 @@ def cluster(tmp_path_factory, s3, cifar10_dir):
         (worker_node,) = [n["node_id"] for n in nodes() if not n["is_head_node"]]
         yield {"address": f"127.0.0.1:{port}", "env": env, "worker_node": worker_node, "tmp": tmp}
     finally:
-        _stop_cluster(marker, port)
-
-
-def _stop_cluster(marker: str, port: int, grace_s: float = 30) -> None:
-    """End the processes of this cluster only (`ray stop` ends every Ray on the machine, other test runs' too):
-    SIGTERM, then SIGKILL after `grace_s`; and forget its address as the machine's latest cluster, as `ray stop`."""
-    import psutil
-    from ray._common.utils import get_ray_address_file
-
-    def ours() -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter():
-            try:
-                if proc.environ().get(CLUSTER_MARKER) == marker:
-                    found.append(proc)
-            except (psutil.Error, OSError):  # exited meanwhile, or not ours to read
-                continue
-        return found
-
-    for signal_them, wait_s in ((psutil.Process.terminate, grace_s), (psutil.Process.kill, 10)):
-        procs = ours()
-        for proc in procs:
-            try:
-                signal_them(proc)
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=wait_s)
-    address_file = Path(get_ray_address_file(None))  # "<node ip>:<port>" of the latest `ray start --head`
-    if address_file.is_file() and address_file.read_text().strip().rpartition(":")[2] == str(port):
-        address_file.unlink(missing_ok=True)
+        stop_cluster(marker, port)
 
 
 # The worker node's mount namespace. Arguments: the staging folder, the head's address, the Python that runs

@@ -17,12 +17,14 @@ import socket
 import sqlite3
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from clusters import CLUSTER_MARKER, stop_cluster
 from subprocs import assert_succeeds, describe, run_logged, start_logged
 from tampering import tamper
 from trainables.launch import with_quoted_interpreter
@@ -251,8 +253,9 @@ def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
     port, dashboard = _free_port(), _free_port()
     # the job's `python` is this environment's (as with an activated virtualenv)
     # token auth (Ray's default for new clusters) for the head and the job client alike
+    marker = uuid.uuid4().hex
     env = {**_env(data_cache), "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", CLUSTER_MARKER: marker}
     try:
         assert_succeeds([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                          "--num-cpus=8", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -285,8 +288,8 @@ def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
             trial_id = run.data.tags["trial_id"]
             assert list(storage.glob(f"demo-*/train/{trial_id}/epoch_0001/history.json")), trial_id
         assert "report/table.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
-    finally:  # also after a failed start: `ray stop` resets /tmp/ray/ray_current_cluster
-        assert_succeeds([ray_cli, "stop", "--force"], tmp_path / "ray-stop.log", env=env, timeout=120)
+    finally:  # also after a failed start; only this head (and its job's processes), not every Ray here
+        stop_cluster(marker, port)
 
 
 TAMPER_EPOCHS = 6

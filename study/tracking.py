@@ -79,7 +79,7 @@ class StudyRecorder(tune.Callback):
         """The trial's MLflow run: found by tag (resume) or created, with the trial's params."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        query = f"tags.trial_id = '{trial.trial_id}' and tags.`{PARENT_TAG}` = '{self.parent}'"
+        query = f"tags.{TRIAL_ID_TAG} = '{trial.trial_id}' and tags.`{PARENT_TAG}` = '{self.parent}'"
         found = self.client.search_runs([self.exp_id], query, max_results=1)
         if found:
             run_id = found[0].info.run_id

@@ -1,7 +1,7 @@
 """Our own files read back with torch's weights-only unpickler: tensors, numbers, strings and plain containers.
 
 Checkpoints (`state.pt`) and the decode cache may live where others can write — a team's bucket under
-`--storage s3://…`, a cache folder shared between users — and `torch.load(weights_only=False)` would run
+`--storage s3://…`, a cache folder shared between users — and an unrestricted `torch.load` (full pickle) would run
 whatever a pickled object's `__reduce__` names on every node that reads them. Nothing of ours needs more
 than torch's allowlist, so nothing else is accepted: such a file is refused with one error naming it.
 (Ray Tune's own experiment state stays pickled by Ray: the README states that trust boundary.)

@@ -1,15 +1,17 @@
-"""`build_optimizer(name, params, **hparams)`: the one way the platform makes an optimizer.
+"""`build_optimizer(name, params, exclude=..., **hparams)`: the one way the platform makes an optimizer.
 
 Every hyperparameter is checked before the optimizer exists: an unknown name or a bad value raises
-ValueError naming the field. Baselines are torch.optim's own classes; `exclude_1d` gives their 1-D
-tensors (biases, norm layers) no weight decay, as it does for the layer-wise optimizers.
+ValueError naming the field. Baselines are torch.optim's own classes; `exclude_1d` gives their excluded
+tensors no weight decay, as it gives the layer-wise optimizers' no weight decay and no trust ratio. Which
+tensors are excluded: those named in `exclude` (`optim.exclusions.excluded_names(model)`: norm layers,
+biases, class tokens, position embeddings), or without it those with at most one dimension.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ from optim.lamb import LAMB
 from optim.lambc import LAMBC
 from optim.larc import LARC
 from optim.lars import LARS
-from optim.layerwise import LayerwiseOptimizer, ParamsLike, normalize_params, split_1d_groups
+from optim.layerwise import LayerwiseOptimizer, ParamsLike, as_groups, normalize_params, split_1d_groups
 from optim.tvlars import TVLARS, delay_steps_from_epochs
 
 # torch.optim arguments the platform does not expose: `maximize` flips the objective (a trial minimises its loss);
@@ -132,14 +134,33 @@ def validate_hparams(name: str, hparams: dict[str, Any]) -> None:
     check_hparams(hparams, spec.defaults, spec.checks)
 
 
-def build_optimizer(name: str, params: ParamsLike, **hparams: Any) -> Optimizer:
-    """Build optimizer `name` (see OPTIMIZERS) over `params` (tensors, (name, tensor) pairs or groups)."""
+def _parameter_names(groups: list[dict[str, Any]]) -> set[str]:
+    """The names of the (name, tensor) entries of `groups`."""
+    return {entry[0] for group in groups for entry in group["params"] if isinstance(entry, tuple)}
+
+
+def build_optimizer(name: str, params: ParamsLike, *, exclude: Collection[str] | None = None,
+                    **hparams: Any) -> Optimizer:
+    """Build optimizer `name` (see OPTIMIZERS) over `params` (tensors, (name, tensor) pairs or groups).
+
+    `exclude`: the names of the (name, tensor) pairs to give no weight decay and no trust ratio (every name
+    must be one of them); None: tensors with at most one dimension. `exclude_1d=False` excludes nothing.
+    """
     spec = spec_of(name)
     validate_hparams(name, hparams)
     if "betas" in hparams:
         hparams["betas"] = tuple(hparams["betas"])
-    if spec.layerwise:
+    if spec.layerwise and exclude is None:
         return spec.cls(params, **hparams)
-    groups, _ = normalize_params(params)
-    groups = split_1d_groups(groups, hparams.pop("exclude_1d", spec.defaults["exclude_1d"]), trust_ratio=False)
+    groups = as_groups(params)
+    if exclude is not None:
+        unknown = sorted(set(exclude) - _parameter_names(groups))
+        if unknown:  # e.g. names taken from a wrapped model ("module." prefixes): nothing would be excluded
+            raise ValueError(f"exclude: not among the parameters' names: {', '.join(unknown[:3])}")
+    # layer-wise: exclude_1d stays a constructor argument; the groups split here carry `adapt`, so it keeps them
+    default = spec.defaults["exclude_1d"]
+    exclude_1d = hparams.get("exclude_1d", default) if spec.layerwise else hparams.pop("exclude_1d", default)
+    groups = split_1d_groups(groups, exclude_1d, trust_ratio=spec.layerwise, exclude=exclude)
+    if not spec.layerwise:  # bare tensors: torch.optim would otherwise store the names in its state dict
+        groups, _ = normalize_params(groups)
     return spec.cls(groups, **hparams)

@@ -1,5 +1,5 @@
-"""Shared base of the trust-ratio optimizers: 1-D exclusion, chunked multi-tensor passes, trust-ratio
-clipping (fixed or adaptive), the step counter t and telemetry.
+"""Shared base of the trust-ratio optimizers: exclusion (1-D tensors, or the names a caller gives), chunked
+multi-tensor passes, trust-ratio clipping (fixed or adaptive), the step counter t and telemetry.
 
 Every trust-ratio optimizer computes, per parameter tensor ("layer"), a ratio ρ from stacked norms in
 one vectorised op, so nothing is synchronised with the host per layer.
@@ -8,7 +8,7 @@ one vectorised op, so nothing is synchronised with the host per layer.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -26,16 +26,19 @@ CLIP_DEFAULTS: dict[str, Any] = {"clip_lower": None, "clip_upper": None, "clip_m
                                  "clip_beta": 0.99}
 
 
-def normalize_params(params: ParamsLike) -> tuple[list[dict[str, Any]], dict[int, str]]:
-    """Param groups (dicts) plus parameter names, from tensors, (name, tensor) pairs or group dicts."""
+def as_groups(params: ParamsLike) -> list[dict[str, Any]]:
+    """Param groups (dicts) from tensors, (name, tensor) pairs or group dicts; entries kept as given."""
     items = list(params)
     if not items:
         raise ValueError("params: got an empty parameter list")
-    if not isinstance(items[0], dict):
-        items = [{"params": items}]
+    return items if isinstance(items[0], dict) else [{"params": items}]
+
+
+def normalize_params(params: ParamsLike) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """Param groups (dicts) plus parameter names, from tensors, (name, tensor) pairs or group dicts."""
     names: dict[int, str] = {}
     groups: list[dict[str, Any]] = []
-    for group in items:
+    for group in as_groups(params):
         tensors = []
         for entry in group["params"]:
             if isinstance(entry, tuple):
@@ -46,22 +49,39 @@ def normalize_params(params: ParamsLike) -> tuple[list[dict[str, Any]], dict[int
     return groups, names
 
 
-def split_1d_groups(groups: list[dict[str, Any]], exclude_1d: bool, trust_ratio: bool = True) -> list[dict[str, Any]]:
-    """Move tensors with ≤ 1 dimension (biases, norm layers) to groups without weight decay.
+def _is_excluded(entry: Tensor | tuple[str, Tensor], exclude: Collection[str] | None) -> bool:
+    """`entry`'s name is in `exclude`; without `exclude`, the tensor has ≤ 1 dimension (biases, norm layers)."""
+    name, tensor = entry if isinstance(entry, tuple) else (None, entry)
+    if exclude is None:
+        return tensor.ndim <= 1
+    if name is None:
+        raise ValueError("exclude: parameter names need (name, tensor) pairs, got a bare tensor")
+    return name in exclude
 
-    `trust_ratio`: the optimizer has a trust ratio, which those groups switch off (`adapt=False`).
+
+def split_1d_groups(groups: list[dict[str, Any]], exclude_1d: bool, trust_ratio: bool = True,
+                    exclude: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """Move the excluded tensors to groups without weight decay: those named in `exclude` (see
+    `optim.exclusions.excluded_names`), or without it those with ≤ 1 dimension (biases, norm layers).
+
+    `trust_ratio`: the optimizer has a trust ratio, which those groups switch off (`adapt=False`) and the others
+    state (`adapt=True`). A group that already states `adapt` was split by the caller and is kept as given.
+    Entries are tensors or (name, tensor) pairs and stay as given.
     """
     if not exclude_1d:
         return groups
     out = []
     for group in groups:
-        multi = [p for p in group["params"] if p.ndim > 1]
-        single = [p for p in group["params"] if p.ndim <= 1]
-        if multi:
-            out.append({**group, "params": multi})
-        if single:
+        if trust_ratio and "adapt" in group:
+            out.append(group)
+            continue
+        kept = [e for e in group["params"] if not _is_excluded(e, exclude)]
+        excluded = [e for e in group["params"] if _is_excluded(e, exclude)]
+        if kept:
+            out.append({**group, "params": kept, **({"adapt": True} if trust_ratio else {})})
+        if excluded:
             extra = {"adapt": False} if trust_ratio else {}
-            out.append({**group, "params": single, "weight_decay": 0.0, **extra})
+            out.append({**group, "params": excluded, "weight_decay": 0.0, **extra})
     return out
 
 
@@ -141,7 +161,7 @@ def stack_norms(tensors: list[Tensor]) -> Tensor:
 class LayerwiseOptimizer(Optimizer):
     """Base of LARS/LAMB-style optimizers; subclasses implement `_update_chunk`.
 
-    Group options shared by all: `adapt` (trust ratio on/off, False for 1-D tensors when `exclude_1d`),
+    Group options shared by all: `adapt` (trust ratio on/off, False for excluded tensors when `exclude_1d`),
     `clip_lower`/`clip_upper` (fixed bounds μ ≤ ρ ≤ τ, None = unbounded), `clip_mode` ("fixed" or
     "adaptive": per-layer bounds EMA-mean ± clip_k·EMA-std of that layer's own ρ, decay clip_beta,
     intersected with the fixed bounds) and `step` (t, completed optimizer steps, saved in state_dict).

@@ -76,12 +76,18 @@ def fit_trials(nodes: Sequence[Mapping[str, float]], shape: TrialShape, where: s
         f"or join a cluster that has them with --address (--wait-for-resources if it autoscales)")
 
 
+def smallest_store(nodes: Sequence[Mapping[str, float]]) -> int | None:
+    """The smallest node's object store in bytes (None: unknown)."""
+    stores = [int(n["object_store_memory"]) for n in nodes if n.get("object_store_memory")]
+    return min(stores) if stores else None
+
+
 def check_fits_object_store(nbytes: int, nodes: Sequence[Mapping[str, float]]) -> None:
-    """The decoded dataset must fit every node's object store, where each node keeps one copy for its trials
-    (streaming a dataset too big for it is out of scope): else one InputError naming the limit."""
-    stores = [n["object_store_memory"] for n in nodes if n.get("object_store_memory")]
-    if stores and nbytes > min(stores):
+    """A dataset decoded into memory must fit every node's object store, where each node keeps one copy for
+    its trials: else one InputError naming the limit and the way out (streaming)."""
+    store = smallest_store(nodes)
+    if store is not None and nbytes > store:
         raise InputError(f"the decoded dataset ({nbytes / 2**30:.2f} GiB) does not fit Ray's object store "
-                         f"({min(stores) / 2**30:.2f} GiB on the smallest node): give the nodes more "
-                         f"(ray start --object-store-memory, or ray.init(object_store_memory=…)), or train on "
-                         f"less (--set limit=N); datasets larger than the object store are not supported")
+                         f"({store / 2**30:.2f} GiB on the smallest node): give the nodes more "
+                         f"(ray start --object-store-memory, or ray.init(object_store_memory=…)), train on "
+                         f"less (--set limit=N), or stream it (--set data_path=stream; imagefolder and imagenet)")

@@ -15,14 +15,15 @@ import sys
 import time
 import traceback
 
-from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes
+from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes, smallest_store
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
 from study.plan import StudyPlan, check_variants, make_plan, parse_sets
 from study.record import StudyRecord
 from study.storage import Location
 from trainables.config import TrialConfig
-from trainables.data import Dataset, check_validation_size, load_dataset
+from trainables.data import STREAMED, Dataset, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
+from trainables.stream import SOURCE_IMAGES, Catalog, build_catalog, is_uri
 from trainables.environment import set_library_defaults
 
 
@@ -61,12 +62,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def list_spaces() -> None:
     from optim.factory import SPECS, trial_hparams
     from search_spaces import SPACES
+    from trainables.models import MODELS_HINT
 
     width = max(map(len, SPACES))
     for name, space in SPACES.items():
         print(f"{name:<{width}}  {space.description}")
         if len(space.variants) > 1:
             print(f"{'':<{width}}  variants (--variants): {', '.join(space.variants)}")
+    print(f"\n{MODELS_HINT} (--set model=NAME)")
     print("\noptimizers (--set optimizer=NAME, and any of its hyperparameters):")
     for name, spec in SPECS.items():
         print(f"  {name:<8} {spec.description}; {', '.join(sorted(trial_hparams(name)))}")
@@ -139,14 +142,67 @@ def fit_to_cluster(plan: StudyPlan, address: str | None, wait: bool) -> None:
     plan.capacity = fit_trials(nodes, shape, where, wait)
 
 
-def obtain_data(plan: StudyPlan, data_url: str | None) -> Dataset:
-    """The dataset on disk (downloaded once if absent) and decoded (cached), before any trial starts; every
-    variant's validation split and batch checked against its size."""
+def obtain_data(plan: StudyPlan, data_url: str | None) -> Dataset | Catalog:
+    """The dataset on disk (downloaded once if absent), before any trial starts: decoded (cached), or, for
+    datasets a trial can stream, listed (decoded later only if it goes to the object store, `place_data`);
+    every variant's validation split and batch checked against its size."""
     shared = plan.shared()
-    ensure_dataset(shared.dataset, shared.data_dir, data_url)
-    data = load_dataset(shared.dataset, shared.data_dir, shared.image_size)
+    if shared.dataset in STREAMED:
+        if not is_uri(shared.data_dir):
+            ensure_dataset(shared.dataset, shared.data_dir, data_url)
+        data = build_catalog(shared.dataset, shared.data_dir, shared.image_size)
+    else:
+        ensure_dataset(shared.dataset, shared.data_dir, data_url)
+        data = load_dataset(shared.dataset, shared.data_dir, shared.image_size)
     check_splits(plan, len(data.train))
     return data
+
+
+def data_path_for(plan: StudyPlan, data: Dataset | Catalog, store: int | None) -> tuple[str, str]:
+    """("memory" or "stream", why): `data_path` as set, else memory when the decoded dataset fits the
+    smallest node's object store and a memory loader reads its layout."""
+    shared = plan.shared()
+    if isinstance(data, Dataset):
+        return "memory", f"{shared.dataset} is decoded into memory"
+    size = f"{data.decoded_bytes() / 2**30:.2f} GiB decoded at {data.image_size} px"
+    if shared.data_path != "auto":
+        return shared.data_path, f"data_path={shared.data_path} ({size})"
+    if shared.dataset in SOURCE_IMAGES:
+        return "stream", f"{shared.dataset}'s augmentation reads the source images ({size})"
+    if is_uri(data.root) or data.train.sharded:
+        return "stream", f"{'a URI' if is_uri(data.root) else 'shards'} ({size})"
+    if store is not None and data.decoded_bytes() > store:
+        return "stream", f"{size} > the smallest node's object store ({store / 2**30:.2f} GiB)"
+    room = f"the smallest node's object store ({store / 2**30:.2f} GiB)" if store else "the object store"
+    return "memory", f"{size} fits {room}"
+
+
+def place_data(plan: StudyPlan, data: Dataset | Catalog):
+    """Put the study's data in Ray's object store once: decoded arrays (every trial reads them zero-copy, one
+    copy per node), or, streamed, the catalog of images each trial reads and decodes itself."""
+    import ray
+
+    nodes = ray_nodes()
+    path, why = data_path_for(plan, data, smallest_store(nodes))
+    shared = plan.shared()
+    if path == "stream":
+        if shared.task == "bt":
+            raise InputError(f"data_path: Barlow Twins trains from memory, but {why}; train on less "
+                             "(--set limit=N) or give the nodes more object store")
+        cpus = plan.space.cpus_per_worker
+        print(f"data: streaming {len(data.train):,} + {len(data.test):,} images from {data.root}: {why}; each "
+              f"trial decodes its images every epoch with its own CPUs ({cpus:g} per worker: "
+              f"{max(int(cpus) - 1, 0)} decode process(es) beside the training one)", flush=True)
+        return ray.put(data.to_arrays())
+    if isinstance(data, Catalog):
+        try:
+            data = load_dataset(shared.dataset, shared.data_dir, shared.image_size)
+        except ValueError as err:  # the layout or an image, found decoding: the user's input
+            raise InputError(str(err)) from None
+    arrays = data.to_arrays()
+    check_fits_object_store(sum(a.nbytes for a in arrays.values() if hasattr(a, "nbytes")), nodes)
+    print(f"data: {len(data.train):,} + {len(data.test):,} images in Ray's object store: {why}", flush=True)
+    return ray.put(arrays)
 
 
 def check_splits(plan: StudyPlan, train_images: int) -> None:
@@ -187,14 +243,14 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
                                  tracking_uri=tracking_uri, experiment=args.experiment or args.space)
 
 
-def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Dataset) -> int:
-    import ray
-
+def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Dataset | Catalog) -> int:
     from study.mlflow_store import check_tracking_uri, experiment_id, start_parent_run
     from study.tracking import StudyRecorder
     from study.summary import report_stages, summarize, untrained, write_report
     from study.tuner import new_tuner, restored_tuner
 
+    started = time.time()
+    data_ref = place_data(plan, data)  # before anything is recorded: a dataset that fails to decode is bad input
     client = check_tracking_uri(record.tracking_uri)
     exp_id = experiment_id(client, record.experiment, record.artifact_root)
     record.parent_run_id = start_parent_run(
@@ -205,12 +261,6 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
           f"({plan.space.num_samples} per variant), "
           f"MLflow experiment {record.experiment!r} run {record.parent_run_id}", flush=True)
 
-    started = time.time()
-    # The decoded dataset goes into Ray's object store once; every trial (and Train worker) reads it
-    # from there — zero-copy on its node, one copy per node — instead of loading and decoding files.
-    arrays = data.to_arrays()
-    check_fits_object_store(sum(a.nbytes for a in arrays.values() if hasattr(a, "nbytes")), ray_nodes())
-    data_ref = ray.put(arrays)
     if args.resume:
         tuner = restored_tuner(plan, record, args.max_failures, data_ref)
     else:

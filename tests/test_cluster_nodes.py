@@ -234,3 +234,32 @@ def test_a_local_storage_on_a_cluster_of_several_nodes_is_refused_before_tune_st
     errors = [line for line in done.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: --storage:") and "s3://" in errors[0], done.explain()
     assert "--shared-storage" in errors[0] and "2 nodes" in errors[0]
+
+
+def test_trials_stream_shards_from_s3_on_a_node_without_the_data(cluster, s3, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from imagefolders import make_image_folder
+    from trainables.shard import convert
+
+    for key, value in s3[0].items():  # this process writes the shards to the bucket
+        monkeypatch.setenv(key, value)
+    folder = make_image_folder(cluster["tmp"] / "folder", train=72, val=24, size=40, classes=4)
+    shards = f"s3://{BUCKET}/shards/tiny"
+    convert(str(folder), shards, rows_per_group=8, rows_per_file=40, workers=1)
+    done = _study(cluster, "--space", "demo", "--variants", "lars_warmup,tvlars", "--num-samples", "1", "--confirm", "0",
+                  "--data-dir", shards, "--storage", f"s3://{BUCKET}/streamed", "--experiment", "streamed",
+                  "--set", "dataset=imagefolder", "--set", "image_size=32", "--set", "epochs=2", "--set", "val_size=8",
+                  "--set", "batch_size=16", "--set", "grace_period=2", "--set", "eval_every=1",
+                  cwd=cluster["tmp"], log="streamed.log")
+    assert done.returncode == 0, done.explain()
+    decided = [line for line in done.output.splitlines() if line.startswith("data: streaming")]
+    assert len(decided) == 1 and f"from {shards}: a URI" in decided[0], done.explain()
+    client = MlflowClient(f"sqlite:///{cluster['tmp'] / 'data-home' / 'layerwise-study' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("streamed").experiment_id])
+    trials = [r for r in runs if "trial_id" in r.data.tags]
+    assert len(trials) == 2, [r.info.run_name for r in runs]
+    for run in trials:  # every trial read the bucket's shards on the node that has neither the code nor the data
+        assert run.data.tags["status"] == "completed", run.data.tags
+        assert run.data.tags["ray_node_id"] == cluster["worker_node"]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")] == [1, 2]

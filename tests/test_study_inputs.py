@@ -65,7 +65,9 @@ def test_list_prints_every_space_and_optimizer(capsys):
     from optim.factory import SPECS
 
     assert main(["--list"]) == 0
-    spaces, optimizers = capsys.readouterr().out.split("\n\n")
+    spaces, models, optimizers = capsys.readouterr().out.split("\n\n")
+    assert models.startswith("models: resnet8, resnet14, resnet20 (CIFAR ResNets) or any torchvision classifier")
+    assert "list_models(module=torchvision.models)" in models
     names = [line.split()[0] for line in spaces.splitlines() if not line.startswith(" ")]
     assert names == list(SPACES)
     assert "  variants (--variants): tvlars, lars_warmup, lars_nowarmup" in spaces

@@ -5,6 +5,7 @@ study's overhead (a 6-trial, 1-epoch `demo` study's wall time ÷ the sum of its 
     python -m trainables.bench [--device cpu|cuda] [--rounds 5] [--steps 5] [--model resnet8]
                                [--optimizer lars] [--batch-size 512] [--limit 10240] [--epochs 4]
                                [--data-dir DIR] [--no-trials] [--no-torch-trainer] [--no-steps] [--no-study]
+    python -m trainables.bench --data DIR …  # the data paths on an image folder: trainables/data_bench.py
 
 A trial runs the classification loop one of two ways, both measured: a one-worker trial inside its
 Tune actor (what a study runs for `workers=1`; the ≤ 1.10 target applies to it), and a Ray Train
@@ -314,7 +315,14 @@ def gpu_epoch_lines(cfg: dict, device: torch.device) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     set_library_defaults()
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg == "--data" or arg.startswith("--data=") for arg in argv):  # a benchmark of its own, its own options
+        from trainables.data_bench import main as data_bench
+
+        return data_bench(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", metavar="DIR", help="instead: benchmark the data paths on this image folder "
+                                                      "(options: python -m trainables.bench --data DIR --help)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--model")
     parser.add_argument("--optimizer", default="lars")

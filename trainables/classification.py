@@ -18,17 +18,17 @@ from torch import Tensor, nn
 
 from optim import per_sample_grad_norms
 from optim.clars import CLARS, microbatch_grad_norms
-from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_flip
-from trainables.batches import MICRO_AUTO, Shard, generator, resolve_batching
+from trainables.augment import normalize
+from trainables.batches import MICRO_AUTO, Shard, resolve_batching
 from trainables.config import TrialConfig
 from trainables.models import build_model
 from trainables.records import MICRO_CHOSEN_KEY
 from trainables.checkpoints import restore
-from trainables.epochs import EpochMeter, Epochs, current_lr, due, evaluate, run_epochs, steps
+from trainables.epochs import EpochMeter, Epochs, current_lr, due, evaluate_batches, run_epochs, steps
+from trainables.feeds import AUGMENT_STREAM, MemoryFeed, StreamedFeed  # noqa: F401 - AUGMENT_STREAM: re-exported
 from trainables.session import Session
+from trainables.stream import StreamedData, StreamFeed, decode_workers
 from trainables.worker import WorkerEnv, build_training, place_model, start_worker
-
-AUGMENT_STREAM = 1  # generator stream id for augmentation draws (the batch order uses the bare (seed, epoch))
 
 
 def input_pipeline(mean: tuple, std: tuple, env: WorkerEnv) -> Callable[[Tensor], Tensor]:
@@ -122,13 +122,12 @@ def train_classifier(config: dict[str, Any], session: Session | None = None, sha
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     prepare = input_pipeline(data.mean, data.std, env)
     chosen: dict[str, int] = {}  # micro_batch_size=auto: the size its probe picked
+    feed = make_feed(cfg, env, data, shard)
 
     def train(epoch: int, meter: EpochMeter) -> None:
         model.train()
-        draws = epoch_draws(lambda step: sample_crop_flip(cfg.batch_size, generator(cfg.seed, epoch, step, AUGMENT_STREAM)),
-                            shard.steps, shard.rows, env.device)
-        for step, index in steps(shard.epoch(epoch, env.device), meter, env):
-            x, y = prepare(crop_flip(data.train.images[index], draws[step])), data.train.labels[index]
+        for step, images, y in steps(feed.epoch(epoch), meter, env):
+            x = prepare(images)
             if micro == MICRO_AUTO and not chosen:
                 chosen[MICRO_CHOSEN_KEY] = fitting_micro_batch(cfg, env, network, model, loss_fn, x, y, bn_group)
             size = chosen.get(MICRO_CHOSEN_KEY, micro)
@@ -143,10 +142,10 @@ def train_classifier(config: dict[str, Any], session: Session | None = None, sha
     def evaluate_epoch(epoch: int) -> dict[str, Any]:
         evaluated = {}
         if due(cfg.eval_every, epoch + 1, cfg.epochs):
-            for prefix, split in (("val", data.val), ("test", data.test)):
-                if split is not None and len(split):
-                    evaluated |= evaluate(model, split.images, split.labels, env, prepare, prefix)
-        return {**evaluated, "lr": current_lr(optimizer), **chosen}
+            for prefix in ("val", "test"):
+                if feed.has(prefix):
+                    evaluated |= evaluate_batches(model, feed.evaluation(prefix), env, prepare, prefix)
+        return {**evaluated, "lr": current_lr(optimizer), **chosen, **feed.epoch_metrics()}
 
     # Diverged also when the loss is far above a uniform guess's ln(C): LARS at lr 1e4 keeps finite weights
     # through batch norm's scale invariance while its loss is in the tens of thousands.
@@ -154,6 +153,15 @@ def train_classifier(config: dict[str, Any], session: Session | None = None, sha
                     loss_limit=cfg.divergence_factor * math.log(data.num_classes))
     state.setup_seconds = time.perf_counter() - entered
     return run_epochs(cfg, env, state, modules, cfg.epochs, epochs, telemetry)
+
+
+def make_feed(cfg: TrialConfig, env: WorkerEnv, data, shard: Shard) -> MemoryFeed | StreamedFeed:
+    """This worker's batches: indexed on the device, or decoded by the trial's own CPUs beyond the first."""
+    if not isinstance(data, StreamedData):
+        return MemoryFeed(data, shard, cfg.seed, env.device)
+    stream = StreamFeed(data.catalog, data.train, {"val": data.val, "test": data.test} if data.val is not None
+                        else {"test": data.test}, shard, decode_workers(), env.device)
+    return StreamedFeed(stream, cfg.seed)
 
 
 def compiled(network: nn.Module, cfg: TrialConfig) -> nn.Module:

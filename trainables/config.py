@@ -17,14 +17,15 @@ from typing import Any
 from optim import SCHEDULERS
 from optim.factory import spec_of, trial_hparams, validate_hparams
 from trainables.batches import BN_SYNC, MICRO_AUTO
-from trainables.data import check_data_dir
-from trainables.models import INITS, MODELS
+from trainables.data import STREAMED, check_data_dir
+from trainables.models import INITS, check_model
+from trainables.stream import DATA_PATHS, SOURCE_IMAGES, is_uri
 from trainables.records import SETTING_NAMES, TrialSettings
 
 TASKS = ("clf", "bt")
 LR_SCALINGS = ("sqrt", "linear")
 _CHOICES = {
-    "task": TASKS, "model": MODELS, "init": INITS, "scheduler": SCHEDULERS, "lr_scaling": LR_SCALINGS,
+    "task": TASKS, "init": INITS, "data_path": DATA_PATHS, "scheduler": SCHEDULERS, "lr_scaling": LR_SCALINGS,
     "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16"), "clars_norms": ("exact", "microbatch"),
 }
 _AT_LEAST_ONE_OR_WORD = {"micro_batch_size": MICRO_AUTO, "bn_group": BN_SYNC}
@@ -58,6 +59,8 @@ class TrialConfig(TrialSettings):
         for key, choices in _CHOICES.items():
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key}: unknown {getattr(self, key)!r}; choose one of {', '.join(choices)}")
+        check_model(self.model)
+        self._check_data_path()
         for key in _AT_LEAST_ONE:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
@@ -91,6 +94,19 @@ class TrialConfig(TrialSettings):
         validate_hparams(self.optimizer, self.optimizer_hyperparameters(steps_per_epoch=1))
         if check_data:
             check_data_dir(self.dataset, self.data_dir)
+
+    def _check_data_path(self) -> None:
+        """Which datasets each data path can read (`trainables.stream`)."""
+        if self.data_path == "stream" and self.dataset not in STREAMED:
+            raise ValueError(f"data_path: {self.dataset} is decoded into memory; streaming reads "
+                             f"{' or '.join(STREAMED)} (folders or shards)")
+        if self.data_path == "memory" and (self.dataset in SOURCE_IMAGES or is_uri(self.data_dir)):
+            why = "its augmentation (RandomResizedCrop) reads the source images" if self.dataset in SOURCE_IMAGES \
+                else f"{self.data_dir} is a URI"
+            raise ValueError(f"data_path: {self.dataset} is streamed ({why}); use data_path=stream or auto")
+        if self.task == "bt" and (self.data_path == "stream" or self.dataset in SOURCE_IMAGES):
+            raise ValueError("data_path: Barlow Twins trains from data decoded in memory; streaming is for "
+                             "classification (task=clf)")
 
     def validation_size(self, pool: int) -> int:
         """How many of the `pool` training images (after `limit`) are held out for validation."""

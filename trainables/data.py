@@ -25,7 +25,9 @@ from torch import Tensor
 
 from trainables.safe_load import UnsafeFileError, load_plain
 
-DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "parquet")
+DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "parquet", "imagenet")
+STREAMED = ("imagefolder", "imagenet")  # datasets a trial can stream (trainables.stream), e.g. from a bucket
+DEFAULT_IMAGE_SIZE = {"imagefolder": 64, "imagenet": 224}  # the square side images are decoded to, unless image_size
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 _LAYOUTS = {
@@ -35,6 +37,10 @@ _LAYOUTS = {
                      "val/images/*.JPEG and val/val_annotations.txt"),
     "imagefolder": "'train/<class>/<image>' and 'val/<class>/<image>' (or 'test/<class>/<image>')",
     "parquet": "train.parquet and test.parquet with columns img{bytes,path} and label",
+    "imagenet": ("ILSVRC-2012 as torchvision's ImageNet prepares it, 'train/<wnid>/*.JPEG' and 'val/<wnid>/*.JPEG' "
+                 "(or the shards `python -m trainables.shard` makes of it); it is not downloaded (its licence): "
+                 "obtain it at https://image-net.org/download.php (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, "
+                 "ILSVRC2012_devkit_t12.tar.gz) and let torchvision.datasets.ImageNet(root, split=…) arrange it"),
 }
 
 
@@ -98,21 +104,26 @@ class Dataset:
 
 # --- decoding ------------------------------------------------------------------------------------
 
-def _decode(blobs: list[bytes], image_size: int | None = None) -> Tensor:
-    """Decode encoded images to [N, 3, H, W] uint8, optionally resized and centre-cropped to a square.
+def decode_image(blob: bytes, image_size: int | None = None):
+    """One encoded image → [H, W, 3] uint8 NumPy array, optionally resized and centre-cropped to a square.
 
     Pillow rather than torchvision.io, whose image codecs are deprecated since torchvision 0.29.
     """
     import numpy as np
     from PIL import Image, ImageOps
 
-    out = []
-    for blob in blobs:
-        with Image.open(io.BytesIO(blob)) as img:
-            img = img.convert("RGB")
-            if image_size is not None and img.size != (image_size, image_size):
-                img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
-            out.append(np.asarray(img))
+    with Image.open(io.BytesIO(blob)) as img:
+        img = img.convert("RGB")
+        if image_size is not None and img.size != (image_size, image_size):
+            img = ImageOps.fit(img, (image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(img)
+
+
+def _decode(blobs: list[bytes], image_size: int | None = None) -> Tensor:
+    """Decode encoded images to [N, 3, H, W] uint8 (`decode_image` each)."""
+    import numpy as np
+
+    out = [decode_image(blob, image_size) for blob in blobs]
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise DataError(f"images have different sizes {sorted(shapes)[:3]}…; set image_size to resize them")
@@ -219,7 +230,7 @@ def default_data_root() -> Path:
 def data_dir_for(dataset: str, given: str | Path | None = None) -> str:
     """The dataset's folder: `given` (--data-dir), else $LAYERWISE_DATA/<dataset>, else <user cache>/data/<dataset>."""
     if given:
-        return str(Path(given).expanduser().resolve())
+        return str(given) if "://" in str(given) else str(Path(given).expanduser().resolve())
     root = os.environ.get("LAYERWISE_DATA") or default_data_root()
     return str((Path(root).expanduser() / dataset).resolve())
 
@@ -282,7 +293,7 @@ def _decode_dataset(dataset: str, root: Path, image_size: int | None) -> Dataset
     elif dataset == "tinyimagenet":
         splits = _tinyimagenet(root)
     else:
-        splits = _imagefolder(root, image_size or 64)
+        splits = _imagefolder(root, image_size or DEFAULT_IMAGE_SIZE["imagefolder"])
     train, test = splits
     if train.images.shape[1:] != test.images.shape[1:]:
         raise layout_error(dataset, root, f"train images {tuple(train.images.shape[1:])} and test images "
@@ -295,6 +306,11 @@ def check_data_dir(dataset: str, data_dir: str | Path | None) -> Path:
     """Validate the dataset name and that `data_dir` exists; return it as a Path (cheap, no decoding)."""
     if dataset not in DATASETS:
         raise DataError(f"dataset: unknown {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if data_dir is not None and "://" in str(data_dir):  # a bucket: listed (and checked) by trainables.stream
+        if dataset not in STREAMED:
+            raise DataError(f"data_dir: {dataset} is read from a local folder; a URI ({data_dir}) streams "
+                            f"{' or '.join(STREAMED)} only")
+        return Path()
     if data_dir is None or not Path(data_dir).is_dir():
         raise layout_error(dataset, data_dir, "directory not found")
     return Path(data_dir)

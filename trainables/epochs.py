@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -117,16 +117,22 @@ class EpochMeter:
         return loss / max(count, 1), 100 * correct / max(count, 1), seconds, count / seconds
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, env: WorkerEnv, prepare, prefix: str = "test",
              batch: int = 1000) -> dict[str, float]:
-    """`<prefix>_loss` / `_top1` / `_top5` of one split over this worker's strided share, summed over workers."""
+    """`evaluate_batches` over this worker's strided share of a split held on the device."""
+    index = eval_indices(len(labels), env.rank, env.world_size).to(env.device)
+    return evaluate_batches(model, ((images[c], labels[c]) for c in index.split(batch)), env, prepare, prefix)
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], env: WorkerEnv, prepare,
+                     prefix: str = "test") -> dict[str, float]:
+    """`<prefix>_loss` / `_top1` / `_top5` over this worker's (uint8 image, label) batches, summed over workers."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=env.device)
-    index = eval_indices(len(labels), env.rank, env.world_size).to(env.device)
-    for chunk in index.split(batch):
-        x, y = prepare(images[chunk]), labels[chunk]
+    for images, y in batches:
+        x = prepare(images)
         # no autograd graph: measured ResNet-8, 1,000 images, 1 CPU thread 1.03 s → 0.75 s
         with torch.inference_mode(), env.autocast():
             logits = model(x).float()

@@ -1,20 +1,28 @@
-"""Models: torchvision ResNet-18/34/50 and EfficientNet-B0, plus small CIFAR ResNets for CPU runs.
+"""Models: the small CIFAR ResNets (resnet8/14/20, written out here) and every torchvision classifier by name.
 
-Inputs smaller than 64×64 get the CIFAR stem (3×3 stride-1 convolution, no max-pool); larger inputs
-keep the standard ImageNet stem. `init` re-initialises conv/linear weights as the TVLARS paper does
-(`kaiming_uniform`), with `xavier_uniform`, or leaves torchvision's default.
+`build_model(name, ...)` builds any name of `torchvision.models.list_models(module=torchvision.models)` through
+`torchvision.models.get_model(name, weights=None, num_classes=...)`. Inputs smaller than 64×64 give ResNets and
+EfficientNets the CIFAR stem (3×3 stride-1 convolution, no max-pool); ViT and MaxViT are built for the input size;
+every other model is left as torchvision builds it, so a few need larger inputs (inception_v3 ≥ 75 px, alexnet
+≥ 63 px, maxvit_t a size whose block grids divide by 7). `init` re-initialises conv/linear weights as the TVLARS
+paper does (`kaiming_uniform`), with `xavier_uniform`, or leaves torchvision's default.
 """
 
 from __future__ import annotations
+
+import difflib
+import inspect
+import typing
 
 import torch
 from torch import nn
 
 INITS = ("kaiming_uniform", "xavier_uniform", "default")
-_TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
 # Small CIFAR ResNets (He et al. 2016, §4.2): 3 stages of BasicBlocks, widths w, 2w, 4w.
 _CIFAR_RESNETS = {"resnet8": 1, "resnet14": 2, "resnet20": 3}
-MODELS = (*_CIFAR_RESNETS, *_TORCHVISION_RESNETS, "efficientnet_b0")
+# The built-in CPU models and a few torchvision ones; any torchvision classifier is accepted (`check_model`).
+_LIST_COMMAND = 'python -c "import torchvision; print(torchvision.models.list_models(module=torchvision.models))"'
+MODELS_HINT = f"models: {', '.join(_CIFAR_RESNETS)} (CIFAR ResNets) or any torchvision classifier: {_LIST_COMMAND}"
 
 
 class BasicBlock(nn.Module):
@@ -68,10 +76,14 @@ class CifarResNet(nn.Module):
 
 
 def _cifar_stem(model: nn.Module) -> None:
-    if hasattr(model, "conv1"):  # ResNet
+    """Keep small inputs' resolution in the stem: 3×3 stride-1 first convolution and no max-pool (ResNets),
+    stride-1 first convolution (EfficientNets); other models are left as they are."""
+    from torchvision.models import EfficientNet, ResNet
+
+    if isinstance(model, ResNet):
         model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
-    else:  # EfficientNet: stride-1 first convolution
+    elif isinstance(model, EfficientNet):
         model.features[0][0].stride = (1, 1)
 
 
@@ -91,19 +103,49 @@ def initialize(model: nn.Module, init: str) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def torchvision_models() -> list[str]:
+    """Every classifier name of `torchvision.models` (not detection, segmentation, video or quantized ones)."""
+    import torchvision.models
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def check_model(name: str) -> None:
+    """Raise ValueError naming the closest valid names unless `name` is a model `build_model` knows."""
+    if name in _CIFAR_RESNETS:  # answered without importing torchvision (seconds per fresh Ray worker)
+        return
+    names = [*_CIFAR_RESNETS, *torchvision_models()]
+    if name not in names:
+        closest = difflib.get_close_matches(str(name), names, n=3, cutoff=0.0)
+        raise ValueError(f"model: unknown {name!r}; closest: {', '.join(closest)}; list them with: {_LIST_COMMAND}")
+
+
+def _builder_kwargs(name: str, image_size: int) -> dict[str, typing.Any]:
+    """Extra constructor arguments `name`'s model class takes (read from its builder's return type) that
+    training needs: the input size (ViT, MaxViT), plain logits in training (no auxiliary heads), and
+    torchvision's own initialisation chosen explicitly (GoogLeNet/Inception warn when it is left unset)."""
+    import torchvision.models
+
+    cls = typing.get_type_hints(torchvision.models.get_model_builder(name)).get("return")
+    accepted = set(inspect.signature(cls.__init__).parameters) if inspect.isclass(cls) else set()
+    wanted = {"image_size": image_size, "input_size": (image_size, image_size), "aux_logits": False,
+              "init_weights": True}
+    return {key: value for key, value in wanted.items() if key in accepted}
+
+
 def build_model(name: str, num_classes: int, image_size: int, *, init: str = "kaiming_uniform",
                 width: int | None = None) -> nn.Module:
     """A classifier for `image_size`×`image_size` RGB inputs; `width` sets the small ResNets' base width."""
+    check_model(name)
     if name in _CIFAR_RESNETS:
         model = CifarResNet(_CIFAR_RESNETS[name], width or 16, num_classes)
-    elif name in _TORCHVISION_RESNETS or name == "efficientnet_b0":
+    else:
         import torchvision.models
 
-        model = getattr(torchvision.models, name)(num_classes=num_classes)
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes,
+                                             **_builder_kwargs(name, image_size))
         if image_size < 64:
             _cifar_stem(model)
-    else:
-        raise ValueError(f"model: unknown {name!r}; choose one of {', '.join(MODELS)}")
     initialize(model, init)
     return model
 
@@ -154,12 +196,29 @@ def set_bn_group(model: nn.Module, group: int) -> nn.Module:
     return model
 
 
+def _final_linear(model: nn.Module) -> tuple[nn.Module, str]:
+    """(parent module, attribute name) of the classifier's last Linear: the last one registered."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ValueError(f"split_head: {type(model).__name__} has no Linear classifier head")
+    parent, _, attribute = names[-1].rpartition(".")
+    return model.get_submodule(parent), attribute
+
+
 def split_head(model: nn.Module) -> tuple[nn.Module, int]:
-    """Replace the classifier head by identity; return (backbone, feature dimension)."""
-    if isinstance(model, CifarResNet) or hasattr(model, "fc"):
-        dim = model.fc.in_features
-        model.fc = nn.Identity()
-    else:  # EfficientNet
-        dim = model.classifier[-1].in_features
-        model.classifier = nn.Identity()
+    """Replace the classifier head by identity; return (backbone, feature dimension).
+
+    The head is the last Linear (`fc`, `classifier`, `classifier[-1]`, `heads.head`, `head`) together with the
+    Dropout right before it in its Sequential: the features feed another head, not this one's dropout.
+    Whatever precedes them in the classifier (ConvNeXt's norm, MobileNetV3's hidden layer) stays in the backbone.
+    """
+    parent, attribute = _final_linear(model)
+    dim = getattr(parent, attribute).in_features
+    setattr(parent, attribute, nn.Identity())
+    if isinstance(parent, nn.Sequential):
+        before = list(parent._modules)[:list(parent._modules).index(attribute)]
+        for key in reversed(before):  # ViT's `heads` names its entries, so go by name, not index
+            if not isinstance(parent._modules[key], nn.Dropout):
+                break
+            setattr(parent, key, nn.Identity())
     return model, dim

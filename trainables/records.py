@@ -69,8 +69,11 @@ class TrialSettings:
     # what to train on
     task: str = "clf"
     dataset: str = "cifar10"
-    data_dir: str | None = field(default=None, metadata=RUNTIME)
-    image_size: int | None = None  # imagefolder only: images are resized to this square size
+    data_dir: str | None = field(default=None, metadata=RUNTIME)  # a folder, or a URI (s3://…, gs://…) to stream
+    # "memory": decoded once into Ray's object store; "stream": read and decoded by each trial every epoch;
+    # "auto": memory when the decoded dataset fits the smallest node's object store (trainables.stream)
+    data_path: str = field(default="auto", metadata=RUNTIME)
+    image_size: int | None = None  # imagefolder/imagenet: images are decoded to this square size
     limit: int | None = None  # class-balanced training subset
     test_limit: int | None = None
     val_size: int | None = None  # training images held out for validation (stratified); None = a tenth, 0 = none

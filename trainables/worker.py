@@ -16,10 +16,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from optim import build_optimizer, build_scheduler
+from optim.exclusions import excluded_names
 from optim.layerwise import LayerwiseOptimizer
 from trainables.batches import BN_SYNC
 from trainables.config import TrialConfig
 from trainables.data import Dataset, balanced_subset, load_dataset, stratified_split
+from trainables.stream import Catalog, StreamedData, build_catalog, is_catalog, streams
 from trainables.models import set_bn_group
 from trainables.session import Session, TrainSession
 
@@ -75,7 +77,7 @@ class WorkerEnv:
 
 
 def start_worker(config: dict[str, Any], session: Session | None, shared_data: Any
-                 ) -> tuple[TrialConfig, WorkerEnv, Dataset]:
+                 ) -> tuple[TrialConfig, WorkerEnv, Dataset | StreamedData]:
     """A loop's start: its settings, its worker environment, and its data on the device.
 
     `shared_data` is the study's dataset in Ray's object store; a Ray Train worker finds it in its config.
@@ -96,17 +98,19 @@ def place_model(model: nn.Module, env: WorkerEnv, bn_group: int | str | None = N
     return model.to(env.device, memory_format=env.memory_format())
 
 
-def load_data(cfg: TrialConfig, env: WorkerEnv, shared: Any = None) -> Dataset:
-    """The dataset's (limited) splits, the validation split held out of the training one, moved whole to
-    the worker's device as uint8.
+def load_data(cfg: TrialConfig, env: WorkerEnv, shared: Any = None) -> Dataset | StreamedData:
+    """The dataset's (limited) splits, the validation split held out of the training one: moved whole to
+    the worker's device as uint8, or, streamed, as the list of images the worker will read.
 
     `shared`: the study's decoded dataset in Ray's object store (a reference, or its arrays), read
-    zero-copy; without it the dataset is loaded from `data_dir` (decoded once into the disk cache).
+    zero-copy, or the catalog of a streamed one; without it the dataset is loaded from `data_dir` (decoded
+    once into the disk cache), or listed there when it streams (`trainables.stream.streams`).
     """
-    if shared is not None:
-        data = Dataset.from_arrays(ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared)
-    else:
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    arrays = ray.get(shared) if isinstance(shared, ray.ObjectRef) else shared
+    if is_catalog(arrays) or arrays is None and streams(cfg.dataset, cfg.data_dir, cfg.data_path):
+        return streamed_splits(cfg, Catalog.from_arrays(arrays) if arrays is not None
+                               else build_catalog(cfg.dataset, cfg.data_dir, cfg.image_size))
+    data = Dataset.from_arrays(arrays) if arrays is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
     pool = balanced_subset(data.train, cfg.limit)
     train, val = stratified_split(pool, cfg.validation_size(len(pool)), cfg.split_seed)
     test = balanced_subset(data.test, cfg.test_limit)
@@ -115,10 +119,18 @@ def load_data(cfg: TrialConfig, env: WorkerEnv, shared: Any = None) -> Dataset:
     return Dataset(train, test, data.mean, data.std, val)
 
 
+def streamed_splits(cfg: TrialConfig, catalog: Catalog) -> StreamedData:
+    """The trial's streamed splits, limited and held out exactly as the in-memory ones."""
+    pool = balanced_subset(catalog.train, cfg.limit)
+    train, val = stratified_split(pool, cfg.validation_size(len(pool)), cfg.split_seed)
+    return StreamedData(catalog, train, balanced_subset(catalog.test, cfg.test_limit), val)
+
+
 def build_training(cfg: TrialConfig, model: nn.Module, steps_per_epoch: int, epochs: int):
     """Optimizer (with telemetry when layer-wise) and per-step scheduler for `model`."""
     hparams = cfg.optimizer_hyperparameters(steps_per_epoch)
-    optimizer = build_optimizer(cfg.optimizer, list(model.named_parameters()), **hparams)
+    # the LARS family's exclusions decided per parameter from the model (norm layers, biases, ViT's tokens)
+    optimizer = build_optimizer(cfg.optimizer, list(model.named_parameters()), exclude=excluded_names(model), **hparams)
     telemetry = None
     if isinstance(optimizer, LayerwiseOptimizer):
         telemetry = optimizer.enable_telemetry(every=cfg.telemetry_every)

@@ -148,3 +148,49 @@ def test_attach_paper_puts_the_published_top1_beside_every_lr_of_its_setting():
     assert out["paper_top1"].iloc[5] == 77.49 and out["paper"].iloc[5] == "TVLARS paper"
     assert math.isnan(out["paper_top1"].iloc[6])
     assert out["lr"].tolist() == cells["lr"].tolist()  # our cells keep their own lr
+
+
+# --- the command itself on this CPU machine ----------------------------------------------------------------
+
+def _study(tmp_path, *args: str, timeout: float):
+    import os
+    import sys
+    from pathlib import Path
+
+    from subprocs import run_logged
+
+    return run_logged([sys.executable, "-m", "study.run", "--space", "imagenet_resnet50_bs32k",
+                       "--storage", str(tmp_path / "results"), *args], tmp_path / "study.log",
+                      cwd=Path(__file__).resolve().parents[1], env={**os.environ, "RAY_ADDRESS": ""}, timeout=timeout)
+
+
+def test_the_32k_study_on_a_cpu_machine_is_one_gpu_error_within_a_minute(tmp_path):
+    import time
+
+    started = time.monotonic()
+    done = _study(tmp_path, timeout=120)
+    errors = [line for line in done.output.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and time.monotonic() - started < 60, done.explain()
+    assert len(errors) == 1 and "no GPU for it" in errors[0] and "--set gpus_per_worker=0" in errors[0]
+
+
+def test_a_smoke_study_on_a_tiny_imagenet_folder_runs_to_the_end_on_cpu(tmp_path, data_cache):
+    from mlflow.tracking import MlflowClient
+
+    from imagefolders import make_image_folder
+
+    root = make_image_folder(tmp_path / "imagenet", train=48, val=16, size=80, classes=4, prefix="n0")
+    done = _study(tmp_path, "--data-dir", str(root), "--variants", "lars_warmup,lamb_nowarmup,clars",
+                  "--num-samples", "1", "--confirm", "0", "--set", "gpus_per_worker=0", "--set", "epochs=2",
+                  "--set", "warmup_epochs=1", "--set", "batch_size=16", "--set", "bn_group=8",
+                  "--set", "image_size=64", "--set", "val_size=8", "--set", "grace_period=2", timeout=600)
+    assert done.returncode == 0, done.explain()
+    assert any(line.startswith("data: streaming 48 + 16 images") and "imagenet's augmentation reads the source images"
+               in line for line in done.output.splitlines()), done.explain()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("imagenet_resnet50_bs32k").experiment_id])
+    trials = {r.data.tags["variant"]: r for r in runs if "trial_id" in r.data.tags}
+    assert sorted(trials) == ["clars", "lamb_nowarmup", "lars_warmup"]
+    for run in trials.values():  # a 32K lr at batch 16 may well diverge: ended either way, never errored
+        assert run.data.tags["status"] in ("completed", "diverged"), run.data.tags
+        assert run.data.params["model"] == "resnet50" and run.data.params["dataset"] == "imagenet"

@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from study.confirm import stage_of
 from study.plan import StudyPlan, from_tune
-from trainables.records import Stage
+from trainables.records import DATA_WAIT_KEY, Stage
 
 # Tune's own status cadence (30 s in Ray 2.60), read from its console reporter so ours keeps its pace.
 HEARTBEAT_S = ProgressReporter._heartbeat_freq
@@ -95,7 +95,9 @@ def progress_line(done: int, total: int, spent: int, budget: int, elapsed: float
 def ended_line(trial: Trial, status: str, metric: str, mode: str, max_epoch: int) -> str:
     """One line for a trial that ended (Tune sets its status after the callbacks): name, status, epochs, best metric."""
     best = figures(last_metric(trial, metric, mode)) or "none"
-    return f"{trial} {status.lower()} after {epoch_of(trial)}/{max_epoch} epochs, best {metric} {best}"
+    waited = last_metric(trial, DATA_WAIT_KEY, "avg")  # streamed data only
+    decode = f", waiting on decoding {100 * waited:.0f}% of its training time" if waited is not None else ""
+    return f"{trial} {status.lower()} after {epoch_of(trial)}/{max_epoch} epochs, best {metric} {best}{decode}"
 
 
 class StudyConsole(tune.Callback):

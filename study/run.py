@@ -162,8 +162,9 @@ def data_path_for(plan: StudyPlan, data: Dataset | Catalog, store: int | None) -
     """("memory" or "stream", why): `data_path` as set, else memory when the decoded dataset fits the
     smallest node's object store and a memory loader reads its layout."""
     shared = plan.shared()
+    room = f"the smallest node's object store ({store / 2**30:.2f} GiB)" if store else "the object store"
     if isinstance(data, Dataset):
-        return "memory", f"{shared.dataset} is decoded into memory"
+        return "memory", f"{shared.dataset} is decoded into memory ({data.nbytes() / 2**30:.2f} GiB; {room})"
     size = f"{data.decoded_bytes() / 2**30:.2f} GiB decoded at {data.image_size} px"
     if shared.data_path != "auto":
         return shared.data_path, f"data_path={shared.data_path} ({size})"
@@ -172,8 +173,7 @@ def data_path_for(plan: StudyPlan, data: Dataset | Catalog, store: int | None) -
     if is_uri(data.root) or data.train.sharded:
         return "stream", f"{'a URI' if is_uri(data.root) else 'shards'} ({size})"
     if store is not None and data.decoded_bytes() > store:
-        return "stream", f"{size} > the smallest node's object store ({store / 2**30:.2f} GiB)"
-    room = f"the smallest node's object store ({store / 2**30:.2f} GiB)" if store else "the object store"
+        return "stream", f"{size} > {room}"
     return "memory", f"{size} fits {room}"
 
 
@@ -199,8 +199,8 @@ def place_data(plan: StudyPlan, data: Dataset | Catalog):
             data = load_dataset(shared.dataset, shared.data_dir, shared.image_size)
         except ValueError as err:  # the layout or an image, found decoding: the user's input
             raise InputError(str(err)) from None
+    check_fits_object_store(data.nbytes(), nodes)
     arrays = data.to_arrays()
-    check_fits_object_store(sum(a.nbytes for a in arrays.values() if hasattr(a, "nbytes")), nodes)
     print(f"data: {len(data.train):,} + {len(data.test):,} images in Ray's object store: {why}", flush=True)
     return ray.put(arrays)
 

@@ -178,6 +178,7 @@ def test_a_study_on_data_twice_the_object_store_streams_and_trains_every_trial(t
     decided = [line for line in done.output.splitlines() if line.startswith("data: streaming")]
     assert len(decided) == 1 and "> the smallest node's object store (0.07 GiB)" in decided[0], done.explain()
     assert "1 decode process(es)" in decided[0]
+    assert sum("waiting on decoding" in line for line in done.output.splitlines()) == 2, done.explain()
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
     trials = [r for r in runs if "trial_id" in r.data.tags]
@@ -186,6 +187,7 @@ def test_a_study_on_data_twice_the_object_store_streams_and_trains_every_trial(t
         assert run.data.tags["status"] == "completed", run.data.tags
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test_top1")] == [1, 2]
         assert 0 <= run.data.metrics["data_wait_share"] <= 1
+        assert run.data.metrics["decode_processes"] == 1  # cpus_per_worker=2: one decoder beside the trainer
         assert "telemetry.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 

@@ -26,6 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
     (["--space", "demo", "--data-dir", "{data}", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),
     (["--space", "demo", "--resume"], "--resume: no study of space 'demo'"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "model=resnet5O"],
+     "model: unknown 'resnet5O'; closest: resnet50, resnet152, resnet8; list them with: python -c"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "data_path=stream"],
+     "data_path: cifar10 is decoded into memory; streaming reads imagefolder or imagenet (folders or shards)"),
+    (["--space", "demo", "--set", "dataset=imagenet", "--data-dir", "/nonexistent/in"],
+     "imagenet data at '/nonexistent/in': directory not found; expected layout: ILSVRC-2012 as torchvision's"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "epochs=1"],  # the conflict is with a variant's own setting
      "error: variant lars_warmup: warmup_epochs: must be in [0, epochs=1), got 1.0 (variant lars_warmup sets "
      "warmup_epochs=1.0, not your command line); fix: --set warmup_epochs=<a value that fits>, or leave the variant "

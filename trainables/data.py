@@ -87,6 +87,10 @@ class Dataset:
                 "test_images": arrays(self.test.images), "test_labels": arrays(self.test.labels),
                 "classes": list(self.train.classes), "mean": list(self.mean), "std": list(self.std)}
 
+    def nbytes(self) -> int:
+        """The bytes of its arrays in the object store."""
+        return sum(split.images.nbytes + split.labels.nbytes for split in (self.train, self.test))
+
     @classmethod
     def from_arrays(cls, arrays: dict[str, Any]) -> "Dataset":
         """The inverse of `to_arrays`, sharing the arrays' memory (read-only when they live in the object store)."""

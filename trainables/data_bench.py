@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pickle
 import random
@@ -116,6 +117,7 @@ def ray_data(catalog: Catalog, train: ImageList, batch: int, workers: int) -> Ca
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # two lines per epoch on starting and finishing
     index = {name: i for i, name in enumerate(catalog.train.classes)}
     dataset = ray.data.read_binary_files([train.files[int(f)] for f in train.file], include_paths=True,
                                          shuffle="files").map_batches(
@@ -245,7 +247,9 @@ def memory_lines(catalog: Catalog, train: ImageList, batch: int, workers: int, r
     return [f"  memory: peak RSS of a streaming trial (1 epoch, resnet8 width 8, SGD, {workers} decode process(es); "
             f"process + decoders, median of rounds): N={n} {tree['N']:.0f} MiB, 2N={n2} {tree['2N']:.0f} MiB; "
             f"ratio 2N/N {ratio_text(ratios)} (target <= {RSS_TARGET}: {'met' if met else 'NOT met'} by the whole "
-            f"IQR); the training process alone (ru_maxrss) {own['N']:.0f} / {own['2N']:.0f} MiB",
+            f"IQR); growth {tree['2N'] - tree['N']:+.0f} MiB (a decoded copy's: "
+            f"{(sizes['2N'].decoded_bytes() - sizes['N'].decoded_bytes()) / MIB:+.0f} MiB); the training process "
+            f"alone (ru_maxrss) {own['N']:.0f} / {own['2N']:.0f} MiB",
             f"  memory: object store for the streamed dataset (its catalog, {store['N'][1]}): N {store['N'][0] / 1024:.1f}"
             f" KiB, 2N {store['2N'][0] / 1024:.1f} KiB (decoded in memory instead: "
             f"{sizes['N'].decoded_bytes() / MIB:.1f} / {sizes['2N'].decoded_bytes() / MIB:.1f} MiB)"]
@@ -317,7 +321,7 @@ def local_ray(workers: int) -> None:
     if not ray.is_initialized():
         os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as the study's local Ray (trainables.launch)
         ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False,
-                 runtime_env=with_quoted_interpreter(None))
+                 logging_level=logging.WARNING, runtime_env=with_quoted_interpreter(None))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -16,10 +16,11 @@ from torch import Tensor
 from trainables.augment import crop_flip, epoch_draws, sample_crop_flip
 from trainables.batches import Shard, eval_indices, generator
 from trainables.data import Dataset, ImageData
+from trainables.records import DATA_WAIT_KEY
 from trainables.stream import StreamFeed
 
+DECODE_PROCESSES_KEY = "decode_processes"  # a streamed trial's DataLoader processes per worker (its CPUs but one)
 AUGMENT_STREAM = 1  # generator stream id for augmentation draws (the batch order uses the bare (seed, epoch))
-DATA_WAIT_KEY = "data_wait_share"  # the share of an epoch's training time spent waiting on decoded images
 
 
 def crop_flip_draws(shard: Shard, seed: int, epoch: int, device: torch.device) -> list[dict[str, Tensor]]:
@@ -77,4 +78,4 @@ class StreamedFeed:
 
     def epoch_metrics(self) -> dict[str, Any]:
         """How much of the last training epoch waited on decoding (0: the decode processes kept up)."""
-        return {DATA_WAIT_KEY: self.stream.train_wait_share}
+        return {DATA_WAIT_KEY: self.stream.train_wait_share, DECODE_PROCESSES_KEY: self.stream.workers}

@@ -56,6 +56,7 @@ EPOCH_KEY = "epoch"  # 1-based
 NODE_KEY = "node_id"  # the Ray node an attempt ran on (rank 0's), in its first report
 MICRO_CHOSEN_KEY = "micro_batch_size_chosen"  # what micro_batch_size=auto picked (a study records it as a param)
 LR_EFFECTIVE_KEY = "lr_effective"  # a trial run's param: the lr after batch scaling
+DATA_WAIT_KEY = "data_wait_share"  # streamed data: the share of an epoch's training time spent waiting on decoding
 
 # Field metadata: settings that do not make a different configuration.
 RUNTIME = {"runtime": True}  # where or how fast it ran (a report groups trials across these)

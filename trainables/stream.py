@@ -148,7 +148,11 @@ def is_catalog(arrays: Any) -> bool:
 
 def build_catalog(dataset: str, root: str, image_size: int | None = None) -> Catalog:
     """List a streamable dataset's images (folders or shards, local or a URI); DataError naming the layout."""
+    from pyarrow.fs import FileType
+
     fs, base = filesystem(root)
+    if fs.get_file_info(base).type == FileType.NotFound:
+        raise layout_error(dataset, root, "directory not found")
     splits = [_split_dir(fs, base, names, dataset, root) for names in (("train",), ("val", "test"))]
     if any(s is None for s in splits):
         raise layout_error(dataset, root, "needs a 'train/' and a 'val/' (or 'test/') folder of class folders "

@@ -68,3 +68,12 @@ def start_logged(cmd: list[str], log: Path, **popen: Any) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -16,7 +16,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from clusters import CLUSTER_MARKER, stop_cluster
-from subprocs import assert_succeeds, describe, run_logged, start_logged
+from s3server import moto_server
+from subprocs import assert_succeeds, describe, free_port, run_logged, start_logged
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REPO = Path(__file__).resolve().parents[1]
@@ -37,12 +37,6 @@ START_TIMEOUT_S = 120
 TINY = ["--space", "demo", "--variants", "lars_warmup,tvlars", "--num-samples", "2", "--confirm", "0",
         "--set", "epochs=2", "--set", "limit=600", "--set", "val_size=100", "--set", "test_limit=200",
         "--set", "batch_size=100", "--set", "grace_period=1", "--set", "eval_every=1", "--set", "max_concurrent=2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _unshare_works() -> str | None:
@@ -62,35 +56,12 @@ def _wait_for(what: str, check, log: Path, cmd: list[str], timeout: float = STAR
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """`moto_server` on a free port with an empty bucket; the environment that reaches it."""
-    moto = shutil.which("moto_server", path=str(BIN)) or shutil.which("moto_server")
-    if moto is None:
-        pytest.skip("moto_server not installed (the project's [test] extra: moto[server])")
+    """`moto_server` with an empty bucket; the environment that reaches it, and a boto3 client."""
     import boto3
 
-    port, log = _free_port(), tmp_path_factory.mktemp("s3") / "moto.log"
-    cmd = [moto, "-H", "127.0.0.1", "-p", str(port)]
-    proc = start_logged(cmd, log, start_new_session=True)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-
-    def up() -> bool:
-        try:
-            client.list_buckets()
-            return True
-        except Exception:  # noqa: BLE001 - not answering yet
-            assert proc.poll() is None, describe(cmd, log, f"exited with status {proc.returncode}")
-            return False
-
-    try:
-        _wait_for("an answer", up, log, cmd)
-        client.create_bucket(Bucket=BUCKET)
-        yield env, client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with moto_server(tmp_path_factory.mktemp("s3"), (BUCKET,)) as env:
+        yield env, boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                                aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +71,7 @@ def cluster(tmp_path_factory, s3, cifar10_dir):
     if why:
         pytest.skip(why)
     tmp = tmp_path_factory.mktemp("cluster")
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     marker = uuid.uuid4().hex
     env = {**os.environ, **s3[0], "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "PATH": f"{BIN}:{os.environ['PATH']}",
            CLUSTER_MARKER: marker}

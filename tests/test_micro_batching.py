@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from subprocs import free_port
 
 from trainables.batches import resolve_batching
 from trainables.classification import train_step
@@ -94,12 +95,6 @@ def test_the_bn_group_changes_the_step():
     assert difference > 1e-3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def two_workers(rank: int, port: int) -> dict[str, tuple[float, str]]:
     """One of two gloo workers: every optimizer, whole vs micro-batched; rank 0's differences."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -116,7 +111,7 @@ def two_workers(rank: int, port: int) -> dict[str, tuple[float, str]]:
 
 def test_micro_batches_on_two_gloo_workers_step_like_the_whole_batch(tmp_path):
     # two plain processes (not multiprocessing, whose resource tracker would outlive the test module)
-    port, script = _free_port(), f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
+    port, script = free_port(), f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
         "from test_micro_batching import two_workers; " \
         "json.dump(two_workers(int(sys.argv[1]), int(sys.argv[2])), open(sys.argv[3], 'w'))"
     workers = [subprocess.Popen([sys.executable, "-c", script, str(rank), str(port), str(tmp_path / f"{rank}.json")],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import time
 import urllib.request
@@ -17,22 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from subprocs import assert_succeeds, describe, start_logged
+from subprocs import assert_succeeds, describe, free_port, start_logged
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port, log = _free_port(), tmp_path / "mlflow-server.log"
+    port, log = free_port(), tmp_path / "mlflow-server.log"
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     cmd = [mlflow, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
            str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

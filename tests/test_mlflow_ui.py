@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Any
 import pytest
 
 from study.mlflow_store import MODEL_TRAINING_VIEW, experiment_page
-from subprocs import describe, start_logged
+from subprocs import describe, free_port, start_logged
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -57,12 +56,6 @@ def _study_store(tmp_path: Path) -> tuple[str, str, str, list[str], list[str]]:
     artifacts = ["table.md", "table.html", "trials.parquet", "figures/trust_ratio_vs_step.png",
                  "figures/accuracy_vs_epoch_clf_cifar10_bs512.png"]
     return tracking_uri, "known", client.get_run(parent_id).info.run_name, sorted(r.info.run_name for r in trials), artifacts
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -129,7 +122,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     parents = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{parent_name}'")
     assert len(parents) == 1, f"expected one run named {parent_name!r}, found {len(parents)}"
 
-    port = _free_port()
+    port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server", "--backend-store-uri", tracking_uri,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

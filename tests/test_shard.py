@@ -9,12 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -22,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from subprocs import describe, start_logged
+from s3server import CREDENTIALS, moto_server
 from trainables import shard
 from trainables.shard import (CLASSES_KEY, DONE_MARKER, IMAGE_COLUMN, LABEL_COLUMN, SHARD_PATTERN, SPLIT_DIRS,
                               convert, filesystem_for, main)
@@ -256,45 +252,16 @@ def test_filesystem_for_local_path(tmp_path, monkeypatch):
 # --- S3 ------------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
-    """`moto_server` on a free port with an empty bucket `shards`; its URL."""
-    moto = shutil.which("moto_server", path=str(BIN)) or shutil.which("moto_server")
-    if moto is None:
-        pytest.skip("moto_server not installed (the project's [test] extra: moto[server])")
-    port, log = _free_port(), tmp_path_factory.mktemp("s3") / "moto.log"
-    cmd = [moto, "-H", "127.0.0.1", "-p", str(port)]
-    proc = start_logged(cmd, log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, describe(cmd, log, f"exited with status {proc.returncode}")
-                assert time.monotonic() < deadline, describe(cmd, log, "did not answer within 60 s")
-                time.sleep(0.2)
-        pafs.S3FileSystem(endpoint_override=url, access_key="testing", secret_key="testing", region="us-east-1",
-                          allow_bucket_creation=True).create_dir("shards")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    """`moto_server` with an empty bucket `shards`; its URL."""
+    with moto_server(tmp_path_factory.mktemp("s3"), ("shards",)) as env:
+        yield env["AWS_ENDPOINT_URL"]
 
 
 @pytest.fixture
 def s3_env(s3_endpoint, monkeypatch):
-    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_REGION": "us-east-1"}.items():
+    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, **CREDENTIALS}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     return s3_endpoint

@@ -13,7 +13,7 @@ import torch
 
 from clusters import CLUSTER_MARKER, stop_cluster
 from imagefolders import make_image_folder
-from subprocs import assert_succeeds, run_logged
+from subprocs import assert_succeeds, free_port, run_logged
 from trainables import shard
 from trainables.batches import Shard
 from trainables.config import TrialConfig
@@ -156,7 +156,7 @@ def test_a_study_on_data_twice_the_object_store_streams_and_trains_every_trial(t
     images = 2 * STORE // (3 * size * size) + 1
     root = make_image_folder(tmp_path / "big", train=images - 50, val=50, size=size, classes=5)
     ray_cli = str(Path(sys.executable).parent / "ray")
-    port, marker = _free_port(), uuid.uuid4().hex
+    port, marker = free_port(), uuid.uuid4().hex
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", CLUSTER_MARKER: marker,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     storage = tmp_path / "results"
@@ -190,10 +190,3 @@ def test_a_study_on_data_twice_the_object_store_streams_and_trains_every_trial(t
         assert run.data.metrics["decode_processes"] == 1  # cpus_per_worker=2: one decoder beside the trainer
         assert "telemetry.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from clusters import CLUSTER_MARKER, stop_cluster
-from subprocs import assert_succeeds, describe, run_logged, start_logged
+from subprocs import assert_succeeds, describe, free_port, run_logged, start_logged
 from tampering import tamper
 from trainables.launch import with_quoted_interpreter
 
@@ -241,16 +240,10 @@ def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(t
         assert max(restarts) > max(logged)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("ray", path=str(Path(sys.executable).parent)) is None, reason="ray CLI not installed")
 def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
     ray_cli = str(Path(sys.executable).parent / "ray")
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     # the job's `python` is this environment's (as with an activated virtualenv)
     # token auth (Ray's default for new clusters) for the head and the job client alike
     marker = uuid.uuid4().hex

@@ -74,7 +74,7 @@ def test_config_routes_optimizer_hyperparameters_and_scales_lr():
     ({"lr": 1.0, "delay_epochs": 1}, "delay_epochs: not a trial setting nor a hyperparameter of optimizer 'lars'"),
     ({"lr": 1.0, "optimizer": "lambc", "clip_lower": 2.0, "clip_upper": 1.0}, "clip"),
     ({"lr": 1.0, "task": "bt", "bt_projector": "64-x"}, "bt_projector: expected layer widths"),
-    ({"lr": 1.0, "model": "resnet8", "width": 4}, "width: must be >= 8, got 4"),
+    ({"lr": 1.0, "model": "resnet8", "width": 0}, "width: must be >= 1, got 0"),
 ])
 def test_config_rejects_bad_values_naming_the_key(values, message):
     with pytest.raises(ValueError, match=message):
@@ -94,3 +94,36 @@ def test_barlow_twins_loss_matches_its_definition():
         c[i, j] ** 2 for i in range(5) for j in range(5) if i != j)
     assert barlow_twins_loss(z1, z2, 0.005, 8, 1).item() == pytest.approx(expected.item(), rel=1e-12)
     assert [type(m) for m in projector(16, "32-8")] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+
+
+def test_small_cifar_resnets_train_in_channels_last_at_any_input_size():
+    """torch 2.15's oneDNN 1×1 stride-2 convolution corrupts the heap in its channels_last backward with few
+    channels (8 → 16 at 96 px died with `double free or corruption` on this repository's AVX2 CPU): the CIFAR
+    ResNets' shortcut computes it as a stride-1 convolution of every other pixel. Run in a child process, so
+    a heap corruption fails this test instead of killing the suite."""
+    import subprocess
+    import sys
+
+    script = ("import torch; from trainables.models import build_model; torch.set_num_threads(2)\n"
+              "for width, px in ((4, 32), (8, 64), (8, 96), (12, 160)):\n"
+              "    m = build_model('resnet8', 10, px, width=width).to(memory_format=torch.channels_last)\n"
+              "    x = torch.randn(64, 3, px, px).contiguous(memory_format=torch.channels_last)\n"
+              "    m(x).sum().backward(); m(x).sum().backward()\n"
+              "print('trained')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "trained", done.stderr[-2000:]
+
+
+def test_the_subsampled_shortcut_is_the_strided_convolution():
+    import copy
+
+    from torch import nn
+
+    from trainables.models import SubsampledConv2d
+
+    torch.manual_seed(0)
+    plain = nn.Conv2d(8, 16, 1, 2, bias=False)
+    ours = SubsampledConv2d(8, 16, 1, 2, bias=False)
+    ours.load_state_dict(copy.deepcopy(plain.state_dict()))
+    x = torch.randn(4, 8, 9, 9)
+    assert torch.allclose(plain(x), ours(x), atol=1e-6) and ours(x).shape == (4, 16, 5, 5)

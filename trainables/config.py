@@ -30,11 +30,7 @@ _CHOICES = {
 }
 _AT_LEAST_ONE_OR_WORD = {"micro_batch_size": MICRO_AUTO, "bn_group": BN_SYNC}
 _AT_LEAST_ONE = {"batch_size", "epochs", "telemetry_every", "eval_every", "checkpoint_every", "base_batch", "linear_epochs", "clars_microbatches",
-                 "threads", "limit", "test_limit", "image_size", "linear_batch_size"}
-# The small ResNets' base width: below 8, the backward of their 1×1 stride-2 downsample convolution in
-# channels_last corrupts the heap on CPUs without AVX-512 (torch 2.15's oneDNN; measured here on an AMD
-# EPYC with AVX2: `free(): invalid next size` for 2–6 input channels, none from 8 up).
-MIN_WIDTH = 8
+                 "threads", "limit", "test_limit", "image_size", "linear_batch_size", "width"}
 VALIDATION_SHARE = 10  # by default a tenth of the training images is held out (CIFAR: 5,000 of 50,000)
 _POSITIVE = {"bt_lambda", "linear_lr", "base_lr", "poly_power", "divergence_factor"}
 
@@ -64,8 +60,6 @@ class TrialConfig(TrialSettings):
         for key in _AT_LEAST_ONE:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        if self.width is not None and self.width < MIN_WIDTH:
-            raise ValueError(f"width: must be >= {MIN_WIDTH}, got {self.width}")
         for key, word in _AT_LEAST_ONE_OR_WORD.items():
             value = getattr(self, key)
             if isinstance(value, str) and value != word or isinstance(value, int) and value < 1:

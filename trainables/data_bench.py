@@ -63,10 +63,7 @@ THROUGHPUT_TARGET = 0.9  # ours ÷ torchvision's images/s, by the whole IQR
 RSS_TARGET = 1.2  # peak RSS at 2N ÷ at N images, by the whole IQR
 SAMPLE_S = 0.02  # psutil's sampling period of a trial process tree's RSS
 MIB = 2**20
-# ResNet-8's width in the trial and epoch lines: its default 16, not 8, whose channels_last backward aborts
-# (heap corruption, "double free or corruption") in this torch 2.15 CPU build's oneDNN at 56-64 px —
-# reproduced at 1 and 2 threads, batch 64; fine at 32, 48 and 96 px, at widths 12, 16 and 32, without oneDNN.
-MODEL_WIDTH = 16
+MODEL_WIDTH = 16  # ResNet-8's default width, in the trial and epoch lines
 
 
 # --- the arms of the throughput comparison: one epoch of decoded batches each, images/s -------------

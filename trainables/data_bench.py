@@ -18,10 +18,9 @@ The compared sides run in rounds, their order reversed every other round; ratios
 median and interquartile range, and a target is met only if the whole IQR meets it. The page cache is
 warmed (and every loader's processes started once) by an untimed pass first.
 
-Measured on this repository's 2-core machine (2,000 JPEGs 96 → 64 px, K = 1, batch 64, 5 rounds; a test
-suite shared the machine throughout): ours ÷ torchvision 0.940 IQR [0.936, 0.974], ours ÷ Ray Data 2.065
-[2.032, 2.193]; RSS 2N/N 1.012 [1.006, 1.013] (+20 MiB, of ~1.7 GiB); epochs streaming ÷ memory 0.895
-[0.765, 0.944], rounds 0.68-2.43: too noisy under that load to rank the two.
+Measured on this repository's 2-core machine, otherwise idle (8,000 JPEGs 96 → 64 px, K = 1, batch 64, 5 rounds):
+ours ÷ torchvision 1.027 IQR [0.967, 1.030], ours ÷ Ray Data 2.027 [1.991, 2.192]; RSS 2N/N 0.997 [0.986, 1.013]
+(1,711 / 1,696 MiB; a decoded copy would add 47 MiB); epochs streaming ÷ memory 1.225 [1.207, 1.227].
 """
 
 from __future__ import annotations

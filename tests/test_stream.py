@@ -190,3 +190,25 @@ def test_a_study_on_data_twice_the_object_store_streams_and_trains_every_trial(t
         assert run.data.metrics["decode_processes"] == 1  # cpus_per_worker=2: one decoder beside the trainer
         assert "telemetry.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
+
+
+def test_a_corrupt_image_fails_its_trial_naming_the_file_and_the_study_ends_with_its_records(tmp_path, data_cache):
+    from mlflow.tracking import MlflowClient
+
+    root = make_image_folder(tmp_path / "data", train=40, val=10, size=32, classes=2)
+    (root / "val" / "class001" / "broken.JPEG").write_bytes(b"\xff\xd8 truncated")  # read by the first evaluation
+    storage = tmp_path / "results"
+    done = run_logged([sys.executable, "-m", "study.run", "--space", "demo", "--variants", "lars_warmup",
+                       "--num-samples", "1", "--confirm", "0", "--max-failures", "0", "--data-dir", str(root),
+                       "--storage", str(storage), "--set", "dataset=imagefolder", "--set", "image_size=32",
+                       "--set", "data_path=stream", "--set", "epochs=2", "--set", "eval_every=2",
+                       "--set", "grace_period=2", "--set", "val_size=8", "--set", "batch_size=8",
+                       "--set", "warmup_epochs=1"],
+                      tmp_path / "study.log", env={**os.environ, "RAY_ADDRESS": ""}, timeout=600)
+    assert done.returncode == 0, done.explain()  # the study ends as usual: its records, table and report
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    (trial,) = [r for r in runs if "trial_id" in r.data.tags]
+    assert trial.data.tags["status"] == "errored", trial.data.tags
+    assert f"{root / 'val' / 'class001' / 'broken.JPEG'}: cannot read image" in trial.data.tags["error"]
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "train_loss")] == [1]  # epoch 1 kept

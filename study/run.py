@@ -164,7 +164,7 @@ def data_path_for(plan: StudyPlan, data: Dataset | Catalog, store: int | None) -
     shared = plan.shared()
     room = f"the smallest node's object store ({store / 2**30:.2f} GiB)" if store else "the object store"
     if isinstance(data, Dataset):
-        return "memory", f"{shared.dataset} is decoded into memory ({data.nbytes() / 2**30:.2f} GiB; {room})"
+        return "memory", f"{shared.dataset} is decoded into memory: {data.nbytes() / 2**30:.2f} GiB fits {room}"
     size = f"{data.decoded_bytes() / 2**30:.2f} GiB decoded at {data.image_size} px"
     if shared.data_path != "auto":
         return shared.data_path, f"data_path={shared.data_path} ({size})"

@@ -123,6 +123,9 @@ def test_first_study_downloads_verifies_and_trains_the_second_downloads_nothing(
     assert any(path.endswith(CIFAR10.filename) for path in mirror.requests)
     out = capsys.readouterr().out
     assert f"downloading cifar10 from {mirror.url}{CIFAR10.filename} to {dataset}" in out
+    placed = [line for line in out.splitlines() if line.startswith("data: ")]  # where the trials read it, and why
+    assert len(placed) == 1 and " images in Ray's object store: cifar10 is decoded into memory: " in placed[0], out
+    assert " GiB fits the smallest node's object store (" in placed[0]
 
     mirror.stop()  # a second study must not need the server at all
     asked = len(mirror.requests)

@@ -23,7 +23,7 @@ from study.storage import Location
 from trainables.config import TrialConfig
 from trainables.data import STREAMED, Dataset, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
-from trainables.stream import SOURCE_IMAGES, Catalog, build_catalog, is_uri
+from trainables.stream import SOURCE_IMAGES, Catalog, build_catalog, decoders_for, is_uri
 from trainables.environment import set_library_defaults
 
 
@@ -192,7 +192,7 @@ def place_data(plan: StudyPlan, data: Dataset | Catalog):
         cpus = plan.space.cpus_per_worker
         print(f"data: streaming {len(data.train):,} + {len(data.test):,} images from {data.root}: {why}; each "
               f"trial decodes its images every epoch with its own CPUs ({cpus:g} per worker: "
-              f"{max(int(cpus) - 1, 0)} decode process(es) beside the training one)", flush=True)
+              f"{decoders_for(cpus)} decode process(es) beside the training one)", flush=True)
         return ray.put(data.to_arrays())
     if isinstance(data, Catalog):
         try:

@@ -108,3 +108,11 @@ class Shard:
 def eval_indices(num_examples: int, rank: int, world_size: int) -> Tensor:
     """This worker's share of an evaluation set (strided, disjoint, covering every example once)."""
     return torch.arange(rank, num_examples, world_size)
+
+
+def eval_batches(images: Tensor, labels: Tensor, rank: int, world_size: int, batch: int = 1000
+                 ) -> Iterator[tuple[Tensor, Tensor]]:
+    """This worker's share (`eval_indices`) of a split held on a device, in batches of at most `batch`."""
+    index = eval_indices(len(labels), rank, world_size).to(labels.device)
+    for chunk in index.split(batch):
+        yield images[chunk], labels[chunk]

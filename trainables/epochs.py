@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from optim.telemetry import TrustRatioTelemetry
-from trainables.batches import derived_seed, eval_indices
+from trainables.batches import derived_seed, eval_batches
 from trainables.checkpoints import RunState, report
 from trainables.config import TrialConfig
 from trainables.records import STATUS_KEY, TrialStatus
@@ -120,8 +120,7 @@ class EpochMeter:
 def evaluate(model: nn.Module, images: Tensor, labels: Tensor, env: WorkerEnv, prepare, prefix: str = "test",
              batch: int = 1000) -> dict[str, float]:
     """`evaluate_batches` over this worker's strided share of a split held on the device."""
-    index = eval_indices(len(labels), env.rank, env.world_size).to(env.device)
-    return evaluate_batches(model, ((images[c], labels[c]) for c in index.split(batch)), env, prepare, prefix)
+    return evaluate_batches(model, eval_batches(images, labels, env.rank, env.world_size, batch), env, prepare, prefix)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from trainables.augment import crop_flip, epoch_draws, sample_crop_flip
-from trainables.batches import Shard, eval_indices, generator
+from trainables.batches import Shard, eval_batches, generator
 from trainables.data import Dataset, ImageData
 from trainables.records import DATA_WAIT_KEY
 from trainables.stream import StreamFeed
@@ -45,9 +45,7 @@ class MemoryFeed:
 
     def evaluation(self, prefix: str, batch: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
         split: ImageData = self.data.val if prefix == "val" else self.data.test
-        index = eval_indices(len(split), self.shard.rank, self.shard.world_size).to(self.device)
-        for chunk in index.split(batch):
-            yield split.images[chunk], split.labels[chunk]
+        return eval_batches(split.images, split.labels, self.shard.rank, self.shard.world_size, batch)
 
     def has(self, prefix: str) -> bool:
         split = self.data.val if prefix == "val" else self.data.test

@@ -372,6 +372,11 @@ def decode_workers() -> int:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1) if ray.is_initialized() else 1
     except Exception:  # noqa: BLE001 - the driver, not a worker: no assignment
         cpus = 1
+    return decoders_for(cpus)
+
+
+def decoders_for(cpus: float) -> int:
+    """Decode processes beside the training one for a worker of `cpus` CPUs."""
     return max(int(cpus) - 1, 0)
 
 

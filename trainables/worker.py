@@ -111,19 +111,24 @@ def load_data(cfg: TrialConfig, env: WorkerEnv, shared: Any = None) -> Dataset |
         return streamed_splits(cfg, Catalog.from_arrays(arrays) if arrays is not None
                                else build_catalog(cfg.dataset, cfg.data_dir, cfg.image_size))
     data = Dataset.from_arrays(arrays) if arrays is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
-    pool = balanced_subset(data.train, cfg.limit)
-    train, val = stratified_split(pool, cfg.validation_size(len(pool)), cfg.split_seed)
-    test = balanced_subset(data.test, cfg.test_limit)
+    train, val, test = trial_splits(cfg, data.train, data.test)
     for split in (train, val, test):
         split.images, split.labels = split.images.to(env.device), split.labels.to(env.device)
     return Dataset(train, test, data.mean, data.std, val)
 
 
+def trial_splits(cfg: TrialConfig, train, test):
+    """(train, val, test) of a trial: `limit` and `test_limit` class-balanced subsets, the validation split held
+    out of the training one by `split_seed` — decoded images (`ImageData`) or references (`ImageList`) alike."""
+    pool = balanced_subset(train, cfg.limit)
+    kept, val = stratified_split(pool, cfg.validation_size(len(pool)), cfg.split_seed)
+    return kept, val, balanced_subset(test, cfg.test_limit)
+
+
 def streamed_splits(cfg: TrialConfig, catalog: Catalog) -> StreamedData:
     """The trial's streamed splits, limited and held out exactly as the in-memory ones."""
-    pool = balanced_subset(catalog.train, cfg.limit)
-    train, val = stratified_split(pool, cfg.validation_size(len(pool)), cfg.split_seed)
-    return StreamedData(catalog, train, balanced_subset(catalog.test, cfg.test_limit), val)
+    train, val, test = trial_splits(cfg, catalog.train, catalog.test)
+    return StreamedData(catalog, train, test, val)
 
 
 def build_training(cfg: TrialConfig, model: nn.Module, steps_per_epoch: int, epochs: int):

@@ -91,7 +91,8 @@ def by_batch(variants: dict[str, Variant], batch_sizes: tuple[int, ...],
 
 
 RESOURCE_KEYS = ("workers", "gpus_per_worker", "cpus_per_worker", "max_concurrent")
-BUDGET_KEYS = ("num_samples", "grace_period", "reduction_factor", "confirm", "seeds")
+BUDGET_KEYS = ("num_samples", "grace_period", "reduction_factor", "confirm", "seeds", "max_seeds", "seed_step",
+               "practical_gap")
 VALIDATION_METRIC = "val_top1"  # what a study selects on (the test set only reports)
 
 
@@ -106,7 +107,13 @@ class SearchSpace:
     scheduler_metric: tuple[str, str] | None = None  # (metric, mode) for ASHA if not the objective
     num_samples: int = 12  # search trials per variant
     confirm: int = 1  # best configurations per variant re-run after the search (0: no confirm stage)
-    seeds: int = 3  # fresh seeds of each confirmed configuration
+    seeds: int = 3  # fresh seeds of each confirmed configuration: the sequential confirm's first round
+    # The sequential confirm (`reports.sequential`): while a comparison of two variants (warm-up − none, TVLARS −
+    # LARS + warm-up, … at one batch) is open, both get `seed_step` more seeds, up to `max_seeds` each; a gap
+    # inside ±`practical_gap` points is no practical difference. `max_seeds` = `seeds`: one fixed round.
+    max_seeds: int = 10
+    seed_step: int = 2
+    practical_gap: float = 1.0
     grace_period: int = 10
     reduction_factor: int = 3
     workers: int = 1

@@ -18,9 +18,10 @@ from trainables.config import TrialConfig
 from trainables.records import SETTING_NAMES, TrialSettings
 from trainables.data import data_dir_for
 
-_INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent", "confirm", "seeds"}
-_FLOAT_KEYS = {"gpus_per_worker", "cpus_per_worker"}
-_MAY_BE_ZERO = {"gpus_per_worker", "confirm"}
+_INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent", "confirm", "seeds",
+             "max_seeds", "seed_step"}
+_FLOAT_KEYS = {"gpus_per_worker", "cpus_per_worker", "practical_gap"}
+_MAY_BE_ZERO = {"gpus_per_worker", "confirm", "practical_gap"}
 
 
 def parse_value(text: str) -> Any:
@@ -98,14 +99,15 @@ class StudyPlan:
 
 def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None = None, epochs: int | None = None,
               seed: int | None = None, data_dir: str | None = None, confirm: int | None = None,
-              seeds: int | None = None, variants: list[str] | None = None) -> StudyPlan:
+              seeds: int | None = None, max_seeds: int | None = None,
+              variants: list[str] | None = None) -> StudyPlan:
     """Resolve a space with overrides; raise ValueError naming the bad input before any work."""
     space = get_space(space_name)
     chosen = sets.pop(VARIANTS_KEY, None) or variants
     if chosen:
         space = dataclasses.replace(space, variants=_chosen_variants(space, chosen))
     budget = {k: sets.pop(k) for k in list(sets) if k in BUDGET_KEYS + RESOURCE_KEYS}
-    for key, flag in (("num_samples", num_samples), ("confirm", confirm), ("seeds", seeds)):
+    for key, flag in (("num_samples", num_samples), ("confirm", confirm), ("seeds", seeds), ("max_seeds", max_seeds)):
         if flag is not None:
             budget[key] = flag
     for key, value in budget.items():
@@ -115,6 +117,10 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
         if value < (0 if key in _MAY_BE_ZERO else 1):
             raise ValueError(f"{key}: must be >= {0 if key in _MAY_BE_ZERO else 1}, got {value}")
     space = dataclasses.replace(space, **budget)
+    if "seeds" in budget and "max_seeds" not in budget:  # --seeds alone: the first round, at most the space's bound
+        space = dataclasses.replace(space, max_seeds=max(space.max_seeds, space.seeds))
+    if space.max_seeds < space.seeds:
+        raise ValueError(f"max_seeds: must be >= seeds ({space.seeds}), got {space.max_seeds}")
     overrides = dict(sets)
     if epochs is not None:
         overrides["epochs"] = epochs

@@ -39,7 +39,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Optuna sampler seed, search trials' seed and validation split (default 0)")
     p.add_argument("--confirm", type=int, help="best configurations per variant re-run after the search "
                                                "(default: the space's; 0: no confirm stage)")
-    p.add_argument("--seeds", type=int, help="fresh seeds per confirmed configuration (default: the space's)")
+    p.add_argument("--seeds", type=int, help="fresh seeds per confirmed configuration: the first round (default: the "
+                                             "space's)")
+    p.add_argument("--max-seeds", type=int, help="sequential confirm: seeds are added to the variants of each open "
+                                                 "comparison up to this many (default: the space's; = --seeds: one round)")
     p.add_argument("--variants", help="run only these of the space's variants (comma-separated; see --list)")
     p.add_argument("--data-dir", help="the dataset's folder (default $LAYERWISE_DATA/<dataset>, else the user's cache; "
                                      "CIFAR and Tiny ImageNet are downloaded there when absent)")
@@ -232,6 +235,7 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
         return make_plan(record.space, dict(record.overrides)), record
     plan = make_plan(args.space, parse_sets(args.set), num_samples=args.num_samples, epochs=args.epochs,
                      seed=args.seed, data_dir=args.data_dir, confirm=args.confirm, seeds=args.seeds,
+                     max_seeds=args.max_seeds,
                      variants=args.variants.split(",") if args.variants else None)
     why = storage.unwritable()
     if why:

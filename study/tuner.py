@@ -28,7 +28,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from study.confirm import SearchTrial, confirm_configs, stage_of
+from study.confirm import TEST_PREFIX, SearchTrial, SeedRounds, stage_of
 from study.console import StudyConsole
 from study.plan import StudyPlan, from_tune
 from study.record import StudyRecord
@@ -118,8 +118,6 @@ def trainable(plan: StudyPlan, record: StudyRecord, max_failures: int, data_ref:
     return tune.with_resources(fn, {"CPU": 0.01})
 
 
-TEST_PREFIX = "test_"  # test-set metrics: reported and recorded, never seen by what makes the study's choices
-
 
 def without_test_metrics(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """A trial result as the searcher and ASHA see it: every test-set metric removed."""
@@ -148,6 +146,7 @@ class StudySearch(Searcher):
         self.searched: dict[str, SearchTrial] = {}  # trial id → what the search learned of it
         self.ready: list[dict[str, Any]] = []  # confirm trials to hand out
         self.confirmed: set[str] = set()  # variants whose confirm trials were chosen
+        self.rounds = SeedRounds(plan)  # the sequential confirm's seeds and readings
         self.numbered: dict[str, int] = {}  # variant → trials handed out, both stages (names `<variant>-<n>`)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -163,19 +162,28 @@ class StudySearch(Searcher):
             return config
         self._choose_confirm_trials()
         if self.ready:
-            return self._named(self.ready.pop(0))
-        return Searcher.FINISHED if self.confirmed == set(self.plan.space.variants) else None
+            config = self._named(self.ready.pop(0))
+            self.rounds.started(trial_id, config)
+            return config
+        done = self.confirmed == set(self.plan.space.variants) and self.rounds.settled()
+        return Searcher.FINISHED if done else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.searched:
             self.searched[trial_id].seen(result, self.metric, self.mode)
             if self.metric in result:  # an epoch without evaluation (eval_every) has nothing to tell Optuna
                 self.optuna.on_trial_result(trial_id, without_test_metrics(result))
+        else:
+            self.rounds.seen(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.searched:
             self.searched[trial_id].end(result, error, self.metric, self.mode)
             self.optuna.on_trial_complete(trial_id, without_test_metrics(result), error)
+        else:
+            self.ready += self.rounds.ended(trial_id, error)
+            for line in self.rounds.verdict_lines():
+                print(line, flush=True)
 
     def _named(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config with its trial's name, `<variant>-<n>`: numbered per variant across both stages; the count
@@ -190,7 +198,7 @@ class StudySearch(Searcher):
             trials = [t for t in self.searched.values() if t.variant == variant]
             if variant not in self.confirmed and all(t.ended for t in trials):
                 self.confirmed.add(variant)
-                self.ready += confirm_configs(variant, trials, self.plan)
+                self.ready += self.rounds.first_round(variant, trials)
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_bytes(cloudpickle.dumps(self.__dict__))
@@ -198,6 +206,7 @@ class StudySearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         self.__dict__.update(cloudpickle.loads(Path(checkpoint_path).read_bytes()))
         self.__dict__.setdefault("numbered", {})  # saved before trials were named: theirs were Tune's
+        self.__dict__.setdefault("rounds", SeedRounds(self.plan))  # saved before the sequential confirm: one round
 
 
 class ValidationASHA(ASHAScheduler):
@@ -240,15 +249,22 @@ def run_config(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failur
         failure_config=tune.FailureConfig(max_failures=max_failures if in_actor(plan) else 0))
 
 
+def planned_trials(plan: StudyPlan) -> int:
+    """Trials a study runs at most: its search trials, then per variant its confirm trials' first round and,
+    when the sequential confirm may add seeds, up to `max_seeds` for the configuration it re-runs."""
+    space = plan.space
+    extra = max(0, space.max_seeds - space.seeds) if SeedRounds(plan).pairs else 0
+    return space.total_samples + len(space.variants) * (space.confirm * space.seeds + extra)
+
+
 def new_tuner(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failures: int,
               data_ref: Any = None) -> tune.Tuner:
     """The study: `num_samples` search trials per variant (Optuna TPE + ASHA on validation metrics), then the
-    confirm trials (at most `confirm` × `seeds` per variant; `StudySearch` ends the experiment when done)."""
-    space = plan.space
+    confirm trials (`planned_trials` at most; `StudySearch` ends the experiment when done)."""
     return tune.Tuner(
         trainable(plan, record, max_failures, data_ref),
         tune_config=tune.TuneConfig(search_alg=StudySearch(plan, record.seed), scheduler=scheduler(plan),
-                                    num_samples=space.total_samples + len(space.variants) * space.confirm * space.seeds,
+                                    num_samples=planned_trials(plan),
                                     max_concurrent_trials=plan.concurrency,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
                                     reuse_actors=True),  # a trial's actor, process and imports serve the next

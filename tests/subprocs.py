@@ -3,6 +3,7 @@ end of that file in every failure message, so a red CI run says why without a re
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -77,3 +78,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def signal_session(sid: int, sig: int) -> None:
+    """Signal every process of the study's session: Ray's worker processes (the Train controller and
+    workers among them) run in process groups of their own, so `killpg` would leave them running."""
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if os.getsid(pid) == sid:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
+from scipy import stats
 
 from known_store import TRIALS, build_store
 from reports.build import build_report
@@ -20,6 +21,13 @@ from reports.table import main as table_main
 from reports.tables import mean_ci
 
 T_975 = {2: 12.706204736174707, 3: 4.302652729749464}  # Student t quantiles (tables), n = 2, 3
+
+
+def welch(std_a: float, n_a: int, std_b: float, n_b: int) -> float:
+    """The 95% Welch half-width, from the textbook formula (not the report's code)."""
+    va, vb = std_a**2 / n_a, std_b**2 / n_b
+    dof = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
 
 
 @pytest.fixture()
@@ -62,10 +70,10 @@ def test_known_store_gives_exactly_the_expected_table(store, tmp_path):
     expected = _cells("## T\n" + EXPECTED_FINAL, "T")
     assert _cells(report.markdown, "Test top-1, final epoch") == expected
     assert "All columns: clf cifar10 resnet18 100ep bs512." in report.markdown
-    gap = _cells(report.markdown, "Warm-up gap")
-    assert gap[("clf", "LARS: warm-up − none")] == "10.00"  # 72 − 62
-    assert gap[("clf", "TVLARS − LARS + warm-up")] == "3.00"  # 75 − 72
-    assert gap[("clf", "LAMB: warm-up − none")] == "—"  # LAMB never ran to the end
+    gap = _cells(report.markdown, "Warm-up gap")  # comparisons × batch size
+    assert gap[("LARS: warm-up − none", "bs512")] == f"+10.00 ± {welch(2.0, 3, math.sqrt(8), 2):.2f}"  # 72 − 62
+    assert gap[("TVLARS − LARS + warm-up", "bs512")] == "+3.00 (n=1 vs 3)"  # 75 − 72; TVLARS has one seed
+    assert len(gap) == 2  # LAMB never ran to the end, LAMBC never ran: their rows are left out
     budget = _cells(report.markdown, "Study budget")
     assert budget[("known-study", "trials")] == "9" and budget[("known-study", "completed")] == "6"
     assert budget[("known-study", "diverged")] == "2" and budget[("known-study", "stopped_by_asha")] == "1"
@@ -92,6 +100,9 @@ def test_every_format_is_written_parses_and_is_logged(store, tmp_path):
     assert cells.loc[cells["label"] == "LARS + warm-up", "paper_top1"].item() == 77.49
     assert cells.loc[cells["best_in_column"], "label"].tolist() == ["TVLARS"]
     assert pd.read_csv(out / "budget.csv")["trials"].tolist() == [9]
+    gaps = pd.read_csv(out / "warmup_gap.csv")  # the long frame: a row per comparison × setting, empty ones too
+    assert len(gaps) == 4 and gaps.loc[gaps["comparison"] == "LARS: warm-up − none", "gap"].item() == 10.0
+    assert gaps.loc[gaps["comparison"] == "TVLARS − LARS + warm-up", ["n_first", "n_second"]].values.tolist() == [[1, 3]]
 
     tex = (out / "table.tex").read_text()
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 4
@@ -120,7 +131,7 @@ def test_every_format_is_written_parses_and_is_logged(store, tmp_path):
     assert len(trials) == 9 and sorted(trials["final"].dropna()) == [10, 10, 50, 60, 64, 70, 72, 74, 75]
     assert json.loads(trials.loc[trials["trial_id"] == "trial_6", "params"].item())["lam"] == 0.001
     epochs = pq.read_table(out / "epochs.parquet").to_pandas()
-    assert len(epochs) == sum(len(c) for _, _, c in TRIALS) and {"epoch", "test_top1", "train_loss"} <= set(epochs)
+    assert len(epochs) == sum(len(t.curve) for t in TRIALS) and {"epoch", "test_top1", "train_loss"} <= set(epochs)
 
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == ["accuracy_vs_epoch_clf_cifar10_bs512.png", "accuracy_vs_lambda.png",

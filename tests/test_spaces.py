@@ -8,6 +8,7 @@ import pytest
 from search_spaces import SPACES, families, get_space
 from search_spaces.paper import PAPER_LRS
 from search_spaces.spec import Family
+from study.plan import make_plan
 from trainables.config import TrialConfig
 
 
@@ -48,10 +49,21 @@ def _draws(space, n, fixed=frozenset()):
     return out
 
 
-def test_clip_bounds_hold_by_construction():
-    draws = _draws(get_space("lambc_bs1k"), 200)
-    assert all(d["lambc/clip_lower"] <= d["lambc/clip_upper"] for d in draws)
-    assert min(d["lambc/clip_lower"] for d in draws) >= 1e-3
+@pytest.mark.parametrize("name", ["lambc_bs1k", "lambc_cifar100_bs512", "cifar10_cpu", "imagenet_resnet50_bs8k"])
+def test_lambc_clips_as_its_paper_lower_bound_zero_upper_bracketing_1_to_10(name):
+    space = get_space(name)
+    lambc = [v for v in space.variants.values() if v.fixed["optimizer"] == "lambc"]
+    assert all(v.fixed["clip_lower"] == 0.0 for v in lambc)
+    uppers = [p for v in lambc for p in v.searched if p.key == "clip_upper"]
+    assert uppers and all(p.low <= 1.0 and p.high >= 10.0 and p.log for p in uppers)
+    assert not any(p.key == "clip_lower" for v in lambc for p in v.searched)
+
+
+def test_a_two_sided_clip_stays_one_flag_away():
+    plan = make_plan("lambc_bs1k", {"clip_lower": 0.5})
+    assert plan.shared().optimizer_params["clip_lower"] == 0.5
+    with pytest.raises(ValueError, match="clip_lower"):  # μ above the searched τ's low end: one clear error
+        make_plan("lambc_bs1k", {"clip_lower": 2.0})
 
 
 def test_tvlars_lambda_is_log_uniform_over_the_paper_range():

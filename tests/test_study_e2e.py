@@ -24,13 +24,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from clusters import CLUSTER_MARKER, stop_cluster
-from subprocs import assert_succeeds, describe, free_port, run_logged, start_logged
+from subprocs import assert_succeeds, describe, free_port, run_logged, signal_session, start_logged
 from tampering import tamper
 from trainables.launch import with_quoted_interpreter
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
-SMALL = ["--num-samples", "1", "--confirm", "1", "--seeds", "2", "--set", f"epochs={EPOCHS}", "--set", "limit=1200",
+SMALL = ["--num-samples", "1", "--confirm", "1", "--seeds", "2", "--max-seeds", "2", "--set", f"epochs={EPOCHS}", "--set", "limit=1200",
          "--set", "val_size=200", "--set", "test_limit=400", "--set", "batch_size=200", "--set", "grace_period=1", "--set", "eval_every=1",
          "--set", "reduction_factor=2"]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -97,17 +97,6 @@ def _status_rows(output: str, metric: str = "val_top1") -> list[dict[str, str]]:
     return rows
 
 
-def _signal_session(sid: int, sig: int) -> None:
-    """Signal every process of the study's session: Ray's worker processes (the Train controller and
-    workers among them) run in process groups of their own, so `killpg` would leave them running."""
-    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            if os.getsid(pid) == sid:
-                os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 def _mid_run(storage: Path, db: Path, stage: str) -> tuple[set[str], set[str]]:
     """Of `stage`'s trial runs: (finished ones, running trials with a registered checkpoint and epochs still to log)."""
     staged = f"join tags g on g.run_uuid = t.run_uuid and g.key = 'stage' and g.value = '{stage}'"
@@ -128,14 +117,14 @@ def _kill_mid_stage(proc, cmd: list[str], log: Path, storage: Path, db: Path, st
         time.sleep(1)
         if not _mid_run(storage, db, stage)[1]:
             continue
-        _signal_session(proc.pid, signal.SIGSTOP)
+        signal_session(proc.pid, signal.SIGSTOP)
         finished, interrupted = _mid_run(storage, db, stage)
         if finished and interrupted:
             break
-        _signal_session(proc.pid, signal.SIGCONT)
+        signal_session(proc.pid, signal.SIGCONT)
     assert proc.poll() is None, describe(cmd, log, f"ended (status {proc.returncode}) before its {stage} stage "
                                                    "could be interrupted")
-    _signal_session(proc.pid, signal.SIGKILL)  # the driver and its local Ray, all frozen since the check
+    signal_session(proc.pid, signal.SIGKILL)  # the driver and its local Ray, all frozen since the check
     proc.wait()
 
 
@@ -311,10 +300,10 @@ def test_a_tampered_checkpoint_fails_its_trial_naming_the_file_and_runs_nothing(
     deadline = time.time() + 420
     while time.time() < deadline and proc.poll() is None and not _running_with_checkpoint(storage, db, "tvlars"):
         time.sleep(0.5)
-    _signal_session(proc.pid, signal.SIGSTOP)
+    signal_session(proc.pid, signal.SIGSTOP)
     assert proc.poll() is None and _running_with_checkpoint(storage, db, "tvlars"), describe(
         cmd, log, "ended or never checkpointed its tvlars trial mid-run")
-    _signal_session(proc.pid, signal.SIGKILL)
+    signal_session(proc.pid, signal.SIGKILL)
     proc.wait()
     marker = tmp_path / "marker"
     tampered = [p for p in storage.glob("demo-*/**/state.pt")

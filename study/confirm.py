@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reports.collect import METRIC as TEST_METRIC, VAL_METRIC, chosen_epoch, row_label
-from reports.sequential import COMPARISONS, Design, Reading, design_for, read_at, ready_looks
+from reports.sequential import COMPARISONS, SETTING, Design, Reading, design_for, read_at, ready_looks
 from study.plan import StudyPlan, from_tune, to_tune
 from trainables.config import TrialConfig
 from trainables.records import STAGE_TAG, STATUS_KEY, Stage, TrialStatus
@@ -72,9 +72,6 @@ class Pair:
     looks_read: int = 0
     reading: Reading | None = None
     closed: bool = False
-
-
-SETTING = ("task", "dataset", "model", "epochs", "batch_size")  # a comparison pairs variants of one setting
 
 
 def comparisons(plan: StudyPlan) -> list[Pair]:

@@ -232,11 +232,11 @@ def seed_values(trials: pd.DataFrame, metric: str) -> list[float]:
 def verdicts(trials: pd.DataFrame, designs: dict[str, Design], metric: str, config_of) -> pd.DataFrame:
     """Every named comparison of each study's confirmed runs, replayed by the rule the study decided with:
     per study (`designs`: study run id → its design) and setting, the two rows' confirmed configuration
-    (`config_of(trials)` picks it from a row's trials) read look by look."""
+    (`config_of(trials, metric)` picks it from a row's trials) read look by look."""
     confirmed = trials[trials["stage"] == Stage.CONFIRM]
     rows = []
     for (study, *setting), group in confirmed.groupby(["study_run_id", *SETTING], sort=False):
-        by_label = {label: seed_values(config_of(t), metric) for label, t in group.groupby("label")}
+        by_label = {label: seed_values(config_of(t, metric), metric) for label, t in group.groupby("label")}
         design = designs.get(study) or Design.fixed(min(map(len, by_label.values())))  # a study without its record
         for first, second, name in COMPARISONS:
             if first in by_label and second in by_label:

@@ -322,11 +322,12 @@ def budget(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def confirmed_configuration(trials: pd.DataFrame) -> pd.DataFrame:
-    """A row's confirm trials of the configuration its seeds were spent on (the most seeded; with one
-    confirmed configuration per variant, the only one)."""
+def confirmed_configuration(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """A row's confirm trials of the configuration its seeds were spent on: the most seeded, then the best by
+    mean (with one confirmed configuration per variant, the only one)."""
     keys = trials["params"].map(config_key)
-    return trials[keys == keys.value_counts().index[0]]
+    merit = trials.groupby(keys)[metric].agg(["size", "mean"]).fillna(-math.inf)
+    return trials[keys == merit.sort_values(["size", "mean"], ascending=False).index[0]]
 
 
 def with_verdict_intervals(gaps: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:

@@ -101,7 +101,7 @@ class SeedRounds:
 
     def __init__(self, plan: StudyPlan):
         self.plan, self.design = plan, study_design(plan)
-        self.pairs = comparisons(plan) if self.design.sequential else []
+        self.pairs = comparisons(plan) if plan.space.confirm == 1 else []  # one configuration per row to compare
         self.chosen: dict[str, TrialConfig] = {}  # variant → its confirmed configuration
         self.values: dict[str, list[float | None]] = {}  # variant → per seed (in seed order): value, None = running
         self.trials: dict[str, tuple[str, int]] = {}  # confirm trial id → (variant, seed index)

@@ -1,6 +1,6 @@
 """Named, declarative study definitions: `get_space(name)`, `SPACES`.
 
-`demo` (CPU, minutes), `cifar10_cpu` (CPU, about an hour: the committed first result), the TVLARS
+`demo` (CPU, minutes), `cifar10_cpu` (CPU, 45 minutes measured: the committed result, with verdicts), the TVLARS
 paper's grid and its Table 1 per dataset as one study each (`search_spaces.paper`), and the papers'
 ImageNet studies (`search_spaces.imagenet`: ResNet-50 at 8K/16K/32K, the CLARS paper's DenseNet-121 and
 MobileNet-V2; GPUs). A space fixes the trial settings, searches hyperparameters per optimizer variant,

@@ -1,7 +1,7 @@
 """Named, declarative study definitions: `get_space(name)`, `SPACES`.
 
-`demo` (CPU, minutes), `cifar10_cpu` (CPU, 45 minutes measured: the committed result, with verdicts), the TVLARS
-paper's grid and its Table 1 per dataset as one study each (`search_spaces.paper`), and the papers'
+`demo` (CPU, minutes), `cifar10_cpu` (CPU, 45 minutes measured: the committed result, with verdicts),
+the TVLARS paper's grid and its Table 1 per dataset as one study each (`search_spaces.paper`), and the papers'
 ImageNet studies (`search_spaces.imagenet`: ResNet-50 at 8K/16K/32K, the CLARS paper's DenseNet-121 and
 MobileNet-V2; GPUs). A space fixes the trial settings, searches hyperparameters per optimizer variant,
 and carries its objective, ASHA budget and resources; `python -m study.run --list` prints them all.

@@ -128,12 +128,20 @@ def welch_interval(first: np.ndarray, second: np.ndarray, alpha: float) -> tuple
     gap = float(first.mean() - second.mean()) if len(first) and len(second) else math.nan
     if min(len(first), len(second)) < 2:
         return gap, math.nan, math.nan
-    va, vb = first.var(ddof=1) / len(first), second.var(ddof=1) / len(second)
-    if va + vb == 0:
-        return gap, gap, gap
-    dof = (va + vb) ** 2 / (va**2 / (len(first) - 1) + vb**2 / (len(second) - 1))
-    half = float(stats.t.ppf(1 - alpha / 2, dof) * math.sqrt(va + vb))
+    half = welch_half((first.var(ddof=1) / len(first), second.var(ddof=1) / len(second)),
+                      (len(first), len(second)), alpha)
     return gap, gap - half, gap + half
+
+
+def welch_half(se2: tuple[float, float], counts: tuple[int, int], alpha: float) -> float:
+    """Half-width of the two-sided Welch interval at level 1 − alpha from each side's variance / n and n (NaN
+    with fewer than 2 a side)."""
+    if min(counts) < 2 or not math.isfinite(sum(se2)):
+        return math.nan
+    if sum(se2) == 0:
+        return 0.0
+    dof = sum(se2) ** 2 / (se2[0] ** 2 / (counts[0] - 1) + se2[1] ** 2 / (counts[1] - 1))
+    return float(stats.t.ppf(1 - alpha / 2, dof) * math.sqrt(sum(se2)))
 
 
 def verdict_of(low: float, high: float, practical_gap: float) -> Verdict:

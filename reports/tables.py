@@ -19,12 +19,10 @@ from scipy import stats
 
 from reports.collect import row_rank
 from reports.reference import attach_paper, lr_key
-from reports.sequential import COMPARISONS, SETTING as VERDICT_SETTING, Verdict, signed
+from reports.sequential import COMPARISONS, SETTING, Verdict, signed, welch_half
 from trainables.records import LR_EFFECTIVE_KEY, MICRO_CHOSEN_KEY, TrialStatus, not_configuration
 
-COLUMN = ["task", "dataset", "model", "epochs", "batch_size", "lr"]
-SETTING = COLUMN[:-1]  # a cell's setting without its lr
-assert SETTING == VERDICT_SETTING  # a comparison pairs two cells of one setting
+COLUMN = [*SETTING, "lr"]  # a cell: its setting (what a comparison pairs two cells of) and its lr
 # Settings that do not make a different configuration: the seeds, where/how fast it ran (TrialSettings' field
 # metadata says which), and the lr (the column holds it, at 4 significant digits).
 NOT_CONFIG = not_configuration() | {"lr", "base_lr", LR_EFFECTIVE_KEY, MICRO_CHOSEN_KEY}
@@ -176,13 +174,7 @@ GAP_COLUMNS = ["comparison", "first", "second", *SETTING, "gap", "half_width", "
 
 def welch_half_width(a: pd.Series, b: pd.Series, level: float = 0.95) -> float:
     """Half-width of the Welch t-interval of mean(a) − mean(b), from two cells' std and n (NaN if n < 2)."""
-    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
-    if min(a["n"], b["n"]) < 2 or not math.isfinite(va + vb):
-        return math.nan
-    if va + vb == 0:
-        return 0.0
-    dof = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
-    return float(stats.t.ppf(0.5 + level / 2, dof) * math.sqrt(va + vb))
+    return welch_half((a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]), (int(a["n"]), int(b["n"])), 1 - level)
 
 
 def _gap(first: str, second: str, name: str, setting: dict, cell: dict[str, pd.Series]) -> dict:

@@ -50,6 +50,11 @@ STATUS_TAG = "status"  # a TrialStatus
 ERROR_TAG = "error"  # an errored trial's exception line
 NODE_TAG = "ray_node_id"  # the Ray node that ran the trial (its latest attempt)
 
+# Artifacts of a study's parent run, written by `study`, read by `reports`.
+OPTUNA_JOURNAL_ARTIFACT = "optuna/optuna.journal"  # the search's Optuna study (JournalStorage file), at its end
+TRANSFER_ARTIFACT = "transfer.json"  # the batch-size transfer's fits and what it enqueued (`study.transfer`)
+SEARCH_VARIANT_ATTR = "variant"  # an Optuna trial's user attr: its variant (its params are named `<variant>/<key>`)
+
 # Keys of an epoch's report (also MLflow metric names) read by more than one package.
 STATUS_KEY = "status"  # the epoch's TrialStatus
 EPOCH_KEY = "epoch"  # 1-based

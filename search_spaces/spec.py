@@ -16,6 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainables.records import SEARCH_VARIANT_ATTR
+
+
+def param_name(variant: str, key: str) -> str:
+    """A searched value's Optuna name: prefixed by its variant, so TPE models each variant's trials apart."""
+    return f"{variant}/{key}"
+
 
 @dataclass(frozen=True)
 class Float:
@@ -27,7 +34,7 @@ class Float:
 
     def suggest(self, trial, prefix: str, drawn: dict[str, Any]) -> float:
         high = min(self.high, drawn[self.at_most]) if self.at_most else self.high
-        return trial.suggest_float(f"{prefix}/{self.key}", self.low, max(high, self.low), log=self.log)
+        return trial.suggest_float(param_name(prefix, self.key), self.low, max(high, self.low), log=self.log)
 
     def extremes(self) -> list[float]:
         return [self.low, self.high]
@@ -40,7 +47,7 @@ class Int:
     high: int
 
     def suggest(self, trial, prefix: str, drawn: dict[str, Any]) -> int:
-        return trial.suggest_int(f"{prefix}/{self.key}", self.low, self.high)
+        return trial.suggest_int(param_name(prefix, self.key), self.low, self.high)
 
     def extremes(self) -> list[int]:
         return [self.low, self.high]
@@ -52,7 +59,7 @@ class Choice:
     values: tuple
 
     def suggest(self, trial, prefix: str, drawn: dict[str, Any]) -> Any:
-        return trial.suggest_categorical(f"{prefix}/{self.key}", list(self.values))
+        return trial.suggest_categorical(param_name(prefix, self.key), list(self.values))
 
     def extremes(self) -> list[Any]:
         return list(self.values)
@@ -128,13 +135,14 @@ class SearchSpace:
         return self.num_samples * len(self.variants)
 
     def draw(self, trial, fixed: frozenset[str] = frozenset()) -> dict[str, Any]:
-        """Optuna define-by-run sampling: the variants take turns (Optuna's trial number picks it), then the
-        variant's hyperparameters are drawn (except `fixed` keys) — by TPE from that variant's own trials,
-        since every name is prefixed by its variant; returns the draw in Tune's form,
+        """Optuna define-by-run sampling: the trial's variant (the one its study enqueued it for, else the
+        variants take turns by Optuna's trial number), then the variant's hyperparameters are drawn (except
+        `fixed` keys) — by TPE from that variant's own trials, since every name is prefixed by its variant
+        (values enqueued with the trial are taken as given); returns the draw in Tune's form,
         `{"variant": name, name: {key: value}}`."""
         names = list(self.variants)
-        variant = names[trial.number % len(names)]
-        trial.set_user_attr("variant", variant)
+        variant = trial.user_attrs.get(SEARCH_VARIANT_ATTR) or names[trial.number % len(names)]
+        trial.set_user_attr(SEARCH_VARIANT_ATTR, variant)
         drawn: dict[str, Any] = {}
         for param in self.searched + self.variants[variant].searched:
             if param.key not in fixed:

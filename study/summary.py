@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 import statistics
 import sys
 import time
@@ -15,10 +16,11 @@ from mlflow.tracking import MlflowClient
 from study.confirm import stage_of
 from study.console import searched_keys
 from study.mlflow_store import review_hint
+from study.optuna_store import SearchJournal
 from study.plan import StudyPlan, from_tune
 from study.record import StudyRecord
 from study.tracking import START_OVERHEAD_METRIC, error_summary
-from trainables.records import PARENT_TAG, Stage
+from trainables.records import OPTUNA_JOURNAL_ARTIFACT, PARENT_TAG, Stage
 
 
 def study_efficiency(client: MlflowClient, exp_id: str, parent: str, since: float, seconds: float,
@@ -86,6 +88,16 @@ def report_stages(results, plan: StudyPlan, record: StudyRecord, client) -> None
         client.log_metric(record.parent_run_id, f"best_{space.metric}", float(value))
 
 
+def record_search(record: StudyRecord, client) -> None:
+    """The search's Optuna study onto the parent run (`OPTUNA_JOURNAL_ARTIFACT`, for the report), and how to view it."""
+    journal = SearchJournal.of(record)
+    if not journal.live.is_file():
+        return
+    client.log_artifact(record.parent_run_id, str(journal.live), posixpath.dirname(OPTUNA_JOURNAL_ARTIFACT))
+    print(f"optuna: study {journal.study_name!r}, {len(journal.load().trials)} trials in {journal.live}; "
+          f"view it: {journal.dashboard_command()}")
+
+
 def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float) -> None:
     """Print the study's efficiency and how to review it; close the parent run with its summary."""
 
@@ -98,6 +110,7 @@ def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started
         print(f"train_fraction = {efficiency['train_fraction']:.2f} (trial epoch seconds / (wall seconds × "
               f"{plan.concurrency} concurrent)); median start overhead "
               f"{efficiency['start_overhead_median_seconds']:.1f} s")
+    record_search(record, client)
     client.log_metric(parent, "wall_seconds", seconds)
     client.set_terminated(parent, "FINISHED")
     print(f"review: {review_hint(record.tracking_uri, exp_id)}")

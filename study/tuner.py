@@ -21,6 +21,7 @@ from typing import Any
 import cloudpickle
 import optuna
 import psutil
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -30,11 +31,12 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.confirm import TEST_PREFIX, SearchTrial, SeedRounds, stage_of
 from study.console import StudyConsole
+from study.optuna_store import ORPHAN_ATTR, TRANSFER_ATTR, TRIAL_NAME_ATTR, SearchJournal
 from study.plan import StudyPlan, from_tune
 from study.record import StudyRecord
 from study.storage import Location
 from trainables.launch import LOOPS, build_trainer
-from trainables.records import Stage
+from trainables.records import SEARCH_VARIANT_ATTR, Stage
 from trainables.session import ACTOR_STARTED_KEY, TuneSession
 
 
@@ -124,24 +126,33 @@ def without_test_metrics(result: dict[str, Any] | None) -> dict[str, Any] | None
     return None if result is None else {k: v for k, v in result.items() if not k.startswith(TEST_PREFIX)}
 
 
+# A searched trial enqueued before Optuna asks for it: its variant, the values it must take (the transfer's
+# predictions; none for a plain draw) and what it is (`TRANSFER_ATTR`, "" for a plain draw).
+Enqueued = tuple[str, dict[str, Any], str]
+
+
 class StudySearch(Searcher):
     """Both stages of a study in one Tune experiment (no idle slots or cold actors between them).
 
     Search trials first: Optuna's TPE over the space's define-by-run sampler, shown each result with its
-    test metrics removed. Then, as soon as every search trial of a variant has ended, that variant's
+    test metrics removed, its study persisted in the study's `SearchJournal`; the batch-size transfer's
+    predictions (`first`, `study.transfer`) are the first trials, then the variants take turns. Then, as soon as every search trial of a variant has ended, that variant's
     confirm trials (`study.confirm.confirm_configs`: its best configurations by the validation metric,
     each with fresh seeds) — while other variants may still be searching. Saved and restored with the
     experiment, so `--resume` continues whichever stage a trial belongs to.
     """
 
-    def __init__(self, plan: StudyPlan, seed: int):
+    def __init__(self, plan: StudyPlan, seed: int, journal: SearchJournal, first: list[Enqueued] = ()):
         space = plan.space
         if space.metric.startswith(TEST_PREFIX):
             raise ValueError(f"metric: a study selects on validation metrics, not {space.metric!r}")
         super().__init__(metric=space.metric, mode=space.mode)
         self.plan = plan
+        self.journal = journal
         self.optuna = OptunaSearch(space=plan.define_by_run, metric=space.metric, mode=space.mode,
-                                   sampler=optuna.samplers.TPESampler(seed=seed))
+                                   sampler=optuna.samplers.TPESampler(seed=seed), storage=journal.storage(),
+                                   study_name=journal.study_name)
+        self.first = list(first)  # enqueued before any other search trial
         self.search_left = space.total_samples
         self.searched: dict[str, SearchTrial] = {}  # trial id → what the search learned of it
         self.ready: list[dict[str, Any]] = []  # confirm trials to hand out
@@ -154,15 +165,19 @@ class StudySearch(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self.search_left:
+            variant, values, what = self._next_search_trial()
+            name = self._next_name(variant)
+            # the trial Optuna asks for next: its variant and given values, named as its Tune trial
+            self._study.enqueue_trial(values, user_attrs={SEARCH_VARIANT_ATTR: variant, TRIAL_NAME_ATTR: name,
+                                                          **({TRANSFER_ATTR: what} if what else {})})
             config = self.optuna.suggest(trial_id)
-            if isinstance(config, dict):
-                self.search_left -= 1
-                self.searched[trial_id] = SearchTrial(config["variant"], from_tune(config))
-                return self._named(config)
-            return config
+            self.search_left -= 1
+            self.searched[trial_id] = SearchTrial(config["variant"], from_tune(config))
+            return {**config, TRIAL_NAME_KEY: name}
         self._choose_confirm_trials()
         if self.ready:
-            config = self._named(self.ready.pop(0))
+            config = self.ready.pop(0)
+            config = {**config, TRIAL_NAME_KEY: self._next_name(config["variant"])}
             self.rounds.started(trial_id, config)
             return config
         done = self.confirmed == set(self.plan.space.variants) and self.rounds.settled()
@@ -171,7 +186,8 @@ class StudySearch(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.searched:
             self.searched[trial_id].seen(result, self.metric, self.mode)
-            if self.metric in result:  # an epoch without evaluation (eval_every) has nothing to tell Optuna
+            # an epoch without evaluation (eval_every) has nothing to tell Optuna
+            if self.metric in result and self._optuna_open(trial_id):
                 self.optuna.on_trial_result(trial_id, without_test_metrics(result))
         else:
             self.rounds.seen(trial_id, result)
@@ -179,18 +195,36 @@ class StudySearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.searched:
             self.searched[trial_id].end(result, error, self.metric, self.mode)
-            self.optuna.on_trial_complete(trial_id, without_test_metrics(result), error)
+            if self._optuna_open(trial_id):
+                self.optuna.on_trial_complete(trial_id, without_test_metrics(result), error)
         else:
             self.ready += self.rounds.ended(trial_id, error)
             for line in self.rounds.verdict_lines():
                 print(line, flush=True)
 
-    def _named(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The config with its trial's name, `<variant>-<n>`: numbered per variant across both stages; the count
-        is saved with the searcher, so a resumed study goes on numbering."""
-        variant = config["variant"]
+    @property
+    def _study(self) -> optuna.Study:
+        return self.optuna._ot_study  # Ray's OptunaSearch keeps its study here (no accessor)
+
+    def _optuna_open(self, trial_id: str) -> bool:
+        """Whether the trial's Optuna trial still takes results: one that finished after the snapshot a resumed
+        study restarts from (the journal is written as trials go; Tune's snapshot lags) keeps what it was told."""
+        trial = self.optuna._ot_trials.get(trial_id)  # Ray's OptunaSearch: Tune trial id → Optuna trial
+        return trial is not None and self._study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+
+    def _next_search_trial(self) -> Enqueued:
+        """The transfer's next prediction, else a plain draw for the variant with the fewest search trials so
+        far (the space's order breaks ties): each variant gets its `num_samples`, predictions included."""
+        if self.first:
+            return self.first.pop(0)
+        taken = [t.variant for t in self.searched.values()]
+        return min(self.plan.space.variants, key=taken.count), {}, ""
+
+    def _next_name(self, variant: str) -> str:
+        """A trial's name, `<variant>-<n>`: numbered per variant across both stages; the count is saved with
+        the searcher, so a resumed study goes on numbering."""
         self.numbered[variant] = self.numbered.get(variant, 0) + 1
-        return {**config, TRIAL_NAME_KEY: f"{variant}-{self.numbered[variant]}"}
+        return f"{variant}-{self.numbered[variant]}"
 
     def _choose_confirm_trials(self) -> None:
         """The confirm trials of every variant whose search trials have all ended (once per variant)."""
@@ -202,11 +236,26 @@ class StudySearch(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_bytes(cloudpickle.dumps(self.__dict__))
+        self.journal.stage(Path(checkpoint_path).parent)
 
     def restore(self, checkpoint_path: str) -> None:
         self.__dict__.update(cloudpickle.loads(Path(checkpoint_path).read_bytes()))
         self.__dict__.setdefault("numbered", {})  # saved before trials were named: theirs were Tune's
         self.__dict__.setdefault("rounds", SeedRounds(self.plan))  # saved before the sequential confirm: one round
+        self.__dict__.setdefault("first", [])
+        self._close_orphans()
+
+    def _close_orphans(self) -> None:
+        """Optuna trials asked after the snapshot this study resumes from (Tune will not run them): FAIL, marked
+        `orphaned`, so the persisted study holds each trial that ran once and none that hang as RUNNING."""
+        if not hasattr(self, "journal"):  # saved before the search was persisted: an in-memory study
+            return
+        study, known = self._study, {t._trial_id for t in self.optuna._ot_trials.values()}
+        storage = study._storage
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            if trial._trial_id not in known:
+                storage.set_trial_user_attr(trial._trial_id, ORPHAN_ATTR, True)
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
 class ValidationASHA(ASHAScheduler):
@@ -258,12 +307,14 @@ def planned_trials(plan: StudyPlan) -> int:
 
 
 def new_tuner(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failures: int,
-              data_ref: Any = None) -> tune.Tuner:
-    """The study: `num_samples` search trials per variant (Optuna TPE + ASHA on validation metrics), then the
-    confirm trials (`planned_trials` at most; `StudySearch` ends the experiment when done)."""
+              data_ref: Any = None, first: list[Enqueued] = ()) -> tune.Tuner:
+    """The study: `num_samples` search trials per variant (Optuna TPE + ASHA on validation metrics; `first`
+    enqueued before the others), then the confirm trials (`planned_trials` at most; `StudySearch` ends the
+    experiment when done)."""
+    search = StudySearch(plan, record.seed, SearchJournal.of(record), first)
     return tune.Tuner(
         trainable(plan, record, max_failures, data_ref),
-        tune_config=tune.TuneConfig(search_alg=StudySearch(plan, record.seed), scheduler=scheduler(plan),
+        tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler(plan),
                                     num_samples=planned_trials(plan),
                                     max_concurrent_trials=plan.concurrency,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
@@ -276,7 +327,9 @@ def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data
 
     The run config (and with it the MLflow callback, parent run and store, and the console) and the trial
     namers come back from the study's own saved state (`Tuner.restore` takes no new callbacks); Tune restores
-    the searcher too (Optuna's history, the confirm trials chosen so far, the trials numbered so far).
+    the searcher too (Optuna's history, the confirm trials chosen so far, the trials numbered so far), its
+    Optuna study from the study's journal.
     """
+    SearchJournal.of(record).fetch()
     return tune.Tuner.restore(str(record.study_dir), trainable(plan, record, max_failures, data_ref),
                               resume_unfinished=True)

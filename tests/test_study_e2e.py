@@ -16,14 +16,18 @@ import signal
 import sqlite3
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from clusters import CLUSTER_MARKER, stop_cluster
+from study.optuna_store import JOURNAL_FILE, ORPHAN_ATTR, TRIAL_NAME_ATTR
 from subprocs import assert_succeeds, describe, free_port, run_logged, signal_session, start_logged
 from tampering import tamper
 from trainables.launch import with_quoted_interpreter
@@ -138,6 +142,45 @@ def _at_kill(client, storage: Path, runs) -> tuple[dict[str, int], dict[str, int
     return finished, {run_id: logged for run_id, logged in interrupted.items() if logged < EPOCHS}
 
 
+def _search_journal(storage: Path) -> tuple[Path, list[optuna.trial.FrozenTrial]]:
+    """The study's persisted Optuna journal and its trials (one Optuna study per platform study)."""
+    (journal,) = storage.glob(f"demo-*/{JOURNAL_FILE}")
+    store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    (name,) = optuna.get_all_study_names(store)
+    return journal, optuna.load_study(study_name=name, storage=store).get_trials()
+
+
+def _get_json(url: str, deadline: float) -> dict:
+    """GET `url` as JSON, retrying until `deadline` while the server starts."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _dashboard_trials(journal: Path, study: str, log: Path) -> dict[str, tuple[dict[str, float], list[float]]]:
+    """optuna-dashboard serving `journal` on 127.0.0.1: each trial of `study` read through its HTTP API, as
+    trial name → (params, values)."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "optuna-dashboard"), str(journal), "--host", "127.0.0.1", "--port", str(port)]
+    proc = start_logged(cmd, log)
+    try:
+        base = f"http://127.0.0.1:{port}/api/studies"
+        listed = _get_json(base, time.time() + 60)["study_summaries"]
+        (found,) = [s for s in listed if s["study_name"] == study]
+        detail = _get_json(f"{base}/{found['study_id']}", time.time() + 10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    attrs = lambda trial: {a["key"]: a["value"] for a in trial["user_attrs"]}  # noqa: E731
+    return {attrs(t)[TRIAL_NAME_ATTR]: ({p["name"]: float(p["param_external_value"]) for p in t["params"]},
+                                        t.get("values", [])) for t in detail["trials"] if not attrs(t).get(ORPHAN_ATTR)}
+
+
 def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(tmp_path, cifar10_dir, data_cache):
     """A demo study (3 variants, 1 search trial each, then the best of each × 2 seeds) killed mid-search,
     resumed, killed mid-confirm, resumed: every trial runs once, every epoch is logged once."""
@@ -155,6 +198,9 @@ def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(t
                         command, log, storage, db, stage)
         client, _, runs = _trial_runs(uri)
         kills.append(_at_kill(client, storage, runs))
+        if stage == "search":  # what the persisted Optuna study had finished when the driver was killed
+            searched_at_kill = {t.user_attrs[TRIAL_NAME_ATTR]: (t.params, t.value) for t in _search_journal(storage)[1]
+                                if t.state == TrialState.COMPLETE}
         staged = {r.info.run_id for r in runs if r.data.tags["stage"] == stage}
         assert all(set(part) & staged for part in kills[-1]), describe(command, log, f"was killed in its {stage} "
                                                                                      f"stage: {kills[-1]}")
@@ -177,7 +223,7 @@ def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(t
 
     client, parents, after = _trial_runs(uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"space.json", "report"}
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} == {"space.json", "report", "optuna"}
     report = {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")}
     assert {"report/table.md", "report/trials.parquet", "report/figures"} <= report
     assert "## Test top-1, best epoch" in resumed and "## Search stage: validation top-1" in resumed
@@ -220,6 +266,26 @@ def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(t
             assert overhead[0] - launch[0] == pytest.approx(setup[0])
         if run.info.run_id in finished:
             assert run.info.end_time == finished[run.info.run_id]  # not re-run
+    # The search's Optuna study, persisted in the study's folder and continued by each resume: the trials finished
+    # before the kill kept as they were, one Optuna trial per search trial run (none twice), each with the run's
+    # lr and its last validation top-1; trials asked just before a kill and never run are closed as orphans.
+    journal, optuna_trials = _search_journal(storage)
+    ran = [t for t in optuna_trials if not t.user_attrs.get(ORPHAN_ATTR)]
+    assert all(t.state == TrialState.FAIL for t in optuna_trials if t.user_attrs.get(ORPHAN_ATTR))
+    assert sorted(t.user_attrs[TRIAL_NAME_ATTR] for t in ran) == sorted(r.info.run_name for r in search)
+    assert all(t.state == TrialState.COMPLETE for t in ran), [(t.number, t.state) for t in ran]
+    assert 0 < len(searched_at_kill) < len(ran)
+    assert all(by_name[name] == kept for name, kept in searched_at_kill.items()
+               for by_name in [{t.user_attrs[TRIAL_NAME_ATTR]: (t.params, t.value) for t in ran}])
+    for run in search:
+        (trial,) = [t for t in ran if t.user_attrs[TRIAL_NAME_ATTR] == run.info.run_name]
+        variant = run.data.tags["variant"]
+        assert trial.params[f"{variant}/lr"] == pytest.approx(float(run.data.params["lr"]))
+        assert trial.value == client.get_metric_history(run.info.run_id, "val_top1")[-1].value
+    assert f"view it: optuna-dashboard {journal}" in resumed
+    # … and optuna-dashboard reads the same trials through its HTTP API
+    served = _dashboard_trials(journal, parents[0].info.run_name, tmp_path / "optuna-dashboard.log")
+    assert served == {t.user_attrs[TRIAL_NAME_ATTR]: (t.params, [t.value]) for t in ran}
     # Continued from a checkpoint, not from scratch: an epoch's `restarts` counts the kills that came before it
     # was logged (each epoch is logged once; one a resumed run repeats after its checkpoint is not logged again).
     for run_id in interrupted:

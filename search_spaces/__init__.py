@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import difflib
 
-from search_spaces.cpu import CIFAR10_CPU
+from search_spaces.cpu import CIFAR10_CPU, TRANSFER_LARS
 from search_spaces.demo import DEMO
 from search_spaces.imagenet import BATCHES as IMAGENET_BATCHES, CLARS_MODELS, imagenet_spaces
 from search_spaces.paper import PAPER_DATASETS, PAPER_FAMILIES, PAPER_LRS, batch_label, paper_spaces
 from search_spaces.spec import SearchSpace
 
-SPACES: dict[str, SearchSpace] = {"demo": DEMO, "cifar10_cpu": CIFAR10_CPU, **paper_spaces(), **imagenet_spaces()}
+SPACES: dict[str, SearchSpace] = {"demo": DEMO, "cifar10_cpu": CIFAR10_CPU, "transfer_lars": TRANSFER_LARS,
+                                  **paper_spaces(), **imagenet_spaces()}
 
 
 def available() -> str:
@@ -26,7 +27,7 @@ def available() -> str:
             f"_bs{{{','.join(batch_label(b) for b in PAPER_LRS)}}}")
     imagenet = (f"imagenet_resnet50_bs{{{','.join(batch_label(b) for b in IMAGENET_BATCHES)}}}, "
                 f"clars_imagenet_{{{','.join(CLARS_MODELS)}}}")
-    return (f"demo, cifar10_cpu, table1_{{{','.join(PAPER_DATASETS)}}}, the paper grid {grid}, "
+    return (f"demo, cifar10_cpu, transfer_lars, table1_{{{','.join(PAPER_DATASETS)}}}, the paper grid {grid}, "
             f"the ImageNet studies {imagenet} ({len(SPACES)} spaces in all; `--list` prints each)")
 
 

@@ -55,3 +55,17 @@ CIFAR10_CPU = SearchSpace(
     num_samples=4, grace_period=2, reduction_factor=3, confirm=1, seeds=3, max_seeds=5,
     workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0, max_concurrent=2,
 )
+
+
+# The batch-size transfer's benchmark (`python -m study.transfer_bench`): one optimizer setting, one batch size per
+# study (`--set batch_size=N`), over a range three decades wide, as one searches when the batch's optimum is unknown.
+TRANSFER_LR = (0.02, 20.0)
+TRANSFER_LARS = SearchSpace(
+    name="transfer_lars",
+    description="Transfer bench: LARS + warm-up, ResNet-8 (width 8) on CIFAR-10 6k; one batch size per study",
+    fixed={"task": "clf", "dataset": "cifar10", "model": "resnet8", "width": 8, "limit": 6000, "val_size": 1000,
+           "test_limit": 1000, "batch_size": 128, "epochs": 6, "eval_every": 1, "device": "cpu"},
+    variants={"lars_warmup": LARS_WARMUP.variant(Float("lr", *TRANSFER_LR, log=True), warmup_epochs=1.0)},
+    num_samples=8, grace_period=2, reduction_factor=2, confirm=0,
+    workers=1, gpus_per_worker=0.0, cpus_per_worker=1.0, max_concurrent=2,
+)

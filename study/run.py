@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
     p.add_argument("--experiment", help="MLflow experiment (default: the space name)")
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted study of this space")
+    p.add_argument("--transfer-from", metavar="EXPERIMENT[,…]",
+                   help="start the search from a fit of the best lr (and TVLARS' λ) against batch size over these MLflow "
+                        "experiments' studies of the same optimizer (default: this study's experiment, where it holds "
+                        "two batch sizes or more; 'none': start from nothing)")
     p.add_argument("--max-failures", type=int, default=1, help="worker-crash retries per trial (default 1)")
     p.add_argument("--wait-for-resources", action="store_true",
                    help="skip the check that the cluster can place one trial (autoscaling clusters)")
@@ -247,7 +251,23 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
                                  tracking_uri=tracking_uri, experiment=args.experiment or args.space)
 
 
-def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Dataset | Catalog) -> int:
+def plan_transfer(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord):
+    """The batch-size transfer for a new study (`study.transfer`), or None; TransferError (an InputError's kind:
+    a ValueError) for a `--transfer-from` that gives no fit."""
+    from study.mlflow_store import check_tracking_uri
+    from study.transfer import NO_TRANSFER, plan_transfer as fit_transfer
+
+    if args.resume or args.transfer_from == NO_TRANSFER:
+        return None
+    named = [name for name in (args.transfer_from or "").split(",") if name]
+    if not named and record.tracking_uri.startswith("sqlite:///") and not os.path.exists(
+            record.tracking_uri.removeprefix("sqlite:///")):  # the default source: no store yet, no earlier study
+        return None
+    return fit_transfer(check_tracking_uri(record.tracking_uri), named or [record.experiment], plan, bool(named))
+
+
+def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Dataset | Catalog,
+        transfer=None) -> int:
     from study.mlflow_store import check_tracking_uri, experiment_id, start_parent_run
     from study.tracking import StudyRecorder
     from study.summary import report_stages, summarize, untrained, write_report
@@ -264,13 +284,16 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     print(f"study {record.name}: space {record.space}, {plan.space.total_samples} search trials "
           f"({plan.space.num_samples} per variant), "
           f"MLflow experiment {record.experiment!r} run {record.parent_run_id}", flush=True)
+    if transfer is not None:
+        record_transfer(client, record.parent_run_id, transfer)
 
     if args.resume:
         tuner = restored_tuner(plan, record, args.max_failures, data_ref)
     else:
         recorder = StudyRecorder(record.tracking_uri, exp_id, record.parent_run_id, plan.max_epoch,
                                  str(record.train_dir))
-        tuner = new_tuner(plan, record, [recorder], args.max_failures, data_ref)
+        tuner = new_tuner(plan, record, [recorder], args.max_failures, data_ref,
+                          first=transfer.first_trials() if transfer else [])
     results = tuner.fit()
     report_stages(results, plan, record, client)
     summarize(plan, record, client, exp_id, started)
@@ -279,6 +302,19 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     if failure:
         raise PlatformError(failure)
     return 0
+
+
+def record_transfer(client, run_id: str, transfer) -> None:
+    """The transfer's fits on the study's parent run (`TRANSFER_ARTIFACT`, and each fit's numbers as params), and
+    on the console."""
+    from mlflow.entities import Param
+
+    from trainables.records import TRANSFER_ARTIFACT
+
+    client.log_dict(run_id, transfer.to_json(), TRANSFER_ARTIFACT)
+    client.log_batch(run_id, params=[Param(k, v) for k, v in transfer.params().items()])
+    for fit in transfer.fits:
+        print(fit.line(), flush=True)
 
 
 def fail(code: int, message: str) -> int:
@@ -311,6 +347,7 @@ def _checked_run(args: argparse.Namespace) -> int:
         if args.address:
             join_cluster(args.address)
             check_storage_reaches_nodes(record.storage, args.shared_storage)
+        transfer = plan_transfer(args, plan, record)
         fit_to_cluster(plan, args.address, args.wait_for_resources)
         data = obtain_data(plan, args.data_url)
     except PlatformError as err:
@@ -320,7 +357,7 @@ def _checked_run(args: argparse.Namespace) -> int:
     try:
         if not args.address:
             start_local_ray(plan)
-        return run(args, plan, record, data)
+        return run(args, plan, record, data, transfer)
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))
     except InputError as err:  # found once Ray is up (the dataset larger than its object store)

@@ -1,0 +1,159 @@
+"""`python -m study.transfer_bench`: what the batch-size transfer saves, measured at CPU scale.
+
+Studies of LARS + warm-up (`transfer_lars`) at batch 128, 256 and 512 first; then the batch-1,024 study run
+`--repeats` times seeded by the transfer from them and as many times unseeded (`--transfer-from none`), in
+rounds (seeded, unseeded with the same seed), each with the same trial budget. For each 1,024 study: the
+trial-epochs spent, in the order their validation top-1 was reported, until the search's best so far is
+within `--within` points of the unseeded searches' final best (mean over them); a study that never gets
+there counts all it ran. Prints the seeded/unseeded ratio of those means with a bootstrap interval and
+writes the table (`--out`, markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from reports.collect import find_parents
+from study.mlflow_store import default_tracking_uri
+from study.storage import Location
+from trainables.records import PARENT_TAG
+
+SPACE = "transfer_lars"
+SOURCES, TARGET = (128, 256, 512), 1024
+SOURCE_EXPERIMENT, SEEDED, UNSEEDED = "transfer-sources", "transfer-seeded", "transfer-unseeded"
+TARGET_MET = 0.5  # seeded / unseeded trial-epochs, met only by the whole interval
+BOOTSTRAP = 10_000
+
+
+@dataclass
+class Search:
+    """One target study: its val top-1 reports in time order, and when it got within reach of the goal."""
+
+    experiment: str
+    study: str
+    seed: int
+    wall_s: float
+    vals: list[float]  # every reported validation top-1 of its trials, oldest first (one per trial-epoch)
+
+    @property
+    def final_best(self) -> float:
+        return max(self.vals)
+
+    def epochs_to(self, goal: float) -> tuple[int, bool]:
+        """Trial-epochs until the best so far reaches `goal` (all of them, False, if it never does)."""
+        best = -np.inf
+        for spent, value in enumerate(self.vals, 1):
+            best = max(best, value)
+            if best >= goal:
+                return spent, True
+        return len(self.vals), False
+
+
+def run_study(storage: Path, experiment: str, batch: int, seed: int, transfer: str, log: Path) -> float:
+    """One study of `SPACE` at `batch` (a subprocess, as a user runs it); its wall seconds."""
+    cmd = [sys.executable, "-m", "study.run", "--space", SPACE, "--storage", str(storage), "--experiment", experiment,
+           "--set", f"batch_size={batch}", "--seed", str(seed), "--transfer-from", transfer]
+    started = time.time()
+    with log.open("w") as out:
+        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if code:
+        sys.exit(f"error: {' '.join(cmd)} exited {code}; its log: {log}")
+    return time.time() - started
+
+
+def reports_in_order(client: MlflowClient, exp_id: str, parent: str) -> list[float]:
+    """Every trial's validation top-1 reports of one study, in the order they were logged."""
+    runs = client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent}'", max_results=10_000)
+    points = [(m.timestamp, m.step, m.value) for run in runs for m in client.get_metric_history(run.info.run_id, "val_top1")
+              if m.step >= 1]
+    return [value for _, _, value in sorted(points)]
+
+
+def searches(client: MlflowClient, experiment: str, seeds: list[int], walls: list[float]) -> list[Search]:
+    exp_id, parents = find_parents(client, experiment)
+    return [Search(experiment, p.info.run_name, seed, wall, reports_in_order(client, exp_id, p.info.run_id))
+            for p, seed, wall in zip(parents, seeds, walls)]
+
+
+def ratio_interval(seeded: list[int], unseeded: list[int], rng: np.random.Generator) -> tuple[float, float, float]:
+    """mean(seeded) / mean(unseeded) and its 95% bootstrap interval (each side resampled on its own)."""
+    a, b = np.array(seeded, float), np.array(unseeded, float)
+    draws = rng.choice(a, (BOOTSTRAP, len(a))).mean(1) / rng.choice(b, (BOOTSTRAP, len(b))).mean(1)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return a.mean() / b.mean(), float(low), float(high)
+
+
+def fit_lines(client: MlflowClient, experiment: str) -> list[str]:
+    """The transfer's fit as the seeded studies recorded it (the first one's)."""
+    _, parents = find_parents(client, experiment)
+    params = parents[0].data.params
+    keys = sorted(k for k in params if k.startswith("transfer."))
+    return [f"- `{k}` = {params[k]}" for k in keys]
+
+
+def table(seeded: list[Search], unseeded: list[Search], goal: float, within: float) -> list[str]:
+    lines = ["| study | transfer | seed | trial-epochs to goal | reached | trial-epochs run | final best val top-1 | wall (s) |",
+             "|---|---|---:|---:|:---:|---:|---:|---:|"]
+    for search, kind in [(s, "seeded") for s in seeded] + [(s, "unseeded") for s in unseeded]:
+        spent, reached = search.epochs_to(goal)
+        lines.append(f"| {search.study} | {kind} | {search.seed} | {spent} | {'yes' if reached else 'no'} | "
+                     f"{len(search.vals)} | {search.final_best:.2f} | {search.wall_s:.0f} |")
+    return lines + ["", f"Goal: validation top-1 ≥ {goal:.2f} (the unseeded searches' mean final best less {within} points)."]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.transfer_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--storage", default="results-transfer-bench", help="the studies' storage (default ./results-transfer-bench)")
+    p.add_argument("--repeats", type=int, default=3, help="seeded and unseeded 1,024 studies each (default 3)")
+    p.add_argument("--within", type=float, default=0.5, help="points below the unseeded final best (default 0.5)")
+    p.add_argument("--out", type=Path, help="write the markdown table here (e.g. docs/results/transfer_lars.md)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    storage = Path(args.storage).resolve()
+    logs = storage / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for batch in SOURCES:
+        wall = run_study(storage, SOURCE_EXPERIMENT, batch, 0, "none", logs / f"source-{batch}.log")
+        print(f"source study at batch {batch}: {wall:.0f} s", flush=True)
+    seeds, walls = list(range(1, args.repeats + 1)), {SEEDED: [], UNSEEDED: []}
+    for seed in seeds:  # rounds: the machine's drift touches both kinds alike
+        for experiment, transfer in ((SEEDED, SOURCE_EXPERIMENT), (UNSEEDED, "none")):
+            walls[experiment].append(run_study(storage, experiment, TARGET, seed, transfer,
+                                               logs / f"{experiment}-{seed}.log"))
+            print(f"{experiment} study, seed {seed}: {walls[experiment][-1]:.0f} s", flush=True)
+    client = MlflowClient(default_tracking_uri(Location.of(storage)))
+    seeded, unseeded = (searches(client, e, seeds, walls[e]) for e in (SEEDED, UNSEEDED))
+    goal = statistics.mean(s.final_best for s in unseeded) - args.within
+    spent_seeded = [s.epochs_to(goal)[0] for s in seeded]
+    spent_unseeded = [s.epochs_to(goal)[0] for s in unseeded]
+    ratio, low, high = ratio_interval(spent_seeded, spent_unseeded, np.random.default_rng(0))
+    verdict = "met by the whole interval" if high <= TARGET_MET else "not met by the whole interval"
+    summary = (f"transfer: trial-epochs to within {args.within} points of the unseeded final best: seeded "
+               f"{spent_seeded}, unseeded {spent_unseeded}; ratio seeded/unseeded {ratio:.2f} 95% bootstrap "
+               f"[{low:.2f}, {high:.2f}] (target <= {TARGET_MET}: {verdict})")
+    print(summary)
+    lines = [f"# Batch-size transfer at CPU scale: `python -m study.transfer_bench`", "",
+             f"Sources: `{SPACE}` at batch {', '.join(map(str, SOURCES))}; target batch {TARGET}, "
+             f"{args.repeats} seeded and {args.repeats} unseeded searches of equal budget, in rounds.", "",
+             "The fit the seeded studies enqueued (parent-run params):", "", *fit_lines(client, SEEDED), "",
+             *table(seeded, unseeded, goal, args.within), "", f"**{summary}**"]
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+        print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
-from reports import figures, sequential, tables
+from optuna.trial import FrozenTrial
+
+from reports import figures, optuna_views, sequential, tables, transfer_view
 from reports.collect import StudyData, collect, telemetry
 from trainables.records import Stage, TrialStatus
 
@@ -98,6 +100,7 @@ class Tables:
     errored: pd.DataFrame  # one row per errored trial: which, and its error line
     verdicts: pd.DataFrame  # one row per comparison and setting (`reports.sequential.verdicts`)
     methods: list[str]  # how the verdicts were read, per design
+    optuna: optuna_views.SearchViews | None = None  # the persisted Optuna search's importance and plots, if logged
 
     @classmethod
     def of(cls, trials: pd.DataFrame, metric: str, parents: list) -> "Tables":
@@ -168,14 +171,53 @@ def other_layout(parts: Tables, bold) -> list[Section]:
 
 
 def search_section(parts: Tables, metric: str) -> list[Section]:
-    """The search's trials, the best `tables.SEARCH_TOP` of each variant, where a confirm stage ran."""
+    """The search's trials, the best `tables.SEARCH_TOP` of each variant, where a confirm stage ran; then the
+    importance of its params where the studies logged their Optuna search."""
     if parts.search is None:
-        return []
+        return importance_section(parts)
     shown = tables.search_top(parts.search)
     left_out = (f"The best {tables.SEARCH_TOP} of each variant at each batch size: {len(shown)} of the "
                 f"{len(parts.search)} search trials (all of them: search_table.csv, with `--format csv`). ")
     return [section(f"Search stage: validation top-1, {metric} epoch, per trial", shown.drop(columns="run_name"),
-                    left_out * (len(shown) < len(parts.search)) + SEARCH_LEGEND.format(metric=metric), figures.SEARCH)]
+                    left_out * (len(shown) < len(parts.search)) + SEARCH_LEGEND.format(metric=metric), figures.SEARCH),
+            *importance_section(parts)]
+
+
+def importance_section(parts: Tables) -> list[Section]:
+    """Optuna's fANOVA importance of each searched param per variant (`reports.optuna_views`)."""
+    if parts.optuna is None:
+        return []
+    table = parts.optuna.importance
+    return [section(parts.optuna.heading, table, parts.optuna.caption, figures.SEARCH, keep=tuple(table.columns))]
+
+
+TRANSFER_HEADING = "Batch-size transfer: predicted vs found optimum"
+TRANSFER_LEGEND = ("Before its search, the study fitted each value as a power law of batch size, ln value = "
+                   "intercept + slope · ln batch, least squares in log-log over the earlier studies' best values "
+                   "(points: how many, at which batch sizes; one per earlier study and batch size), and enqueued the "
+                   "prediction at its batch and the interval's ends as its first search trials. Interval: ±t·s.e. of "
+                   "the fitted line at that batch ({levels}; none with two points). found: the value in the variant's "
+                   "confirmed configuration '(confirm)', else in its best search trial by validation top-1 "
+                   "'(search)'; inside: found within [low, high]. Rules, for comparison (lr only): the linear and √B "
+                   "scaling rules from the best value at the largest earlier batch size. All numbers unrounded: "
+                   "transfer.csv, with `--format csv`.")
+TAIL = ("Errored trials", "Study budget")  # the sections after which nothing is inserted
+
+
+def transfer_section(fits: list[dict], trials: pd.DataFrame, metric: str) -> list[Section]:
+    """Each batch-size transfer fit's prediction against the optimum the study found, where a study ran one."""
+    if not fits:
+        return []
+    legend = TRANSFER_LEGEND.format(levels=transfer_view.levels_text(fits) or "level not recorded")
+    table = transfer_view.transfer_table(fits, trials, metric)
+    return [section(TRANSFER_HEADING, table, legend, transfer_view.TRANSFER, keep=transfer_view.KEEP)]
+
+
+def after_search(parts: list[Section], extra: list[Section]) -> list[Section]:
+    """`extra` right after the search's sections; where none is shown, before the errored trials and the budget."""
+    searched = [i for i, part in enumerate(parts) if part.key == figures.SEARCH]
+    at = searched[-1] + 1 if searched else next((i for i, part in enumerate(parts) if part.heading in TAIL), len(parts))
+    return parts[:at] + extra + parts[at:]
 
 
 def sections(parts: Tables, metric: str, bold) -> list[Section]:
@@ -246,18 +288,27 @@ def _html(parts: list[Section], title: str, base: Path) -> str:
 
 
 def write_outputs(data: StudyData, out: Path, metric: str, formats: tuple[str, ...], title: str,
-                  load_telemetry: Callable[[str], pd.DataFrame | None]) -> tuple[str, list[Path], list[Section]]:
-    """All files of the report into `out`; returns (markdown, paths, the markdown's sections with their figures)."""
+                  load_telemetry: Callable[[str], pd.DataFrame | None],
+                  transfers: Sequence[dict] = (),
+                  search_trials: Sequence[FrozenTrial] = ()) -> tuple[str, list[Path], list[Section]]:
+    """All files of the report into `out` (`transfers`: the studies' `transfer_view.load_transfers`;
+    `search_trials`: their Optuna search, `optuna_views.load_search`); returns (markdown, paths, the markdown's
+    sections with their figures)."""
     out.mkdir(parents=True, exist_ok=True)
     parts = Tables.of(data.trials, metric, data.parents)
     drawn = figures.all_figures(data.trials, data.epochs, parts.gaps, metric, out / "figures", load_telemetry)
+    fits = transfer_view.all_fits(list(transfers))
+    transferred = transfer_section(fits, data.trials, metric)
+    drawn += transfer_view.transfer_fit(fits, data.trials, out / "figures", metric)
+    parts.optuna = optuna_views.views(search_trials, out / "figures")
+    drawn += parts.optuna.figures if parts.optuna else []
     files = []
 
     def write(name: str, text: str) -> None:
         (out / name).write_text(text)
         files.append(out / name)
 
-    body = with_figures(sections(parts, metric, lambda t: f"**{t}**"), drawn)
+    body = with_figures(after_search(sections(parts, metric, lambda t: f"**{t}**"), transferred), drawn)
     markdown = _markdown(body, title, out)
     write("table.md", markdown)
     write("headline.md", _markdown(headline(parts, metric, lambda t: f"**{t}**"), title, out))
@@ -268,10 +319,15 @@ def write_outputs(data: StudyData, out: Path, metric: str, formats: tuple[str, .
         write("warmup_gap.csv", parts.gaps.to_csv(index=False))
         write("verdicts.csv", parts.verdicts.to_csv(index=False))
         write("budget.csv", parts.spent.to_csv(index=False))
+        if parts.optuna is not None:
+            write("importance.csv", parts.optuna.importance.to_csv())
+        if fits:
+            write("transfer.csv", transfer_view.transfer_rows(fits, data.trials, metric).to_csv(index=False))
     if "latex" in formats:
-        write("table.tex", _latex(sections(parts, metric, _bold_latex)))
+        write("table.tex", _latex(after_search(sections(parts, metric, _bold_latex), transferred)))
     if "html" in formats:
-        write("table.html", _html(with_figures(sections(parts, metric, lambda t: f"<b>{t}</b>"), drawn), title, out))
+        shown = after_search(sections(parts, metric, lambda t: f"<b>{t}</b>"), transferred)
+        write("table.html", _html(with_figures(shown, drawn), title, out))
     trials = data.trials.assign(params=data.trials["params"].map(lambda p: json.dumps(p, default=str)))
     for name, frame in (("trials.parquet", trials), ("epochs.parquet", data.epochs)):
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), out / name)
@@ -315,7 +371,9 @@ def build_report(tracking_uri: str, experiment: str, out: Path, metric: str = "b
     data = collect(client, experiment, study)
     title = f"{experiment}: {len(data.trials)} trials in {len(data.parents)} " + (
         "study" if len(data.parents) == 1 else "studies")
-    markdown, files, body = write_outputs(data, out, metric, formats, title, lambda run_id: telemetry(client, run_id))
+    markdown, files, body = write_outputs(data, out, metric, formats, title, lambda run_id: telemetry(client, run_id),
+                                          transfer_view.load_transfers(client, data.parents),
+                                          optuna_views.load_search(client, data.parents))
     report = Report(markdown, files)
     if doc is not None:
         doc.write_text(results_document(doc, body, data.parents, command))

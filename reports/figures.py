@@ -1,6 +1,7 @@
-"""Figures (matplotlib, PNG): accuracy vs epoch, trust ratio vs step (paper Figs. 1–2), accuracy vs λ
-(Fig. 4), warm-up gap vs batch size, and best-so-far accuracy vs cumulative epochs (what ASHA saved).
-Each comes with a one-line caption and the report section it illustrates."""
+"""Figures (matplotlib, PNG): accuracy vs epoch, trust ratio vs step (paper Figs. 1–2), warm-up gap vs batch
+size, and best-so-far accuracy vs cumulative epochs (what ASHA saved); accuracy vs λ (Fig. 4) is Optuna's
+slice plot of the search (`reports.optuna_views`). Each comes with a one-line caption and the report section
+it illustrates."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pandas as pd  # noqa: E402
 
 from reports.collect import row_rank  # noqa: E402
 from reports.tables import GAPS, sig  # noqa: E402
-from trainables.records import Stage, TrialStatus  # noqa: E402
+from trainables.records import Stage  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "legend.fontsize": 8}
@@ -113,34 +114,6 @@ def trust_ratio(trials: pd.DataFrame, load: Callable[[str], pd.DataFrame | None]
                   "(line: median over layers; band: 10–90% of layers).", HEADLINE)
 
 
-def accuracy_vs_lambda(trials: pd.DataFrame, metric: str, out: Path) -> Figure:
-    """TVLARS' test accuracy against its decay λ (paper Figure 4); hollow = stopped early by ASHA."""
-    fig, ax = plt.subplots(figsize=(6.5, HEIGHT))
-    tv = trials[trials["label"] == "TVLARS"]
-    lam = tv["params"].map(lambda p: p.get("lam"))
-    tv = tv.assign(lam=pd.to_numeric(lam, errors="coerce")).dropna(subset=["lam"])
-    if tv.empty:
-        _empty(ax, "no TVLARS trials with a λ in this report")
-    for status, style in ((TrialStatus.COMPLETED, dict(marker="o")),
-                          (TrialStatus.STOPPED_BY_ASHA, dict(marker="o", mfc="none")),
-                          (TrialStatus.DIVERGED, dict(marker="x"))):
-        part = tv[tv["status"] == status]
-        if not part.empty:
-            y = part[metric].fillna(0 if status == TrialStatus.DIVERGED else np.nan)
-            ax.plot(part["lam"], y, ls="none", ms=7, color="C3", label=status.replace("_", " "), **style)
-            for lam, value, run in zip(part["lam"], y, part.itertuples()):
-                ax.annotate(f"lr={sig(run.lr)}, e{run.epochs_run}", (lam, value), textcoords="offset points",
-                            xytext=(5, 4), fontsize=7, color="0.3")
-    if not tv.empty:
-        ax.set_xscale("log")
-        ax.legend(loc="best")
-    ax.set(xlabel="λ (TVLARS decay rate)", ylabel=f"test top-1, {metric} epoch (%)",
-           title="TVLARS: accuracy vs λ (diverged drawn at 0)")
-    return Figure(_save(fig, out / "accuracy_vs_lambda.png"),
-                  f"TVLARS' test top-1 ({metric} epoch) against its decay λ, one point per run "
-                  "(hollow: stopped by ASHA; ×: diverged, drawn at 0).", SEARCH)
-
-
 def warmup_gap(gaps: pd.DataFrame, out: Path) -> Figure:
     """Each comparison of `tables.warmup_gap` (first − second, percentage points) against batch size, with its
     95% interval."""
@@ -196,5 +169,4 @@ def all_figures(trials: pd.DataFrame, epochs: pd.DataFrame, gaps: pd.DataFrame, 
     out.mkdir(parents=True, exist_ok=True)
     with plt.rc_context(STYLE):
         return [*accuracy_vs_epoch(trials, epochs, out), trust_ratio(trials, load_telemetry, out),
-                accuracy_vs_lambda(trials, metric, out), warmup_gap(gaps, out),
-                best_so_far(trials[trials["stage"] == Stage.SEARCH], metric, out)]
+                warmup_gap(gaps, out), best_so_far(trials[trials["stage"] == Stage.SEARCH], metric, out)]

@@ -179,7 +179,7 @@ def test_the_trust_ratio_is_drawn_from_confirmed_runs_one_panel_per_batch(staged
 EXPECTED_FIGURES = {  # section → the figures right after it
     "Test top-1": ["accuracy_vs_epoch_clf_cifar10_bs512.png", "accuracy_vs_epoch_clf_cifar10_bs1024.png",
                    "trust_ratio_vs_step.png"],
-    GAP: ["warmup_gap_vs_batch.png"], SEARCH: ["accuracy_vs_lambda.png", "best_so_far_vs_epochs.png"], BUDGET: []}
+    GAP: ["warmup_gap_vs_batch.png"], SEARCH: ["best_so_far_vs_epochs.png"], BUDGET: []}
 
 
 def _images(block: str) -> list[tuple[str, str, str]]:

@@ -22,10 +22,12 @@ import time
 import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 
 from clusters import CLUSTER_MARKER, stop_cluster
 from s3server import moto_server
+from study.optuna_store import JOURNAL_FILE, TRIAL_NAME_ATTR
 from subprocs import assert_succeeds, describe, free_port, run_logged, start_logged
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -186,6 +188,15 @@ def test_trials_train_on_a_node_without_the_code_or_data_and_record_to_s3(cluste
             for o in page.get("Contents", [])]
     assert any("/checkpoint_" in k and k.endswith("/state.pt") for k in keys), keys[:20]  # checkpoints in the bucket
     assert any(k.endswith("/study.json") for k in keys) and any("/mlartifacts/" in k for k in keys)
+    # the search's Optuna study, written on the driver and copied beside the searcher's state at checkpoints
+    (journal_key,) = [k for k in keys if k.endswith(f"/{JOURNAL_FILE}") and "/mlartifacts/" not in k]
+    assert journal_key.count("/") == 2, journal_key  # team/<study>/optuna.journal (the other: the report's artifact)
+    journal = cluster["tmp"] / JOURNAL_FILE
+    journal.write_bytes(bucket.get_object(Bucket=BUCKET, Key=journal_key)["Body"].read())
+    store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    (name,) = optuna.get_all_study_names(store)
+    searched = sorted(t.user_attrs[TRIAL_NAME_ATTR] for t in optuna.load_study(study_name=name, storage=store).trials)
+    assert searched == sorted(r.info.run_name for r in trials if r.data.tags["stage"] == "search"), searched
 
     elsewhere = cluster["tmp"] / "elsewhere"
     elsewhere.mkdir()

@@ -111,3 +111,44 @@ def test_the_command_line_rejects_an_unknown_source_before_the_study_starts(tmp_
     assert out.stderr.strip().splitlines()[-1] == (
         "error: --transfer-from: no MLflow experiment 'absent'; this store has: Default, earlier")
     assert not any(p.name.startswith("transfer_lars-") for p in tmp_path.iterdir())  # no study was started
+
+
+def test_a_study_starts_its_search_from_the_transfer_and_reports_it(tmp_path, cifar10_dir, data_cache):
+    """A real (tiny) batch-1,024 study of `transfer_lars` seeded from earlier studies at 128/256/512: its first
+    three search trials are the prediction and the interval's ends, as the Optuna study, the MLflow runs, the
+    parent run and the report all record them."""
+    import json
+    import os
+
+    import optuna
+
+    from study.optuna_store import JOURNAL_FILE, TRANSFER_ATTR, TRIAL_NAME_ATTR
+    from subprocs import assert_succeeds
+
+    storage = tmp_path / "results"
+    client = store(storage, (128, 256, 512))
+    cmd = [sys.executable, "-m", "study.run", "--space", "transfer_lars", "--storage", str(storage), "--data-dir",
+           cifar10_dir, "--transfer-from", "earlier", "--num-samples", "4", "--set", "batch_size=1024",
+           "--set", "limit=1300", "--set", "val_size=200", "--set", "test_limit=200", "--set", "epochs=2",
+           "--set", "grace_period=1"]
+    out = assert_succeeds(cmd, tmp_path / "study.log", cwd=REPO, env={**os.environ, "LAYERWISE_CACHE": data_cache},
+                          timeout=600).output
+    assert "transfer: lars_warmup lr: 3 earlier optima at batch 128, 256, 512 → lr ∝ B^" in out, out
+    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("transfer_lars").experiment_id])
+                 if "study_path" in r.data.tags]
+    recorded = json.loads(Path(client.download_artifacts(parent.info.run_id, "transfer.json", str(tmp_path))).read_text())
+    (fit,) = recorded["fits"]
+    assert abs(fit["slope"] - SLOPE) <= 0.05 and fit["enqueued"] == pytest.approx([fit["predicted"], fit["low"], fit["high"]])
+    assert parent.data.params["transfer.lars_warmup.lr.predicted"] == f"{fit['predicted']:.4g}"
+    # the Optuna study: the first three trials took the enqueued values, the fourth was drawn by TPE
+    journal = next(storage.glob(f"transfer_lars-*/{JOURNAL_FILE}"))
+    trials = optuna.load_study(study_name=parent.info.run_name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))).trials
+    assert [t.user_attrs.get(TRANSFER_ATTR) for t in trials] == ["fit", "low", "high", None]
+    assert [t.params["lars_warmup/lr"] for t in trials[:3]] == pytest.approx(fit["enqueued"])
+    # … and so did the trial runs MLflow recorded, by name
+    runs = {r.info.run_name: r for r in client.search_runs([parent.info.experiment_id])
+            if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    for trial in trials[:3]:
+        assert float(runs[trial.user_attrs[TRIAL_NAME_ATTR]].data.params["lr"]) == pytest.approx(trial.params["lars_warmup/lr"])
+    assert "## Batch-size transfer: predicted vs found optimum" in out

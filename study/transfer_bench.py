@@ -58,10 +58,11 @@ class Search:
         return len(self.vals), False
 
 
-def run_study(storage: Path, experiment: str, batch: int, seed: int, transfer: str, log: Path) -> float:
+def run_study(storage: Path, experiment: str, batch: int, seed: int, transfer: str, samples: int, log: Path) -> float:
     """One study of `SPACE` at `batch` (a subprocess, as a user runs it); its wall seconds."""
     cmd = [sys.executable, "-m", "study.run", "--space", SPACE, "--storage", str(storage), "--experiment", experiment,
-           "--set", f"batch_size={batch}", "--seed", str(seed), "--transfer-from", transfer]
+           "--set", f"batch_size={batch}", "--seed", str(seed), "--transfer-from", transfer,
+           "--num-samples", str(samples)]
     started = time.time()
     with log.open("w") as out:
         code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -113,7 +114,9 @@ def table(seeded: list[Search], unseeded: list[Search], goal: float, within: flo
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.transfer_bench", description=__doc__.splitlines()[0])
     p.add_argument("--storage", default="results-transfer-bench", help="the studies' storage (default ./results-transfer-bench)")
-    p.add_argument("--repeats", type=int, default=3, help="seeded and unseeded 1,024 studies each (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="seeded and unseeded 1,024 studies each (default 5)")
+    p.add_argument("--source-samples", type=int, default=12, help="search trials of each source study (default 12)")
+    p.add_argument("--samples", type=int, default=10, help="search trials of each 1,024 study (default 10)")
     p.add_argument("--within", type=float, default=0.5, help="points below the unseeded final best (default 0.5)")
     p.add_argument("--out", type=Path, help="write the markdown table here (e.g. docs/results/transfer_lars.md)")
     return p.parse_args(argv)
@@ -125,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     logs = storage / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     for batch in SOURCES:
-        wall = run_study(storage, SOURCE_EXPERIMENT, batch, 0, "none", logs / f"source-{batch}.log")
+        wall = run_study(storage, SOURCE_EXPERIMENT, batch, 0, "none", args.source_samples, logs / f"source-{batch}.log")
         print(f"source study at batch {batch}: {wall:.0f} s", flush=True)
     seeds, walls = list(range(1, args.repeats + 1)), {SEEDED: [], UNSEEDED: []}
     for seed in seeds:  # rounds: the machine's drift touches both kinds alike
         for experiment, transfer in ((SEEDED, SOURCE_EXPERIMENT), (UNSEEDED, "none")):
-            walls[experiment].append(run_study(storage, experiment, TARGET, seed, transfer,
+            walls[experiment].append(run_study(storage, experiment, TARGET, seed, transfer, args.samples,
                                                logs / f"{experiment}-{seed}.log"))
             print(f"{experiment} study, seed {seed}: {walls[experiment][-1]:.0f} s", flush=True)
     client = MlflowClient(default_tracking_uri(Location.of(storage)))
@@ -144,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                f"{spent_seeded}, unseeded {spent_unseeded}; ratio seeded/unseeded {ratio:.2f} 95% bootstrap "
                f"[{low:.2f}, {high:.2f}] (target <= {TARGET_MET}: {verdict})")
     print(summary)
-    lines = [f"# Batch-size transfer at CPU scale: `python -m study.transfer_bench`", "",
-             f"Sources: `{SPACE}` at batch {', '.join(map(str, SOURCES))}; target batch {TARGET}, "
-             f"{args.repeats} seeded and {args.repeats} unseeded searches of equal budget, in rounds.", "",
+    lines = ["# Batch-size transfer at CPU scale: `python -m study.transfer_bench`", "",
+             f"Sources: `{SPACE}` at batch {', '.join(map(str, SOURCES))} ({args.source_samples} search trials each); "
+             f"target batch {TARGET}: {args.repeats} seeded and {args.repeats} unseeded searches of {args.samples} "
+             "trials each, in rounds (seeded, then unseeded with the same seed).", "",
              "The fit the seeded studies enqueued (parent-run params):", "", *fit_lines(client, SEEDED), "",
              *table(seeded, unseeded, goal, args.within), "", f"**{summary}**"]
     if args.out:

@@ -11,7 +11,9 @@ from ray.tune.search import Searcher
 from study.confirm import STAGE_KEY
 from trainables.records import Stage
 from study.console import ended_line, epochs_spent, eta_text, progress_line, searched_keys, status_table
+from study.optuna_store import TRIAL_NAME_ATTR, SearchJournal
 from study.plan import make_plan, to_tune
+from study.storage import Location
 from study.tuner import TRIAL_NAME_KEY, StudySearch, trial_name
 
 METRIC = "val_top1"
@@ -59,12 +61,13 @@ def test_the_progress_line_counts_an_ended_trial_s_whole_budget_and_says_when_it
 
 def test_trials_are_named_by_variant_and_number_across_both_stages_and_after_a_restore(tmp_path):
     plan = make_plan("demo", {"confirm": 1, "seeds": 2, "max_seeds": 2}, seed=0)
-    search = StudySearch(plan, seed=0)
+    journal = SearchJournal("demo-test", Location.of(tmp_path))
+    search = StudySearch(plan, seed=0, journal=journal)
     names = {}
     for i in range(5):
         names[f"t{i}"] = search.suggest(f"t{i}")[TRIAL_NAME_KEY]
     search.save(str(tmp_path / "searcher.pkl"))
-    restored = StudySearch(plan, seed=0)
+    restored = StudySearch(plan, seed=0, journal=journal)
     restored.restore(str(tmp_path / "searcher.pkl"))
     for i in range(5, plan.space.total_samples):
         names[f"t{i}"] = restored.suggest(f"t{i}")[TRIAL_NAME_KEY]
@@ -89,3 +92,6 @@ def test_trials_are_named_by_variant_and_number_across_both_stages_and_after_a_r
         numbers = sorted(int(n.rpartition("-")[2]) for n in names.values() if n.rpartition("-")[0] == variant)
         assert numbers == list(range(1, plan.space.num_samples + 2 + 1)), (variant, names)
     assert all(re.fullmatch(r"[a-z_]+-\d+", n) for n in names.values())
+    # the persisted Optuna study: one trial per search trial, named as it, told its value, across the restore
+    told = {t.user_attrs[TRIAL_NAME_ATTR]: t.value for t in journal.load().trials}
+    assert told == {names[f"t{i}"]: float(i) for i in range(plan.space.total_samples)}

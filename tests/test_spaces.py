@@ -19,8 +19,9 @@ def test_every_space_validates_at_its_extremes():
 
 
 def test_paper_grid_names_and_settings():
-    # demo, cifar10_cpu, the grid, Table 1 per dataset, ImageNet ResNet-50 per batch and the CLARS paper's two
-    assert len(SPACES) == 2 + 8 * 6 * 3 * 2 + 3 + 3 + 2
+    # demo, cifar10_cpu, transfer_lars, the grid, Table 1 per dataset, ImageNet ResNet-50 per batch and the CLARS
+    # paper's two
+    assert len(SPACES) == 3 + 8 * 6 * 3 * 2 + 3 + 3 + 2
     assert get_space("tvlars_bs16k").fixed["batch_size"] == 16384
     assert get_space("lars_warmup_bs4k").variants["lars_warmup"].fixed["scheduler"] == "warmup_cosine"
     assert get_space("lars_nowarmup_bs4k").variants["lars_nowarmup"].fixed["scheduler"] == "poly"

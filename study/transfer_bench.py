@@ -6,7 +6,9 @@ rounds (seeded, unseeded with the same seed), each with the same trial budget. F
 trial-epochs spent, in the order their validation top-1 was reported, until the search's best so far is
 within `--within` points of the unseeded searches' final best (mean over them); a study that never gets
 there counts all it ran. Prints the seeded/unseeded ratio of those means with a bootstrap interval and
-writes the table (`--out`, markdown).
+writes the table (`--out`, markdown). Also, per round: the trial-epochs each of the pair spent to reach
+within `--within` points of that round's unseeded final best (the unseeded one always gets there: it is
+its own best). `--report-only` reads the studies already in `--storage` again.
 """
 
 from __future__ import annotations
@@ -79,18 +81,29 @@ def reports_in_order(client: MlflowClient, exp_id: str, parent: str) -> list[flo
     return [value for _, _, value in sorted(points)]
 
 
-def searches(client: MlflowClient, experiment: str, seeds: list[int], walls: list[float]) -> list[Search]:
+def searches(client: MlflowClient, experiment: str) -> list[Search]:
+    """The experiment's studies, oldest first (the rounds' seeds 1, 2, …), with their wall time as recorded."""
     exp_id, parents = find_parents(client, experiment)
-    return [Search(experiment, p.info.run_name, seed, wall, reports_in_order(client, exp_id, p.info.run_id))
-            for p, seed, wall in zip(parents, seeds, walls)]
+    return [Search(experiment, p.info.run_name, seed, p.data.metrics.get("wall_seconds", float("nan")),
+                   reports_in_order(client, exp_id, p.info.run_id)) for seed, p in enumerate(parents, 1)]
 
 
-def ratio_interval(seeded: list[int], unseeded: list[int], rng: np.random.Generator) -> tuple[float, float, float]:
-    """mean(seeded) / mean(unseeded) and its 95% bootstrap interval (each side resampled on its own)."""
+def ratio_interval(seeded: list[int], unseeded: list[int], rng: np.random.Generator,
+                   paired: bool = False) -> tuple[float, float, float]:
+    """mean(seeded) / mean(unseeded) and its 95% bootstrap interval (each side resampled on its own, or the
+    rounds resampled together when `paired`)."""
     a, b = np.array(seeded, float), np.array(unseeded, float)
-    draws = rng.choice(a, (BOOTSTRAP, len(a))).mean(1) / rng.choice(b, (BOOTSTRAP, len(b))).mean(1)
+    pick = rng.integers(0, len(a), (BOOTSTRAP, len(a)))
+    draws = a[pick].mean(1) / b[pick if paired else rng.integers(0, len(b), (BOOTSTRAP, len(b)))].mean(1)
     low, high = np.percentile(draws, [2.5, 97.5])
     return a.mean() / b.mean(), float(low), float(high)
+
+
+def ratio_text(name: str, seeded: list[int], unseeded: list[int], paired: bool) -> str:
+    ratio, low, high = ratio_interval(seeded, unseeded, np.random.default_rng(0), paired)
+    verdict = "met by the whole interval" if high <= TARGET_MET else "not met by the whole interval"
+    return (f"{name}: seeded {seeded}, unseeded {unseeded}; ratio seeded/unseeded {ratio:.2f} 95% bootstrap "
+            f"[{low:.2f}, {high:.2f}] (target <= {TARGET_MET}: {verdict})")
 
 
 def fit_lines(client: MlflowClient, experiment: str) -> list[str]:
@@ -102,12 +115,14 @@ def fit_lines(client: MlflowClient, experiment: str) -> list[str]:
 
 
 def table(seeded: list[Search], unseeded: list[Search], goal: float, within: float) -> list[str]:
-    lines = ["| study | transfer | seed | trial-epochs to goal | reached | trial-epochs run | final best val top-1 | wall (s) |",
-             "|---|---|---:|---:|:---:|---:|---:|---:|"]
-    for search, kind in [(s, "seeded") for s in seeded] + [(s, "unseeded") for s in unseeded]:
+    lines = ["| study | transfer | seed | trial-epochs to goal | reached | to its round's unseeded best | "
+             "trial-epochs run | final best val top-1 | wall (s) |", "|---|---|---:|---:|:---:|---:|---:|---:|---:|"]
+    for search, kind, pair in [(s, "seeded", u) for s, u in zip(seeded, unseeded)] + [(u, "unseeded", u) for u in unseeded]:
         spent, reached = search.epochs_to(goal)
+        paired, got = search.epochs_to(pair.final_best - within)
         lines.append(f"| {search.study} | {kind} | {search.seed} | {spent} | {'yes' if reached else 'no'} | "
-                     f"{len(search.vals)} | {search.final_best:.2f} | {search.wall_s:.0f} |")
+                     f"{paired}{'' if got else ' (not reached)'} | {len(search.vals)} | {search.final_best:.2f} | "
+                     f"{search.wall_s:.0f} |")
     return lines + ["", f"Goal: validation top-1 ≥ {goal:.2f} (the unseeded searches' mean final best less {within} points)."]
 
 
@@ -119,40 +134,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=10, help="search trials of each 1,024 study (default 10)")
     p.add_argument("--within", type=float, default=0.5, help="points below the unseeded final best (default 0.5)")
     p.add_argument("--out", type=Path, help="write the markdown table here (e.g. docs/results/transfer_lars.md)")
+    p.add_argument("--report-only", action="store_true", help="run nothing: read the studies in --storage again")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    storage = Path(args.storage).resolve()
+def run_all(storage: Path, args: argparse.Namespace) -> None:
+    """The source studies, then the rounds of seeded and unseeded target studies."""
     logs = storage / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     for batch in SOURCES:
         wall = run_study(storage, SOURCE_EXPERIMENT, batch, 0, "none", args.source_samples, logs / f"source-{batch}.log")
         print(f"source study at batch {batch}: {wall:.0f} s", flush=True)
-    seeds, walls = list(range(1, args.repeats + 1)), {SEEDED: [], UNSEEDED: []}
-    for seed in seeds:  # rounds: the machine's drift touches both kinds alike
+    for seed in range(1, args.repeats + 1):  # rounds: the machine's drift touches both kinds alike
         for experiment, transfer in ((SEEDED, SOURCE_EXPERIMENT), (UNSEEDED, "none")):
-            walls[experiment].append(run_study(storage, experiment, TARGET, seed, transfer, args.samples,
-                                               logs / f"{experiment}-{seed}.log"))
-            print(f"{experiment} study, seed {seed}: {walls[experiment][-1]:.0f} s", flush=True)
+            wall = run_study(storage, experiment, TARGET, seed, transfer, args.samples, logs / f"{experiment}-{seed}.log")
+            print(f"{experiment} study, seed {seed}: {wall:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    storage = Path(args.storage).resolve()
+    if not args.report_only:
+        run_all(storage, args)
     client = MlflowClient(default_tracking_uri(Location.of(storage)))
-    seeded, unseeded = (searches(client, e, seeds, walls[e]) for e in (SEEDED, UNSEEDED))
+    seeded, unseeded = (searches(client, e) for e in (SEEDED, UNSEEDED))
     goal = statistics.mean(s.final_best for s in unseeded) - args.within
-    spent_seeded = [s.epochs_to(goal)[0] for s in seeded]
-    spent_unseeded = [s.epochs_to(goal)[0] for s in unseeded]
-    ratio, low, high = ratio_interval(spent_seeded, spent_unseeded, np.random.default_rng(0))
-    verdict = "met by the whole interval" if high <= TARGET_MET else "not met by the whole interval"
-    summary = (f"transfer: trial-epochs to within {args.within} points of the unseeded final best: seeded "
-               f"{spent_seeded}, unseeded {spent_unseeded}; ratio seeded/unseeded {ratio:.2f} 95% bootstrap "
-               f"[{low:.2f}, {high:.2f}] (target <= {TARGET_MET}: {verdict})")
-    print(summary)
+    summary = ratio_text(f"transfer: trial-epochs to within {args.within} points of the unseeded searches' mean final "
+                         "best", [s.epochs_to(goal)[0] for s in seeded], [s.epochs_to(goal)[0] for s in unseeded], False)
+    per_round = ratio_text(f"per round: trial-epochs to within {args.within} points of that round's unseeded final best",
+                           [s.epochs_to(u.final_best - args.within)[0] for s, u in zip(seeded, unseeded)],
+                           [u.epochs_to(u.final_best - args.within)[0] for u in unseeded], True)
+    print(summary, per_round, sep="\n")
     lines = ["# Batch-size transfer at CPU scale: `python -m study.transfer_bench`", "",
              f"Sources: `{SPACE}` at batch {', '.join(map(str, SOURCES))} ({args.source_samples} search trials each); "
              f"target batch {TARGET}: {args.repeats} seeded and {args.repeats} unseeded searches of {args.samples} "
              "trials each, in rounds (seeded, then unseeded with the same seed).", "",
              "The fit the seeded studies enqueued (parent-run params):", "", *fit_lines(client, SEEDED), "",
-             *table(seeded, unseeded, goal, args.within), "", f"**{summary}**"]
+             *table(seeded, unseeded, goal, args.within), "", f"**{summary}**", "", f"{per_round}"]
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
         print(f"written: {args.out}")

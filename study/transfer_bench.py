@@ -8,7 +8,8 @@ within `--within` points of the unseeded searches' final best (mean over them); 
 there counts all it ran. Prints the seeded/unseeded ratio of those means with a bootstrap interval and
 writes the table (`--out`, markdown). Also, per round: the trial-epochs each of the pair spent to reach
 within `--within` points of that round's unseeded final best (the unseeded one always gets there: it is
-its own best). `--report-only` reads the studies already in `--storage` again.
+its own best). A `--storage` that holds some of these studies already goes on from them (the sources once,
+then the rounds up to `--repeats`); `--report-only` runs nothing and reads them again.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def table(seeded: list[Search], unseeded: list[Search], goal: float, within: flo
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.transfer_bench", description=__doc__.splitlines()[0])
     p.add_argument("--storage", default="results-transfer-bench", help="the studies' storage (default ./results-transfer-bench)")
-    p.add_argument("--repeats", type=int, default=5, help="seeded and unseeded 1,024 studies each (default 5)")
+    p.add_argument("--repeats", type=int, default=10, help="seeded and unseeded 1,024 studies each (default 10)")
     p.add_argument("--source-samples", type=int, default=12, help="search trials of each source study (default 12)")
     p.add_argument("--samples", type=int, default=10, help="search trials of each 1,024 study (default 10)")
     p.add_argument("--within", type=float, default=0.5, help="points below the unseeded final best (default 0.5)")
@@ -138,15 +139,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def studies_in(storage: Path, experiment: str) -> int:
+    """How many studies `experiment` holds in the bench's store already (0 without a store)."""
+    if not (storage / "mlflow.db").is_file():
+        return 0
+    client = MlflowClient(default_tracking_uri(Location.of(storage)))
+    return len(find_parents(client, experiment)[1]) if client.get_experiment_by_name(experiment) else 0
+
+
 def run_all(storage: Path, args: argparse.Namespace) -> None:
-    """The source studies, then the rounds of seeded and unseeded target studies."""
+    """The source studies, then the rounds of seeded and unseeded target studies (those not run already)."""
     logs = storage / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    for batch in SOURCES:
+    for batch in SOURCES[studies_in(storage, SOURCE_EXPERIMENT):]:
         wall = run_study(storage, SOURCE_EXPERIMENT, batch, 0, "none", args.source_samples, logs / f"source-{batch}.log")
         print(f"source study at batch {batch}: {wall:.0f} s", flush=True)
     for seed in range(1, args.repeats + 1):  # rounds: the machine's drift touches both kinds alike
         for experiment, transfer in ((SEEDED, SOURCE_EXPERIMENT), (UNSEEDED, "none")):
+            if studies_in(storage, experiment) >= seed:  # this round's study of this kind ran already
+                continue
             wall = run_study(storage, experiment, TARGET, seed, transfer, args.samples, logs / f"{experiment}-{seed}.log")
             print(f"{experiment} study, seed {seed}: {wall:.0f} s", flush=True)
 

@@ -240,13 +240,13 @@ def searched_keys(params: pd.Series) -> list[str]:
     return sorted(varying or ["lr"], key=lambda k: (k != "lr", k))
 
 
-def _number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
 
 
 def value_text(value: object) -> str:
     """A param as a table shows it: numbers at 3 significant figures, anything else as it is."""
-    return sig(value) if _number(value) else str(value)
+    return sig(value) if is_number(value) else str(value)
 
 
 def search_trials(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -277,7 +277,7 @@ def _text(value: object) -> str:
 def _says_nothing(column: pd.Series) -> bool:
     """One value in several rows, or a single row's zero (a count or hours of nothing)."""
     first = column.iloc[0]
-    return column.map(str).nunique() == 1 and (len(column) > 1 or (_number(first) and first == 0))
+    return column.map(str).nunique() == 1 and (len(column) > 1 or (is_number(first) and first == 0))
 
 
 def compact(table: pd.DataFrame, keep: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:

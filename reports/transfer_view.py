@@ -64,7 +64,7 @@ def all_fits(transfers: list[dict]) -> list[dict]:
 def _value(trial: pd.Series, key: str) -> float:
     """The trial's value of `key` (NaN where it has none)."""
     value = trial["params"].get(key)
-    return float(value) if tables._number(value) else math.nan
+    return float(value) if tables.is_number(value) else math.nan
 
 
 def found(fit: dict, trials: pd.DataFrame, metric: str = "best") -> tuple[float, str]:

@@ -24,6 +24,7 @@ import scipy.stats
 from mlflow.tracking import MlflowClient
 
 from reports.collect import ReportError, collect, row_label
+from reports.tables import is_number
 from search_spaces.spec import Float, param_name
 from study.plan import StudyPlan
 from trainables.records import Stage
@@ -115,14 +116,10 @@ def best_points(trials: pd.DataFrame, key: str) -> list[Point]:
         searched = group[(group["stage"] == Stage.SEARCH) & group["val_best"].notna()]
         best = confirmed.iloc[0] if len(confirmed) else (searched.loc[searched["val_best"].idxmax()]
                                                          if len(searched) else None)
-        value = _number(best["params"].get(key)) if best is not None else None
-        if value is not None and value > 0:
-            points.append(Point(int(batch), value, str(best["study"]), str(best["run_name"]), str(best["stage"])))
+        value = best["params"].get(key) if best is not None else None
+        if is_number(value) and value > 0:
+            points.append(Point(int(batch), float(value), str(best["study"]), str(best["run_name"]), str(best["stage"])))
     return points
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @dataclass

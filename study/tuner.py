@@ -136,9 +136,10 @@ class StudySearch(Searcher):
 
     Search trials first: Optuna's TPE over the space's define-by-run sampler, shown each result with its
     test metrics removed, its study persisted in the study's `SearchJournal`; the batch-size transfer's
-    predictions (`first`, `study.transfer`) are the first trials, then the variants take turns. Then, as soon as every search trial of a variant has ended, that variant's
-    confirm trials (`study.confirm.confirm_configs`: its best configurations by the validation metric,
-    each with fresh seeds) — while other variants may still be searching. Saved and restored with the
+    predictions (`first`, `study.transfer`) are the first trials, then the variants take turns. Then, as soon
+    as every search trial of a variant has ended, that variant's confirm trials (`study.confirm.confirm_configs`:
+    its best configurations by the validation metric, each with fresh seeds) — while other variants may still
+    be searching. Saved and restored with the
     experiment, so `--resume` continues whichever stage a trial belongs to.
     """
 

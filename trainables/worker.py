@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from optim import build_optimizer, build_scheduler
+from optim.allocator import keep_freed_memory
 from optim.exclusions import excluded_names
 from optim.layerwise import LayerwiseOptimizer
 from trainables.batches import BN_SYNC
@@ -43,6 +44,7 @@ class WorkerEnv:
     @classmethod
     def create(cls, cfg: TrialConfig, session: Session | None = None) -> "WorkerEnv":
         session = session or TrainSession.create()
+        keep_freed_memory()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = session.device(cfg.device)

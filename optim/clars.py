@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from optim.lars import LARS
-from optim.layerwise import safe_trust_ratio
+from optim.layerwise import LayerNorms, safe_trust_ratio
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -107,13 +107,16 @@ class CLARS(LARS):
             raise ValueError(f"set_per_sample_grad_norms: {len(params)} params but {len(norms)} norms")
         self._sample_norms = {id(p): n for p, n in zip(params, norms)}
 
-    def _raw_ratio(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                   decayed: list[Tensor], w_norm: Tensor, g_norm: Tensor | None) -> Tensor:
+    def _needs_decayed_norm(self, group: dict[str, Any]) -> bool:
+        return False  # the denominator is the per-sample gradient norms' mean
+
+    def _raw_ratio(self, group: dict[str, Any], params: list[Tensor], norms: LayerNorms) -> Tensor:
         missing = [i for i, p in enumerate(params) if id(p) not in self._sample_norms]
         if missing:
             raise RuntimeError(
                 "CLARS.step(): no per-sample gradient norms for some layers; call "
                 "optimizer.set_per_sample_grad_norms(model.parameters(), per_sample_grad_norms(...)) before step()")
+        w_norm = norms.w
         sample_norm = torch.stack([self._sample_norms[id(p)].to(w_norm) for p in params])
         return safe_trust_ratio(group["eta"] * w_norm, w_norm, sample_norm + group["weight_decay"] * w_norm)
 

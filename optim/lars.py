@@ -14,11 +14,12 @@ from torch import Tensor
 
 from optim.layerwise import (
     CLIP_DEFAULTS,
+    LayerNorms,
     LayerwiseOptimizer,
     ParamsLike,
     decayed_gradients,
+    decayed_with_norms,
     safe_trust_ratio,
-    stack_norms,
 )
 
 
@@ -73,14 +74,13 @@ class LARS(LayerwiseOptimizer):
                         clip_mode=clip_mode, clip_k=clip_k, clip_beta=clip_beta, **extra)
         super().__init__(params, defaults, exclude_1d=exclude_1d)
 
-    def _raw_ratio(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                   decayed: list[Tensor], w_norm: Tensor, g_norm: Tensor | None) -> Tensor:
+    def _raw_ratio(self, group: dict[str, Any], params: list[Tensor], norms: LayerNorms) -> Tensor:
         """ρ = η‖w‖ / denominator, before any scaling or clipping."""
         if group["trust_denominator"] == "paper":
-            denominator = g_norm + group["weight_decay"] * w_norm
+            denominator = norms.g + group["weight_decay"] * norms.w
         else:
-            denominator = stack_norms(decayed) if decayed is not grads or g_norm is None else g_norm
-        return safe_trust_ratio(group["eta"] * w_norm, w_norm, denominator)
+            denominator = norms.d
+        return safe_trust_ratio(group["eta"] * norms.w, norms.w, denominator)
 
     def _scale_ratio(self, group: dict[str, Any], rho: Tensor) -> Tensor:
         """Per-variant transform of ρ (LARC clip, TVLARS φ(t)); identity for LARS."""
@@ -88,6 +88,9 @@ class LARS(LayerwiseOptimizer):
 
     def _needs_grad_norm(self, group: dict[str, Any]) -> bool:
         return group["trust_denominator"] == "paper" or self._recording(group)
+
+    def _needs_decayed_norm(self, group: dict[str, Any]) -> bool:
+        return group["trust_denominator"] != "paper"
 
     def _update_chunk(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         wd, momentum = group["weight_decay"], group["momentum"]
@@ -99,13 +102,13 @@ class LARS(LayerwiseOptimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 bufs.append(state["momentum_buffer"])
-        decayed = decayed_gradients(grads, params, wd, self._scratch_for(params) if wd != 0 else None)
-        rho = None
-        if group["adapt"]:
-            w_norm = stack_norms(params)
-            g_norm = stack_norms(grads) if self._needs_grad_norm(group) else None
-            rho = self._raw_ratio(group, params, grads, decayed, w_norm, g_norm)
-            rho = self._clip(group, params, self._scale_ratio(group, rho))
+        scratch = self._scratch_for(params) if wd != 0 else None
+        if not group["adapt"]:
+            decayed, rho = decayed_gradients(grads, params, wd, scratch), None
+        else:
+            decayed, norms = decayed_with_norms(grads, params, wd, scratch, self._needs_decayed_norm(group),
+                                                self._needs_grad_norm(group))
+            rho = self._clip(group, params, self._scale_ratio(group, self._raw_ratio(group, params, norms)))
             if self._recording(group):
-                self._record(group, rho, w_norm, g_norm)
+                self._record(group, rho, norms.w, norms.g)
         lars_update(params, bufs, rho, decayed=decayed, lr=group["lr"], momentum=momentum)

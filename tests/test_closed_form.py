@@ -211,3 +211,30 @@ def test_baseline_exclude_1d_skips_decay_on_biases():
     assert all("adapt" not in g for g in opt.param_groups)
     step(opt, [w, b], [G, [0.5, 0.5]])
     assert_close(b, [1.0 - 0.05, -2.0 - 0.05])
+
+
+def test_tiled_norms_match_separate_passes():
+    """`decayed_with_norms`' one tiled CPU pass gives the separate passes' d and norms, for every combination
+    asked (with and without weight decay, tensors smaller and larger than a tile)."""
+    import torch
+
+    from optim.layerwise import NORM_TILE_BYTES, decayed_gradients, decayed_with_norms, stack_norms
+
+    gen = torch.Generator().manual_seed(0)
+    big = NORM_TILE_BYTES // 4 * 2 + 17  # three tiles, the last partial
+    params = [torch.randn(shape, generator=gen) for shape in ((big,), (64, 3, 3, 3), (10,))]
+    grads = [torch.randn(p.shape, generator=gen) for p in params]
+    for wd in (0.0, 5e-4):
+        expected_d = decayed_gradients(grads, params, wd, None)
+        for want_d in (False, True):
+            for want_g in (False, True):
+                scratch = torch.empty(sum(p.numel() for p in params))
+                d, norms = decayed_with_norms(grads, params, wd, scratch if wd else None, want_d, want_g)
+                for got, want in zip(d, expected_d):
+                    torch.testing.assert_close(got, want, rtol=0, atol=0)
+                torch.testing.assert_close(norms.w, stack_norms(params))
+                assert (norms.d is None) == (not want_d) and (norms.g is None) == (not want_g)
+                if want_d:
+                    torch.testing.assert_close(norms.d, stack_norms(expected_d))
+                if want_g:
+                    torch.testing.assert_close(norms.g, stack_norms(grads))

@@ -8,13 +8,16 @@ study's overhead (a 6-trial, 1-epoch `demo` study's wall time ÷ the sum of its 
     python -m trainables.bench --data DIR …  # the data paths on an image folder: trainables/data_bench.py
 
 A trial runs the classification loop one of two ways, both measured: a one-worker trial inside its
-Tune actor (what a study runs for `workers=1`; the ≤ 1.10 target applies to it), and a Ray Train
-`TorchTrainer` run (what a study runs for `workers>1`; here with one worker, to compare like with like).
+Tune actor (what a study runs for `workers=1`; target ≤ 1.05× a bare loop's training time), and a Ray
+Train `TorchTrainer` run (what a study runs for `workers>1`; here with one worker, to compare like with
+like; target ≤ 1.10×), each with its wall time split into training, the loop's setup and the rest.
 All sides train the same model on the same data with the same optimizer, schedule, batch and tensor
-augmentation; the bare loop has no Ray, no telemetry, no metrics, no checkpoints. Training images/s
-is the median over epochs after the first (which includes one-off warm-up); the sides run in rounds
-(the bare loop alternately first and last), each round gives a ratio bare ÷ trial per path; the
-median and interquartile range over rounds are printed, and a target is met only if the whole IQR
+augmentation; the bare loop has no Ray, no telemetry, no metrics, no checkpoints, and runs in a fresh
+process twice: with malloc's defaults (what a user's script gets) and with the setting every trial makes
+(`optim.allocator`: the platform's own cost, like for like). Training images/s is the median over epochs
+after the first (which includes one-off warm-up); the sides run in rounds, in reverse order every other
+round; each round gives a ratio per path and bare loop; the median and interquartile range over rounds
+are printed, and a target is met only if the whole IQR
 meets it. Step lines time the study's own `train_step`, the compared variants alternating step by step. With
 `--device cuda` the defaults become ResNet-18, the full CIFAR-10 and batch 4096, and the epoch lines
 (4096, and 16384 with `micro_batch_size=auto`) print seconds per phase and peak memory.
@@ -23,18 +26,24 @@ meets it. Step lines time the study's own `train_step`, the compared variants al
 from __future__ import annotations
 
 import argparse
+import math
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from optim import build_optimizer, build_scheduler, optimizer_hparams
-from optim.bench import CONFIGS, WD
+from optim.allocator import keep_freed_memory
+from optim.bench import CONFIGS, WD, spread
 from optim.factory import LAYERWISE
 from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_flip
 from trainables.batches import MICRO_AUTO, Shard, generator
@@ -52,7 +61,7 @@ from trainables.worker import WorkerEnv, build_training, place_model
 
 
 def bare_loop(cfg: dict, device: torch.device, threads: int) -> list[float]:
-    """Seconds per epoch of a plain single-process training loop."""
+    """Seconds per epoch of a plain single-process training loop (malloc as the process has it)."""
     torch.set_num_threads(threads)
     data = load_dataset(cfg["dataset"], cfg["data_dir"])
     train = balanced_subset(data.train, cfg["limit"])
@@ -82,6 +91,19 @@ def bare_loop(cfg: dict, device: torch.device, threads: int) -> list[float]:
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def bare_loop_process(cfg: dict, device: str, threads: int, keep_freed: bool) -> list[float]:
+    """`bare_loop` in a fresh process: with malloc's defaults, as a user's script has them, or with the
+    setting every trial makes (`optim.allocator.keep_freed_memory`), which a process cannot undo."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_bare_loop_child, cfg, device, threads, keep_freed).result()
+
+
+def _bare_loop_child(cfg: dict, device: str, threads: int, keep_freed: bool) -> list[float]:
+    if keep_freed:
+        keep_freed_memory()
+    return bare_loop(cfg, torch.device(device), threads)
 
 
 MICRO_SPLIT = 4  # the micro-batching line splits the batch into this many micro-batches
@@ -139,12 +161,6 @@ def paired_steps(variants: dict[str, dict], x: torch.Tensor, y: torch.Tensor, ro
     return seconds
 
 
-def spread(ratios: list[float]) -> tuple[float, float, float]:
-    """Median and interquartile range of paired ratios."""
-    low, median, high = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-    return statistics.median(ratios), low, high
-
-
 def step_costs(cfg: dict, device: torch.device, rounds: int, steps: int) -> list[str]:
     """Steps/s with and without micro-batching (same global batch and BatchNorm groups), and each layer-wise
     optimizer's trust-ratio telemetry on vs off, as a share of a whole training step; every ratio is over
@@ -184,55 +200,88 @@ def step_costs(cfg: dict, device: torch.device, rounds: int, steps: int) -> list
 
 
 def trial_lines(cfg: dict, device: str, rounds: int, torch_trainer_too: bool = True) -> list[str]:
-    """Training images/s of the bare loop and of both trial paths, in interleaved rounds, with ratios."""
+    """Training images/s of both bare loops and both trial paths, in interleaved rounds, with ratios and each
+    path's seconds outside training."""
     gpu = device == "cuda"
     images = len(balanced_subset(load_dataset("cifar10", cfg["data_dir"]).train, cfg["limit"]))
     steps = images // cfg["batch_size"]
 
-    def later(history: list[dict]) -> tuple[float, float]:
-        """Training images/s and seconds/epoch: medians over the epochs after the first."""
-        rest = history[1:]
-        return (statistics.median(h["images_per_second"] for h in rest),
-                statistics.median(h["epoch_seconds"] for h in rest))
+    def timed(run: Callable[[], list[dict]]) -> Callable[[], PathRun]:
+        def measure() -> PathRun:
+            start = time.perf_counter()
+            history = run()
+            return PathRun.of(history, time.perf_counter() - start)
+        return measure
 
-    def torch_trainer() -> tuple[float, float]:
+    def torch_trainer() -> list[dict]:
         outcome = fit(cfg, use_gpu=gpu)
         if outcome.status != TrialStatus.COMPLETED:
             raise SystemExit(f"TorchTrainer run ended {outcome.status}: {outcome.error}")
-        return later(outcome.history)
+        return outcome.history
 
-    def bare() -> float:
-        seconds = bare_loop(cfg, torch.device(device), cfg["threads"])
-        return statistics.median(steps * cfg["batch_size"] / s for s in seconds[1:])
+    def bare(keep_freed: bool) -> Callable[[], float]:
+        def images_per_second() -> float:
+            seconds = bare_loop_process(cfg, device, cfg["threads"], keep_freed)
+            return statistics.median(steps * cfg["batch_size"] / s for s in seconds[1:])
+        return images_per_second
 
-    paths = {TARGET_PATH: lambda: later(tune_trial(cfg, gpu))}
+    # both bare loops run in fresh processes: malloc's defaults (a user's script), and the trials' setting
+    bare_loops = {BARE_PLAIN: bare(False), BARE_LIKE: bare(True)}
+    paths = {TARGET_PATH: timed(lambda: tune_trial(cfg, gpu))}
     if torch_trainer_too:
-        paths["Ray Train TorchTrainer"] = torch_trainer
-    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
-    bare_ips = []
+        paths[TORCH_TRAINER_PATH] = timed(torch_trainer)
+    measured: dict[str, list] = {name: [] for name in [*bare_loops, *paths]}
+    runners = {**bare_loops, **paths}
     for round_ in range(rounds):  # every side alternately earlier and later, so load drift falls on all
-        if not round_ % 2:
-            bare_ips.append(bare())
-        for name in list(paths)[:: -1 if round_ % 2 else 1]:
-            measured[name].append(paths[name]())
-        if round_ % 2:
-            bare_ips.append(bare())
+        order = [*bare_loops, *paths]
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            measured[name].append(runners[name]())
 
     lines = [f"{cfg['model']} {cfg['optimizer']} batch {cfg['batch_size']} on {device} ({cfg['threads']} threads), "
-             f"{images} images, {cfg['epochs']} epochs; medians over epochs 2..{cfg['epochs']}, {rounds} rounds",
-             f"  bare PyTorch loop         {statistics.median(bare_ips):9.0f} images/s   (median of rounds)"]
-    for name, results in measured.items():
-        ratios = [b / t for b, (t, _) in zip(bare_ips, results)]
-        median, low, high = spread(ratios)
-        target = " (target <= 1.10: " + ("met)" if high <= 1.10 else "not met by the whole IQR)")
-        lines.append(f"  {name:25s} {statistics.median(r[0] for r in results):9.0f} images/s   ratio bare/trial "
-                     f"{median:.3f}, IQR [{low:.3f}, {high:.3f}]{target if name == TARGET_PATH else ''}; rounds: "
-                     + " ".join(f"{r:.3f}" for r in ratios))
-    trial_epochs = [seconds for _, seconds in measured[TARGET_PATH]]
+             f"{images} images, {cfg['epochs']} epochs; medians over epochs 2..{cfg['epochs']}, {rounds} rounds"]
+    lines += [f"  {name:38s} {statistics.median(measured[name]):7.0f} images/s" for name in bare_loops]
+    for name in paths:
+        runs: list[PathRun] = measured[name]
+        lines.append(f"  {name:38s} {statistics.median(r.images_per_second for r in runs):7.0f} images/s; per run "
+                     f"{statistics.median(r.wall for r in runs):.1f} s wall = {statistics.median(r.training for r in runs):.1f}"
+                     f" s training + {statistics.median(r.setup for r in runs):.1f} s the loop's setup + "
+                     f"{statistics.median(r.outside for r in runs):.1f} s the rest (Ray start-up"
+                     f"{', controller and worker group' if name == TORCH_TRAINER_PATH else ', the Tune actor'}"
+                     ", evaluation, checkpoints, reports, teardown)")
+        for bare_name in bare_loops:
+            ratios = [b / r.images_per_second for b, r in zip(measured[bare_name], runs)]
+            median, low, high = spread(ratios)
+            limit = TRIAL_TARGETS[name]
+            verdict = "met" if high <= limit else "not met by the whole IQR"
+            lines.append(f"    training time trial / {bare_name}: {median:.3f}, IQR [{low:.3f}, {high:.3f}] (target "
+                         f"<= {limit:.2f}: {verdict}); rounds: " + " ".join(f"{r:.3f}" for r in ratios))
     if gpu:
-        lines.append(f"  {TARGET_PATH} seconds/epoch {statistics.median(trial_epochs):.2f}   "
+        lines.append(f"  {TARGET_PATH} seconds/epoch {statistics.median(r.epoch for r in measured[TARGET_PATH]):.2f}   "
                      "(target <= 3 s for ResNet-18 bs 4096 on an H100)")
     return lines
+
+
+@dataclass
+class PathRun:
+    """One trial path's run: training images/s and seconds/epoch (medians after the first epoch), and its wall
+    seconds split into training (all epochs), the loop's own setup, and the rest."""
+
+    images_per_second: float
+    epoch: float
+    wall: float
+    training: float
+    setup: float
+
+    @property
+    def outside(self) -> float:
+        return self.wall - self.training - self.setup
+
+    @classmethod
+    def of(cls, history: list[dict], wall: float) -> "PathRun":
+        rest = history[1:]
+        return cls(statistics.median(h["images_per_second"] for h in rest),
+                   statistics.median(h["epoch_seconds"] for h in rest), wall,
+                   sum(h["epoch_seconds"] for h in history), sum(v for h in history if math.isfinite(v := float(h.get("setup_seconds", math.nan)))))
 
 
 GPU_BATCHES = ((4096, None), (16384, "auto"))  # (global batch, micro_batch_size) of the --device cuda epochs
@@ -360,6 +409,10 @@ def main(argv: list[str] | None = None) -> None:
 
 STUDY_TRIALS = 6
 TARGET_PATH = "one-worker Tune trial"  # the path a study's one-worker trials take
+TORCH_TRAINER_PATH = "Ray Train TorchTrainer"  # the path of multi-worker trials (here with one worker)
+TRIAL_TARGETS = {TARGET_PATH: 1.05, TORCH_TRAINER_PATH: 1.10}  # largest bare ÷ trial time ratio per path
+BARE_PLAIN = "bare loop, malloc defaults"
+BARE_LIKE = "bare loop, the trials' malloc setting"
 
 
 def tune_trial(cfg: dict, use_gpu: bool) -> list[dict]:

@@ -50,7 +50,7 @@ from torch import nn
 from optim import build_optimizer
 from trainables.augment import normalize
 from trainables.batches import Shard
-from trainables.bench import spread
+from optim.bench import spread
 from trainables.data import ImageData, Dataset, DataError, balanced_subset, decode_image
 from trainables.feeds import MemoryFeed, StreamedFeed
 from trainables.models import build_model

@@ -267,10 +267,10 @@ def plan_transfer(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord
 
 
 def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Dataset | Catalog,
-        transfer=None) -> int:
+        transfer=None, clock=None) -> int:
     from study.mlflow_store import check_tracking_uri, experiment_id, start_parent_run
     from study.tracking import StudyRecorder
-    from study.summary import report_stages, summarize, untrained, write_report
+    from study.summary import StudyClock, report_stages, summarize, untrained, write_report
     from study.tuner import new_tuner, restored_tuner
 
     started = time.time()
@@ -296,7 +296,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
                           first=transfer.first_trials() if transfer else [])
     results = tuner.fit()
     report_stages(results, plan, record, client)
-    summarize(plan, record, client, exp_id, started)
+    summarize(plan, record, client, exp_id, started, clock or StudyClock())
     write_report(record)
     failure = untrained(results)
     if failure:
@@ -332,15 +332,19 @@ def main(argv: list[str] | None = None) -> int:
         return fail(INPUT_ERROR, "--space is required (see --list)")
     import ray
 
-    ray_was_up = ray.is_initialized()
+    from study.summary import StudyClock
+
+    ray_was_up, clock = ray.is_initialized(), StudyClock()
     try:
-        return _checked_run(args)
+        return _checked_run(args, clock)
     finally:
         if not ray_was_up and ray.is_initialized():  # leave an in-process caller's process as it was
             ray.shutdown()
+        if clock.line():
+            print(clock.line(), flush=True)
 
 
-def _checked_run(args: argparse.Namespace) -> int:
+def _checked_run(args: argparse.Namespace, clock) -> int:
     try:  # cheapest checks first: settings and services, the cluster, then the data (maybe a download)
         plan, record = prepare(args)
         check_address(args.address)
@@ -357,7 +361,7 @@ def _checked_run(args: argparse.Namespace) -> int:
     try:
         if not args.address:
             start_local_ray(plan)
-        return run(args, plan, record, data, transfer)
+        return run(args, plan, record, data, transfer, clock)
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))
     except InputError as err:  # found once Ray is up (the dataset larger than its object store)

@@ -9,6 +9,9 @@ import posixpath
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
+
+import psutil
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -39,6 +42,34 @@ def study_efficiency(client: MlflowClient, exp_id: str, parent: str, since: floa
         return {}
     return {"train_fraction": sum(epoch_seconds) / (seconds * concurrency),
             "start_overhead_median_seconds": statistics.median(overheads) if overheads else math.nan}
+
+
+FIXED_COST_TARGET_SECONDS = 10.0  # time to the first trial, and from the last trial to exit (issue 27)
+
+
+@dataclass
+class StudyClock:
+    """A study process's fixed costs: its start → its first trial's start, and its last trial's end → exit."""
+
+    process_started: float = field(default_factory=lambda: psutil.Process().create_time())
+    first_trial: float | None = None  # epoch seconds, from the trials' MLflow runs
+    last_trial: float | None = None
+
+    def read_trials(self, client: MlflowClient, exp_id: str, parent: str, since: float) -> None:
+        """First start and last end of the trial runs this session of the study started (MLflow run times)."""
+        runs = [r for r in client.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent}'")
+                if r.info.start_time >= since * 1000]
+        if runs:
+            self.first_trial = min(r.info.start_time for r in runs) / 1000
+            self.last_trial = max((r.info.end_time or r.info.start_time) for r in runs) / 1000
+
+    def line(self, now: float | None = None) -> str:
+        """Both fixed costs (empty when no trial ran), each against the target."""
+        if self.first_trial is None or self.last_trial is None:
+            return ""
+        before, after = self.first_trial - self.process_started, (now or time.time()) - self.last_trial
+        return (f"fixed cost: {before:.1f} s from the process's start to the first trial, {after:.1f} s from the last "
+                f"trial's end to exit (target <= {FIXED_COST_TARGET_SECONDS:g} s each)")
 
 
 def untrained(results) -> str | None:
@@ -98,10 +129,9 @@ def record_search(record: StudyRecord, client) -> None:
           f"view it: {journal.dashboard_command()}")
 
 
-def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float) -> None:
+def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float, clock: StudyClock) -> None:
     """Print the study's efficiency and how to review it; close the parent run with its summary."""
-
-
+    clock.read_trials(client, exp_id, record.parent_run_id, started)
     seconds, parent = time.time() - started, record.parent_run_id
     print(f"\nstudy: {seconds:.0f} s")
     efficiency = study_efficiency(client, exp_id, parent, started, seconds, plan.concurrency)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 # glibc's mallopt parameters (malloc.h): no mmap'd chunks, and no trimming of the heap's top.
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 _GLIBC_INT_MAX = 2**31 - 1
 
 
+@functools.cache  # once per process: a reused Tune actor runs many trials
 def keep_freed_memory() -> bool:
     """Let glibc's malloc reuse freed memory instead of returning it to the kernel; True where applied.
 

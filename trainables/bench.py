@@ -1,6 +1,7 @@
 """Whole-training benchmarks: a study's trial vs a bare PyTorch loop; micro-batching and telemetry as
-shares of a step; on CUDA, ResNet-18 epochs at the paper's batches with a phase breakdown; and a
-study's overhead (a 6-trial, 1-epoch `demo` study's wall time ÷ the sum of its trials' epoch seconds).
+shares of a step; on CUDA, ResNet-18 epochs at the paper's batches with a phase breakdown; and the
+platform's cost per trial and per study: a `demo` study of 24 one-step trials, its trials/min, slot-seconds
+per trial beyond training, each trial's phases (median and IQR over its trials) and the study's fixed costs.
 
     python -m trainables.bench [--device cpu|cuda] [--rounds 5] [--steps 5] [--model resnet8]
                                [--optimizer lars] [--batch-size 512] [--limit 10240] [--epochs 4]
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
+import re
 import statistics
 import subprocess
 import sys
@@ -381,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2.0)
     parser.add_argument("--data-dir", help="CIFAR-10's folder (default: as `python -m study.run` finds it)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of bare loop and trials, alternating the order")
-    parser.add_argument("--no-study", action="store_true", help="skip the study-overhead line")
+    parser.add_argument("--no-study", action="store_true", help="skip the short-trial study's cost lines")
     parser.add_argument("--no-trials", action="store_true", help="skip the trial vs bare loop lines")
     parser.add_argument("--no-torch-trainer", action="store_true", help="of the trials, time the Tune one only")
     parser.add_argument("--no-steps", action="store_true", help="skip the micro-batching and telemetry lines")
@@ -404,10 +406,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_steps:
         print("\n".join(step_costs(cfg, torch.device(args.device), args.rounds, args.steps)))
     if not args.no_study:
-        print(study_overhead(args.data_dir))
+        print("\n".join(study_costs(args.data_dir)))
 
 
-STUDY_TRIALS = 6
 TARGET_PATH = "one-worker Tune trial"  # the path a study's one-worker trials take
 TORCH_TRAINER_PATH = "Ray Train TorchTrainer"  # the path of multi-worker trials (here with one worker)
 TRIAL_TARGETS = {TARGET_PATH: 1.05, TORCH_TRAINER_PATH: 1.10}  # largest bare ÷ trial time ratio per path
@@ -435,14 +436,19 @@ def tune_trial(cfg: dict, use_gpu: bool) -> list[dict]:
         return result.metrics_dataframe.to_dict("records")
 
 
-def study_overhead(data_dir: str) -> str:
-    """Run `python -m study.run --space demo` (6 trials × 1 epoch) and compare its wall time with its trials' epochs."""
+SHORT_STUDY = ["--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "24", "--set", "epochs=1", "--set",
+               "limit=600", "--set", "test_limit=200"]  # 24 one-step trials: what the platform costs per trial
+FIXED_COST = re.compile(r"fixed cost: ([\d.]+) s .* ([\d.]+) s from the last")
+
+
+def study_costs(data_dir: str) -> list[str]:
+    """Run the short-trial `demo` study (`SHORT_STUDY`) and print its costs: trials/min, slot-seconds per trial
+    beyond training, each trial's phases (median and IQR over its trials, from MLflow) and the fixed costs."""
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as storage:
-        # one variant (num_samples counts per variant; its schedule fits 1 epoch), no confirm stage
-        cmd = [sys.executable, "-m", "study.run", "--space", "demo", "--variants", "lars_nowarmup",
-               "--num-samples", str(STUDY_TRIALS), "--confirm", "0", "--epochs", "1", "--data-dir", data_dir, "--storage", storage]
+        cmd = [sys.executable, "-m", "study.run", "--space", "demo", *SHORT_STUDY, "--data-dir", data_dir,
+               "--storage", storage]
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         process_wall = time.perf_counter() - start
@@ -450,13 +456,37 @@ def study_overhead(data_dir: str) -> str:
             raise SystemExit(f"the study failed ({done.returncode}): {done.stderr[-2000:]}")
         client = MlflowClient(f"sqlite:///{Path(storage) / 'mlflow.db'}")
         runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
-        epochs = sum(r.data.metrics.get("epoch_seconds", 0.0) for r in runs)  # 1 epoch each
         (parent,) = [r for r in runs if TRIAL_ID_TAG not in r.data.tags]
-        loop_wall = parent.data.metrics["wall_seconds"]
-        concurrency = parent.data.params.get("resources.max_concurrent", "?")
-    return (f"  study: demo, {STUDY_TRIALS} trials x 1 epoch, {concurrency} at a time: Tune wall {loop_wall:.0f} s "
-            f"(process {process_wall:.0f} s incl. Ray start and report) / sum of trial epoch seconds {epochs:.0f} s "
-            f"= {loop_wall / epochs:.2f} (process: {process_wall / epochs:.2f})")
+        trials = [r for r in runs if TRIAL_ID_TAG in r.data.tags]
+    loop_wall = parent.data.metrics["wall_seconds"]
+    concurrency = int(parent.data.params["resources.max_concurrent"])
+    slot_seconds = loop_wall * concurrency / len(trials)
+
+    def metric(key: str) -> list[float]:
+        return [r.data.metrics[key] for r in trials if key in r.data.metrics]
+
+    run_wall = [(r.info.end_time - r.info.start_time) / 1000 for r in trials]
+    phases = {"start → report, less setup and training: actor, eval, checkpoint": metric("launch_seconds"),
+              "the loop's setup (data, model, optimizer)": metric("setup_seconds"),
+              "training (epoch_seconds)": metric("epoch_seconds"),
+              "the report on the driver → MLflow run closed": [
+                  w - o - e for w, o, e in zip(run_wall, metric("start_overhead_seconds"), metric("epoch_seconds"))],
+              "trial run, MLflow start → end": run_wall}
+    training = statistics.mean(metric("epoch_seconds"))
+    fixed = FIXED_COST.search(done.stdout)
+    lines = [f"  short trials: demo, {len(trials)} one-step trials, {concurrency} at a time: process {process_wall:.0f} s, "
+             f"Tune loop {loop_wall:.1f} s = {len(trials) / loop_wall * 60:.0f} trials/min; {slot_seconds:.2f} "
+             f"slot-seconds per trial, {slot_seconds - training:.2f} beyond training (target <= 1)",
+             f"    {'phase of a trial (seconds)':64s} {'median':>7s} {'IQR':>16s}"]
+    for name, values in phases.items():
+        median, low, high = spread(values)
+        lines.append(f"    {name:64s} {median:7.2f}   [{low:5.2f}, {high:5.2f}]")
+    lines.append(f"    {'between trials on a slot (search, scheduling)':64s} {slot_seconds - statistics.median(run_wall):7.2f}"
+                 "   (slot-seconds per trial - median trial run)")
+    if fixed:
+        lines.append(f"  fixed cost: {fixed[1]} s from the process's start to the first trial, {fixed[2]} s from the "
+                     "last trial's end to exit (target <= 10 s each)")
+    return lines
 
 
 if __name__ == "__main__":

@@ -141,11 +141,12 @@ def _read_files(paths: list[Path], image_size: int | None) -> Tensor:
 # --- loaders: each returns (train, test) ImageData ------------------------------------------------
 
 def _torchvision_cifar(name: str, root: Path) -> tuple[ImageData, ImageData] | None:
+    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    if not (root / folder).is_dir():
+        return None  # found before importing torchvision (1.7 s of a study's start here)
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    cls, folder = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (CIFAR100, "cifar-100-python")
-    if not (root / folder).is_dir():
-        return None
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
     splits = []
     for train in (True, False):
         try:

@@ -14,8 +14,8 @@ Train `TorchTrainer` run (what a study runs for `workers>1`; here with one worke
 like; target ≤ 1.10×), each with its wall time split into training, the loop's setup and the rest.
 All sides train the same model on the same data with the same optimizer, schedule, batch and tensor
 augmentation; the bare loop has no Ray, no telemetry, no metrics, no checkpoints, and runs in a fresh
-process twice: with malloc's defaults (what a user's script gets) and with the setting every trial makes
-(`optim.allocator`: the platform's own cost, like for like). Training images/s is the median over epochs
+process twice: with malloc's defaults (what a user's script gets) and with the settings every trial has
+(`optim.allocator` and `MALLOC_ARENA_MAX`: the platform's own cost, like for like). Training images/s is the median over epochs
 after the first (which includes one-off warm-up); the sides run in rounds, in reverse order every other
 round; each round gives a ratio per path and bare loop; the median and interquartile range over rounds
 are printed, and a target is met only if the whole IQR
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
+import os
 import re
 import statistics
 import subprocess
@@ -51,7 +52,7 @@ from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_fl
 from trainables.batches import MICRO_AUTO, Shard, generator
 from trainables.data import balanced_subset, data_dir_for, load_dataset
 from trainables.download import ensure_dataset
-from trainables.environment import set_library_defaults
+from trainables.environment import MALLOC_ARENA_ENV, set_library_defaults
 from trainables.batches import resolve_batching
 from trainables.classification import AUGMENT_STREAM, fitting_micro_batch, input_pipeline, train_step
 from trainables.config import TrialConfig
@@ -97,9 +98,15 @@ def bare_loop(cfg: dict, device: torch.device, threads: int) -> list[float]:
 
 def bare_loop_process(cfg: dict, device: str, threads: int, keep_freed: bool) -> list[float]:
     """`bare_loop` in a fresh process: with malloc's defaults, as a user's script has them, or with the
-    setting every trial makes (`optim.allocator.keep_freed_memory`), which a process cannot undo."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_bare_loop_child, cfg, device, threads, keep_freed).result()
+    settings every trial has (`optim.allocator.keep_freed_memory`, and `MALLOC_ARENA_MAX` from the library
+    defaults, read at the process's start)."""
+    saved = os.environ.pop(MALLOC_ARENA_ENV, None) if not keep_freed else None  # the child starts without it
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_bare_loop_child, cfg, device, threads, keep_freed).result()
+    finally:
+        if saved is not None:
+            os.environ[MALLOC_ARENA_ENV] = saved
 
 
 def _bare_loop_child(cfg: dict, device: str, threads: int, keep_freed: bool) -> list[float]:
@@ -413,7 +420,7 @@ TARGET_PATH = "one-worker Tune trial"  # the path a study's one-worker trials ta
 TORCH_TRAINER_PATH = "Ray Train TorchTrainer"  # the path of multi-worker trials (here with one worker)
 TRIAL_TARGETS = {TARGET_PATH: 1.05, TORCH_TRAINER_PATH: 1.10}  # largest bare ÷ trial time ratio per path
 BARE_PLAIN = "bare loop, malloc defaults"
-BARE_LIKE = "bare loop, the trials' malloc setting"
+BARE_LIKE = "bare loop, the trials' malloc settings"
 
 
 def tune_trial(cfg: dict, use_gpu: bool) -> list[dict]:

@@ -354,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not ray_was_up and ray.is_initialized():  # leave an in-process caller's process as it was
             ray.shutdown()
-        if clock.line():
-            print(clock.line(), flush=True)
+        line = clock.line()  # once: its "after the last trial" is read from the clock as it is called
+        if line:
+            print(line, flush=True)
 
 
 def _checked_run(args: argparse.Namespace, clock) -> int:

@@ -1,6 +1,7 @@
 """What a Tune trial actor runs (`trial_driver`): kept apart from `study.tuner` so that a new actor imports only
 what training needs — not Optuna, MLflow, SciPy or the report code, which `study.tuner`'s driver side pulls in
-(measured here: ~1.2 s of a fresh actor's imports, paid by every study's first trials)."""
+(measured here: `import study.trial` 2.9 s against `import study.tuner` 4.9 s in a fresh process, paid by
+every new trial actor)."""
 
 from __future__ import annotations
 

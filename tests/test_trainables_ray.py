@@ -7,11 +7,13 @@ import math
 import os
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import ray
 
 from trainables.data import DataError
+from trainables.environment import WORKER_ENV, worker_env
 from trainables.launch import fit, init_local_ray
 from trainables.epochs import FAULT_ENV
 
@@ -23,6 +25,26 @@ def local_ray(data_cache):
     init_local_ray(runtime_env={"env_vars": {"LAYERWISE_CACHE": data_cache}})
     yield
     ray.shutdown()
+
+
+def test_workers_start_with_the_worker_env_and_rays_daemons_without_it(local_ray):
+    """`WORKER_ENV` reaches Ray's workers through the job's runtime_env — also those with env_vars of their own, as
+    Tune's trial actors have — while Ray's raylet starts with exactly this process's environment."""
+
+    @ray.remote(num_cpus=0)
+    def task_env() -> dict:
+        return {key: os.environ.get(key) for key in WORKER_ENV}
+
+    @ray.remote(num_cpus=0, runtime_env={"env_vars": {"PL_DISABLE_FORK": "1"}})  # like Tune's trial actors
+    class Actor:
+        def env(self) -> dict:
+            return {key: os.environ.get(key) for key in [*WORKER_ENV, "PL_DISABLE_FORK"]}
+
+    assert ray.get(task_env.remote()) == worker_env() == {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "1")}
+    assert ray.get(Actor.remote().env.remote()) == {**worker_env(), "PL_DISABLE_FORK": "1"}
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    daemon_env = psutil.Process(raylet).environ()
+    assert {key: daemon_env.get(key) for key in WORKER_ENV} == {key: os.environ.get(key) for key in WORKER_ENV}
 
 
 def _config(data_dir: str) -> dict:

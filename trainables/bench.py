@@ -52,7 +52,7 @@ from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_fl
 from trainables.batches import MICRO_AUTO, Shard, generator
 from trainables.data import balanced_subset, data_dir_for, load_dataset
 from trainables.download import ensure_dataset
-from trainables.environment import MALLOC_ARENA_ENV, set_library_defaults
+from trainables.environment import MALLOC_ARENA_ENV, set_library_defaults, worker_env
 from trainables.batches import resolve_batching
 from trainables.classification import AUGMENT_STREAM, fitting_micro_batch, input_pipeline, train_step
 from trainables.config import TrialConfig
@@ -98,15 +98,18 @@ def bare_loop(cfg: dict, device: torch.device, threads: int) -> list[float]:
 
 def bare_loop_process(cfg: dict, device: str, threads: int, keep_freed: bool) -> list[float]:
     """`bare_loop` in a fresh process: with malloc's defaults, as a user's script has them, or with the
-    settings every trial has (`optim.allocator.keep_freed_memory`, and `MALLOC_ARENA_MAX` from the library
-    defaults, read at the process's start)."""
-    saved = os.environ.pop(MALLOC_ARENA_ENV, None) if not keep_freed else None  # the child starts without it
+    settings every trial has (`optim.allocator.keep_freed_memory`, and `trainables.environment.WORKER_ENV`, read
+    at the process's start)."""
+    saved = dict(os.environ)
+    os.environ.pop(MALLOC_ARENA_ENV, None)
+    if keep_freed:
+        os.environ.update(worker_env())  # what a trial's worker starts with
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(_bare_loop_child, cfg, device, threads, keep_freed).result()
     finally:
-        if saved is not None:
-            os.environ[MALLOC_ARENA_ENV] = saved
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _bare_loop_child(cfg: dict, device: str, threads: int, keep_freed: bool) -> list[float]:

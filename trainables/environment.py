@@ -15,13 +15,35 @@ LIBRARY_DEFAULTS = {
     "TUNE_GLOBAL_CHECKPOINT_S": "2",
     # A report downloads every trial's telemetry: one progress bar per trial is noise.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    # One glibc malloc arena in the local Ray's processes (read at their start; this process keeps its own).
-    # Tune runs a trial's loop in a thread, and a thread's arena serves large tensors from 64 MiB sub-heaps
-    # that fault their pages in again; with `optim.allocator.keep_freed_memory` alone a one-worker trial still
-    # trained 1.118x slower than the same loop in a main thread (trainables.bench, IQR [1.082, 1.161], 5 rounds),
-    # with this 1.035x (IQR [1.010, 1.035], 3 rounds).
+    # The local Ray starts no idle "default" workers for the first driver: every task and actor of a study carries
+    # a runtime_env (Tune's trial actors their own env_vars, all of them `WORKER_ENV`), so none could use them.
+    # Measured on 2 cores, a 4-trial 1-epoch demo study, interleaved: time to the first trial 12.4 s -> 11.9 s (4 rounds).
+    "RAY_prestart_worker_first_driver": "0",
+}
+
+
+# The environment of Ray's worker processes (trials, Ray Train workers), given to them through the runtime_env of
+# the Ray this platform starts or joins, so Ray's own daemons keep glibc's defaults.
+WORKER_ENV = {
+    # One glibc malloc arena (read at the process's start). Tune runs a trial's loop in a thread, and a thread's
+    # arena serves large tensors from 64 MiB sub-heaps that fault their pages in again; with
+    # `optim.allocator.keep_freed_memory` alone a one-worker trial still trained 1.118x slower than the same loop
+    # in a main thread (trainables.bench, IQR [1.082, 1.161], 5 rounds), with this 1.035x (IQR [1.010, 1.035],
+    # 3 rounds). Set in Ray's daemons too (as first built) it cost ~1.3 s of the local Ray's start.
     MALLOC_ARENA_ENV: "1",
 }
+
+
+def worker_env() -> dict[str, str]:
+    """`WORKER_ENV`, where this process's environment does not set the variable itself (the user's value wins)."""
+    return {key: os.environ.get(key, value) for key, value in WORKER_ENV.items()}
+
+
+def with_worker_env(runtime_env: dict | None) -> dict:
+    """`runtime_env` with `worker_env()` under its env_vars (its own env_vars win)."""
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = worker_env() | runtime_env.get("env_vars", {})
+    return runtime_env
 
 
 def set_library_defaults() -> None:

@@ -24,6 +24,7 @@ from trainables.barlow_twins import train_barlow_twins
 from trainables.batches import resolve_batching
 from trainables.classification import train_classifier
 from trainables.config import TrialConfig
+from trainables.environment import with_worker_env
 from trainables.records import STATUS_KEY, TrialStatus
 from trainables.worker import SHARED_DATA_KEY
 
@@ -55,7 +56,7 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         # one-worker Tune trial ran 1.256x slower than the bare loop (IQR [1.217, 1.311]) at nice 15 and 1.076x
         # (IQR [1.069, 1.090]) at nice 0. Only the local Ray this process starts; a user's setting wins.
         os.environ.setdefault(WORKER_NICENESS_ENV, "0")
-        kwargs["runtime_env"] = with_quoted_interpreter(kwargs.get("runtime_env"))
+        kwargs["runtime_env"] = with_quoted_interpreter(with_worker_env(kwargs.get("runtime_env")))
         ray.init(address="local", num_cpus=num_cpus or local_cpu_slots(1), include_dashboard=True,
                  dashboard_host="127.0.0.1", log_to_driver=False, **kwargs)
 

@@ -1,6 +1,9 @@
 """The study's MLflow store: where it is (a local SQLite file, a team's server), whether it answers, the
 experiment and the study's parent run (with the code's git commit and library versions), and how to
-review it in MLflow's UI."""
+review it in MLflow's UI.
+
+MLflow itself (~1.5 s to import here) is imported where a store is used, not with this module: a study's checks
+name the store before Ray starts, and MLflow is imported beside Ray's start (`study.run.open_store_beside_ray`)."""
 
 from __future__ import annotations
 
@@ -11,13 +14,12 @@ import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
-from typing import Any
-
-import mlflow
-from mlflow.entities import Param
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from study.storage import Location
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 
 def user_data_dir() -> Path:
@@ -25,11 +27,19 @@ def user_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "layerwise-study"
 
 
+SQLITE_PREFIX = "sqlite:///"  # MLflow's URI of a SQLite store, before the file's absolute path
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite tracking URI; None for any other store."""
+    return Path(uri.removeprefix(SQLITE_PREFIX)) if uri.startswith(SQLITE_PREFIX) else None
+
+
 def default_tracking_uri(storage: Location) -> str:
     """MLflow's default store: `mlflow.db` in a local storage folder; for a storage URI, a SQLite file on
     this machine (the same for every study in object storage, so any of them is found from any folder)."""
     folder = Path(storage.uri) if storage.is_local else user_data_dir()
-    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+    return f"{SQLITE_PREFIX}{(folder / 'mlflow.db').resolve()}"
 
 
 def is_server(uri: str) -> bool:
@@ -79,6 +89,8 @@ def check_tracking_uri(uri: str) -> MlflowClient:
     saved = {k: os.environ.get(k) for k in fast}
     os.environ.update(fast if server else {})
     try:
+        from mlflow.tracking import MlflowClient
+
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as err:  # MLflow raises many types for unusable URIs
@@ -129,6 +141,7 @@ def git_commit() -> str:
 
 
 def library_versions() -> dict[str, str]:
+    import mlflow
     import optuna
     import ray
     import torch
@@ -148,6 +161,8 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
 def start_parent_run(client: MlflowClient, exp_id: str, study_path: str, definition: dict[str, Any],
                      tags: dict[str, str]) -> str:
     """Create the study's parent run (or reopen it on --resume); returns its id."""
+    from mlflow.entities import Param
+
     found = client.search_runs([exp_id], f"tags.study_path = '{study_path}'", max_results=1)
     if found:
         run_id = found[0].info.run_id

@@ -8,12 +8,16 @@ input prints one `error:` line and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shlex
 import socket
 import sys
+import threading
 import time
 import traceback
+from pathlib import Path
 
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes, smallest_store
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
@@ -24,7 +28,7 @@ from trainables.config import TrialConfig
 from trainables.data import STREAMED, Dataset, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
 from trainables.stream import SOURCE_IMAGES, Catalog, build_catalog, decoders_for, is_uri
-from trainables.environment import set_library_defaults
+from trainables.environment import set_library_defaults, with_worker_env
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,14 +103,15 @@ PROJECT_PACKAGES = ("optim", "trainables", "search_spaces", "study", "reports")
 
 def code_runtime_env() -> dict | None:
     """Ray's runtime environment that brings this project's code to every node (`py_modules`), so a node
-    with only the Python dependencies runs trials; none for a Ray job, whose `--working-dir` ships it."""
+    with only the Python dependencies runs trials, and the workers' environment (`WORKER_ENV`); none for a Ray
+    job, whose `--working-dir` (and `--runtime-env`) ship them."""
     import importlib
 
     from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
     if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ:
         return None
-    return {"py_modules": [importlib.import_module(name) for name in PROJECT_PACKAGES]}
+    return with_worker_env({"py_modules": [importlib.import_module(name) for name in PROJECT_PACKAGES]})
 
 
 def join_cluster(address: str) -> None:
@@ -141,17 +146,54 @@ def start_local_ray(plan: StudyPlan) -> None:
         raise PlatformError(f"could not start a local Ray: {one_line(err)}") from err
 
 
-def start_local_ray_beside(plan: StudyPlan) -> None:
-    """Start the local Ray while another thread imports MLflow's database store (SQLAlchemy, Alembic: ~1.2 s
-    here), which `run` then opens; the store itself is created only once Ray is up, so a Ray that cannot
-    start leaves no database and prints nothing but its error."""
-    import importlib
+def open_store_beside_ray(tracking_uri: str, ray_failed: threading.Event) -> Path | None:
+    """Open a SQLite MLflow store — creating its tables: ~1.2 s of Alembic migrations here — unless Ray has failed
+    already; returns the database file when this created it."""
+    from study.mlflow_store import check_tracking_uri, sqlite_file
+
+    database = sqlite_file(tracking_uri)
+    if ray_failed.is_set() or database is None:
+        return None
+    created = not database.exists()
+    # Its two INFO lines on creating tables ("Creating initial MLflow database tables...") would print beside a Ray
+    # that fails to start, whose error must be the only line.
+    tables = logging.getLogger("mlflow.store.db.utils")
+    level = tables.level
+    tables.setLevel(logging.WARNING)
+    try:
+        check_tracking_uri(tracking_uri)  # MLflow keeps the opened store for the same URI: `run` reuses it
+    finally:
+        tables.setLevel(level)
+    return database if created else None
+
+
+def start_local_ray_beside(plan: StudyPlan, tracking_uri: str) -> None:
+    """Start the local Ray while another thread opens the study's MLflow store (`open_store_beside_ray`); a Ray
+    that cannot start leaves no database it created.
+
+    MLflow's modules are imported first, here: two threads importing modules that import each other can meet a
+    partly initialised one (CI: `study.tuner` imported in that thread beside `trainables.launch` gave "cannot
+    import name '_CheckpointManager' from partially initialized module 'ray.train._internal.checkpoint_manager'";
+    MLflow and Ray's start share OpenTelemetry's modules), so the thread only runs SQL and Alembic's scripts."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (MLflow, SQLAlchemy, Alembic: ~2 s)
+    from mlflow.tracking import MlflowClient  # noqa: F401
+    import trainables.launch  # noqa: F401  (Ray Train, imported by the Ray start below)
+
+    ray_failed = threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        imported = pool.submit(importlib.import_module, "mlflow.store.tracking.sqlalchemy_store")
-        start_local_ray(plan)
-        imported.result()
+        opened = pool.submit(open_store_beside_ray, tracking_uri, ray_failed)
+        try:
+            start_local_ray(plan)
+        except PlatformError:
+            ray_failed.set()
+            with contextlib.suppress(Exception):  # Ray's error is the one to report
+                database = opened.result()
+                if database is not None:
+                    database.unlink(missing_ok=True)
+            raise
+        opened.result()
 
 
 def fit_to_cluster(plan: StudyPlan, address: str | None, wait: bool) -> None:
@@ -267,14 +309,17 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
 def plan_transfer(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord):
     """The batch-size transfer for a new study (`study.transfer`), or None; TransferError (an InputError's kind:
     a ValueError) for a `--transfer-from` that gives no fit."""
-    from study.mlflow_store import check_tracking_uri
-    from study.transfer import NO_TRANSFER, plan_transfer as fit_transfer
+    from study.mlflow_store import check_tracking_uri, sqlite_file
 
-    if args.resume or args.transfer_from == NO_TRANSFER:
+    if args.resume:
         return None
     named = [name for name in (args.transfer_from or "").split(",") if name]
-    if not named and record.tracking_uri.startswith("sqlite:///") and not os.path.exists(
-            record.tracking_uri.removeprefix("sqlite:///")):  # the default source: no store yet, no earlier study
+    database = sqlite_file(record.tracking_uri)
+    if not named and database is not None and not database.exists():  # the default source: no store, no earlier study
+        return None
+    from study.transfer import NO_TRANSFER, plan_transfer as fit_transfer  # MLflow, SciPy: only with a store to read
+
+    if args.transfer_from == NO_TRANSFER:
         return None
     return fit_transfer(check_tracking_uri(record.tracking_uri), named or [record.experiment], plan, bool(named))
 
@@ -375,7 +420,7 @@ def _checked_run(args: argparse.Namespace, clock) -> int:
         return fail(INPUT_ERROR, str(err))
     try:
         if not args.address:
-            start_local_ray_beside(plan)
+            start_local_ray_beside(plan, record.tracking_uri)
         return run(args, plan, record, data, transfer, clock)
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))

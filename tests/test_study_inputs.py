@@ -114,3 +114,4 @@ def test_ray_that_cannot_start_is_a_platform_error_not_an_input_error(tmp_path, 
     assert err == ("error: could not start a local Ray: ValueError: When connecting to an existing cluster, "
                    "num_cpus and num_gpus must not be provided.\n")
     assert calls and calls[0]["address"] == "local"  # a local study never joins a cluster it did not ask for
+    assert not (tmp_path / "results" / "mlflow.db").exists()  # the store opened beside Ray's start is removed

@@ -454,8 +454,12 @@ FIXED_COST = re.compile(r"fixed cost: ([\d.]+) s .* ([\d.]+) s from the last")
 def study_costs(data_dir: str) -> list[str]:
     """Run the short-trial `demo` study (`SHORT_STUDY`) and print its costs: trials/min, slot-seconds per trial
     beyond training, each trial's phases (median and IQR over its trials, from MLflow) and the fixed costs."""
+    import ray
     from mlflow.tracking import MlflowClient
 
+    # the trials' lines leave this process's Ray running: its daemons would share the 2 cores with the study's own
+    # Ray (the fixed cost read 16.3 s here with it up, 12-13 s for the same study run alone)
+    ray.shutdown()
     with tempfile.TemporaryDirectory() as storage:
         cmd = [sys.executable, "-m", "study.run", "--space", "demo", *SHORT_STUDY, "--data-dir", data_dir,
                "--storage", storage]

@@ -100,10 +100,10 @@ def bare_loop_process(cfg: dict, device: str, threads: int, keep_freed: bool) ->
     """`bare_loop` in a fresh process: with malloc's defaults, as a user's script has them, or with the
     settings every trial has (`optim.allocator.keep_freed_memory`, and `trainables.environment.WORKER_ENV`, read
     at the process's start)."""
-    saved = dict(os.environ)
+    saved, like_a_trial = dict(os.environ), worker_env()  # what a trial's worker starts with
     os.environ.pop(MALLOC_ARENA_ENV, None)
     if keep_freed:
-        os.environ.update(worker_env())  # what a trial's worker starts with
+        os.environ.update(like_a_trial)
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(_bare_loop_child, cfg, device, threads, keep_freed).result()

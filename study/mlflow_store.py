@@ -3,7 +3,8 @@ experiment and the study's parent run (with the code's git commit and library ve
 review it in MLflow's UI.
 
 MLflow itself (~1.5 s to import here) is imported where a store is used, not with this module: a study's checks
-name the store before Ray starts, and MLflow is imported beside Ray's start (`study.run.open_store_beside_ray`)."""
+name the store without it, and `study.run.start_local_ray_beside` imports it just before Ray starts and opens the
+store while Ray starts."""
 
 from __future__ import annotations
 

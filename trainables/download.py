@@ -59,13 +59,13 @@ def archive_for(dataset: str) -> Archive | None:
 
 def is_present(dataset: str, root: Path) -> bool:
     """Whether `root` already holds `dataset` in a layout the loaders read (no decoding)."""
-    parquet = (root / "train.parquet").is_file() and (root / "test.parquet").is_file()
-    if dataset in ("cifar10", "cifar100", "parquet") and parquet:
+    parquet_layout = dataset in ("cifar10", "cifar100", "parquet")
+    if parquet_layout and (root / "train.parquet").is_file() and (root / "test.parquet").is_file():
         return True  # found before `archive_for`, which imports torchvision (1.7 s of a study's start here)
     archive = archive_for(dataset)
     if archive is not None and (root / archive.folder).is_dir():
         return True
-    if dataset in ("cifar10", "cifar100", "parquet"):
+    if parquet_layout:
         return False
     if dataset == "tinyimagenet":
         return (root / "wnids.txt").is_file()

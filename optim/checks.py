@@ -60,6 +60,12 @@ def flag(field: str, value: Any) -> None:
         raise ValueError(f"{field}: expected true/false, got {value!r}")
 
 
+def optional_flag(field: str, value: Any) -> None:
+    """None (the default's choice) or True/False."""
+    if value is not None:
+        flag(field, value)
+
+
 def one_of(choices: tuple[str, ...]) -> Check:
     """A check that the value is one of `choices`."""
     def check(field: str, value: Any) -> None:
@@ -75,6 +81,7 @@ CHECKS: dict[str, Check] = {
     "clip_lower": optional_nonnegative, "clip_upper": optional_nonnegative,
     "momentum": unit_interval, "clip_beta": unit_interval, "betas": beta_pair,
     "exclude_1d": flag, "bias_correction": flag, "nesterov": flag, "amsgrad": flag, "centered": flag, "foreach": flag,
+    "fused": optional_flag,
     "trust_denominator": one_of(DENOMINATORS), "clip_mode": one_of(CLIP_MODES),
 }
 

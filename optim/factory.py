@@ -62,7 +62,8 @@ class OptimSpec:
     defaults: dict[str, Any] = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        defaults = {k: v for k, v in constructor_hparams(self.cls).items() if k not in NOT_EXPOSED}
+        defaults = {k: v for k, v in constructor_hparams(self.cls).items()
+                    if k not in NOT_EXPOSED or self.layerwise}  # the layer-wise `fused` is ours (optim.fused)
         if not self.layerwise:  # the factory gives baselines the layer-wise optimizers' 1-D exclusion
             defaults["exclude_1d"] = constructor_hparams(LayerwiseOptimizer)["exclude_1d"]
         object.__setattr__(self, "defaults", defaults)

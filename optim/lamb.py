@@ -64,25 +64,52 @@ class LAMB(LayerwiseOptimizer):
         clip_k: float = CLIP_DEFAULTS["clip_k"],
         clip_beta: float = CLIP_DEFAULTS["clip_beta"],
         exclude_1d: bool = True,
+        fused: bool | None = None,
     ):
         betas = tuple(betas) if isinstance(betas, list) else betas  # a config's list; checked with the rest
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=bias_correction,
                         clip_lower=clip_lower, clip_upper=clip_upper, clip_mode=clip_mode, clip_k=clip_k,
-                        clip_beta=clip_beta)
+                        clip_beta=clip_beta, fused=fused)
         super().__init__(params, defaults, exclude_1d=exclude_1d)
 
-    def _update_chunk(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        beta1, beta2 = group["betas"]
-        t = group["step"] + 1
-        bc1, bc2 = (1 - beta1**t, 1 - beta2**t) if group["bias_correction"] else (1.0, 1.0)
-        exp_avgs, exp_avg_sqs = [], []
+    def _moments(self, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Each tensor's Adam moments (exp_avg, exp_avg_sq), made (zeros) on first use."""
         for p in params:
             state = self.state[p]
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
+        return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
+
+    @staticmethod
+    def _bias_corrections(group: dict[str, Any]) -> tuple[float, float]:
+        """(1 − β1^t, 1 − β2^t) for the step about to be taken; (1, 1) without bias correction."""
+        beta1, beta2 = group["betas"]
+        t = group["step"] + 1
+        return (1 - beta1**t, 1 - beta2**t) if group["bias_correction"] else (1.0, 1.0)
+
+    def _fusable(self, group: dict[str, Any]) -> bool:
+        return True
+
+    def _update_fused(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        from optim import fused
+
+        (beta1, beta2), (bc1, bc2) = group["betas"], self._bias_corrections(group)
+        scale = math.sqrt(bc2) / bc1  # r = scale·u, as in `lamb_direction`
+        eps = fused.scalar(group["eps"] * math.sqrt(bc2), params[0])
+        decay = fused.scalar(group["weight_decay"] / scale, params[0])
+        exp_avgs, exp_avg_sqs = self._moments(params)
+        w_norm, u_norm, g_norm = fused.lamb_norms(params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, eps,
+                                                  decay).unbind(1)
+        rho = self._clip(group, params, safe_trust_ratio(w_norm, w_norm, u_norm * scale))
+        self._record(group, rho, w_norm, g_norm)
+        fused.lamb_apply(params, grads, exp_avgs, exp_avg_sqs, rho * (-group["lr"] * scale), beta1, beta2, eps,
+                         decay)
+
+    def _update_chunk(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        bc1, bc2 = self._bias_corrections(group)
+        exp_avgs, exp_avg_sqs = self._moments(params)
         g_norm = stack_norms(grads) if group["adapt"] and self._recording(group) else None
         direction, scale = lamb_direction(
             params, grads, exp_avgs, exp_avg_sqs, beta1=beta1, beta2=beta2, eps=group["eps"],

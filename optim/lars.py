@@ -67,11 +67,12 @@ class LARS(LayerwiseOptimizer):
         clip_k: float = CLIP_DEFAULTS["clip_k"],
         clip_beta: float = CLIP_DEFAULTS["clip_beta"],
         exclude_1d: bool = True,
+        fused: bool | None = None,
         **extra: Any,
     ):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                         trust_denominator=trust_denominator, clip_lower=clip_lower, clip_upper=clip_upper,
-                        clip_mode=clip_mode, clip_k=clip_k, clip_beta=clip_beta, **extra)
+                        clip_mode=clip_mode, clip_k=clip_k, clip_beta=clip_beta, fused=fused, **extra)
         super().__init__(params, defaults, exclude_1d=exclude_1d)
 
     def _raw_ratio(self, group: dict[str, Any], params: list[Tensor], norms: LayerNorms) -> Tensor:
@@ -92,23 +93,39 @@ class LARS(LayerwiseOptimizer):
     def _needs_decayed_norm(self, group: dict[str, Any]) -> bool:
         return group["trust_denominator"] != "paper"
 
+    def _momentum_buffers(self, params: list[Tensor]) -> list[Tensor]:
+        """Each tensor's momentum buffer, made (zeros) on first use."""
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return [self.state[p]["momentum_buffer"] for p in params]
+
+    def _ratio(self, group: dict[str, Any], params: list[Tensor], norms: LayerNorms) -> Tensor:
+        """ρ of every layer: raw, scaled, clipped; recorded when telemetry wants this step."""
+        rho = self._clip(group, params, self._scale_ratio(group, self._raw_ratio(group, params, norms)))
+        if self._recording(group):
+            self._record(group, rho, norms.w, norms.g)
+        return rho
+
+    def _fusable(self, group: dict[str, Any]) -> bool:
+        return group["momentum"] != 0
+
+    def _update_fused(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        from optim import fused
+
+        norms = fused.lars_norms(params, grads, group["weight_decay"]).unbind(1)
+        rho = self._ratio(group, params, LayerNorms(*norms))
+        fused.lars_apply(params, grads, self._momentum_buffers(params), rho, fused.scalar(group["lr"], params[0]),
+                         group["momentum"], group["weight_decay"])
+
     def _update_chunk(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         wd, momentum = group["weight_decay"], group["momentum"]
-        bufs = None
-        if momentum != 0:
-            bufs = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                bufs.append(state["momentum_buffer"])
+        bufs = self._momentum_buffers(params) if momentum != 0 else None
         scratch = self._scratch_for(params) if wd != 0 else None
         if not group["adapt"]:
             decayed, rho = decayed_gradients(grads, params, wd, scratch), None
         else:
             decayed, norms = decayed_with_norms(grads, params, wd, scratch, self._needs_decayed_norm(group),
                                                 self._needs_grad_norm(group))
-            rho = self._clip(group, params, self._scale_ratio(group, self._raw_ratio(group, params, norms)))
-            if self._recording(group):
-                self._record(group, rho, norms.w, norms.g)
+            rho = self._ratio(group, params, norms)
         lars_update(params, bufs, rho, decayed=decayed, lr=group["lr"], momentum=momentum)

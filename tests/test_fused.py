@@ -1,0 +1,105 @@
+"""The compiled (fused) step: the same numbers as the eager one and timm's, when it runs, and what happens when
+it cannot compile."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+
+import pytest
+import torch
+import torch._dynamo
+import torch._inductor.config
+from torch._dynamo.utils import counters
+
+from conftest import max_rel_err, small_convnet, train
+from optim import build_optimizer
+from optim.layerwise import FUSE_AFTER_STEPS
+from test_reference_timm import CASES, STEPS
+from test_telemetry_and_state import CONFIGS, clars_hook, make
+
+FUSABLE = [k for k in CONFIGS if k not in ("sgd", "adam")]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_matches_timm(name):
+    """float64, 12 steps: the fused step meets the eager path's bound against timm's reference (1e-6)."""
+    hp, make_reference = CASES[name]
+    ours, reference = small_convnet(), small_convnet()
+    ours_losses = train(ours, build_optimizer(name, ours.parameters(), fused=True, **hp), STEPS)
+    reference_losses = train(reference, make_reference(reference.parameters()), STEPS)
+    assert max_rel_err(ours, reference) <= 1e-6
+    assert ours_losses[-1] == pytest.approx(reference_losses[-1], rel=1e-9)
+    assert max_rel_err(ours, small_convnet()) > 1e-3
+
+
+@pytest.mark.parametrize("label", FUSABLE)
+def test_fused_matches_eager_with_its_telemetry(label):
+    """Every variant (φ(t), LARC's clip, CLARS' norms, adaptive clipping): fused and eager agree, telemetry too."""
+    eager, fused = small_convnet(), small_convnet()
+    opt_eager, opt_fused = make(label, eager), make(label, fused)
+    for group in opt_fused.param_groups:
+        group["fused"] = True
+    rows_eager, rows_fused = opt_eager.enable_telemetry(every=1), opt_fused.enable_telemetry(every=1)
+    train(eager, opt_eager, 6, clars_hook(eager, opt_eager))
+    train(fused, opt_fused, 6, clars_hook(fused, opt_fused))
+    assert max_rel_err(fused, eager) <= 1e-9
+    assert torch.allclose(rows_fused.collect().values, rows_eager.collect().values, rtol=1e-9, atol=0)
+    assert max_rel_err(fused, small_convnet()) > 1e-3
+
+
+def test_default_fuses_a_long_cpu_run_from_its_step_and_in_a_worker_thread():
+    """fused=None: eager (nothing compiled) before FUSE_AFTER_STEPS, compiled from it; in a thread, as Ray runs trials."""
+    torch._dynamo.reset()
+    counters.clear()
+    model, twin = small_convnet(torch.float32), small_convnet(torch.float32)
+    opt = build_optimizer("lars", model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
+    eager = build_optimizer("lars", twin.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3, fused=False)
+    graphs: list[int] = []
+
+    def run() -> None:
+        train(model, opt, FUSE_AFTER_STEPS, dtype=torch.float32)
+        graphs.append(counters["stats"]["unique_graphs"])
+        train(model, opt, 3, dtype=torch.float32)
+        graphs.append(counters["stats"]["unique_graphs"])
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert graphs == [0, 2]  # the norm pass and the update pass
+    train(twin, eager, FUSE_AFTER_STEPS, dtype=torch.float32)
+    train(twin, eager, 3, dtype=torch.float32)
+    assert max_rel_err(model, twin) <= 1e-4
+
+
+def test_a_compile_that_fails_warns_and_steps_eagerly_by_default_and_raises_when_asked():
+    """No C++ compiler: fused=None warns once and takes the eager step (same numbers); fused=True raises."""
+    torch._dynamo.reset()
+    no_compiler = {"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False, "autotune_local_cache": False}
+    hp = dict(CASES["lamb"][0])
+    with torch._inductor.config.patch(no_compiler):
+        model = small_convnet()
+        twin = copy.deepcopy(model)
+        auto = build_optimizer("lamb", model.parameters(), **hp)
+        eager = build_optimizer("lamb", twin.parameters(), fused=False, **hp)
+        for group in auto.param_groups + eager.param_groups:
+            group["step"] = FUSE_AFTER_STEPS  # a long run's step: the default fuses it
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(model, auto, 3)
+        train(twin, eager, 3)
+        assert [str(w.message).split(":")[0] for w in caught if w.category is RuntimeWarning] == ["LAMB"]
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+        forced_model = small_convnet()
+        forced = build_optimizer("lamb", forced_model.parameters(), fused=True, **hp)
+        with pytest.raises(torch._dynamo.exc.TorchDynamoException):
+            train(forced_model, forced, 1)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("value", ["yes", 1])
+def test_fused_must_be_a_flag_or_none(value):
+    with pytest.raises(ValueError, match="^fused: expected true/false"):
+        build_optimizer("lars", small_convnet().parameters(), fused=value)

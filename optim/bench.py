@@ -2,9 +2,9 @@
 foreach SGD-momentum and Adam measured in the same run: interleaved rounds, each ratio's median and
 interquartile range over its rounds, and a target met only when the whole IQR meets it.
 
-Each optimizer is timed twice, with the product's defaults: as at a run's start (`lars`) and as from step
-`FUSE_AFTER_STEPS` of a run on (`lars@500`), where the default (`fused=None`) runs the compiled passes of
-`optim.fused` on the CPU; the one-off compile is timed and printed, not counted in ms/step.
+Each optimizer is timed twice, with the product's defaults: as at a run's start (`lars`) and as in a long run
+(`lars@long`: from the step where the default `fused=None` runs the compiled passes of `optim.fused` on the
+CPU, `optim.layerwise.fuse_step`); the one-off compile is timed and printed, not counted in ms/step.
 
     python -m optim.bench [--device cpu|cuda] [--rounds 15] [--steps 5] [--dtype float32] [--threads 1]
                           [--only lars lamb ...]
@@ -28,7 +28,7 @@ import torchvision
 
 from optim.allocator import keep_freed_memory
 from optim.factory import build_optimizer
-from optim.layerwise import FUSE_AFTER_STEPS, LayerwiseOptimizer
+from optim.layerwise import LayerwiseOptimizer, fuse_step
 
 WD = 5e-4
 
@@ -46,7 +46,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 TARGETS = ((("lars", "larc", "tvlars"), "sgd", 1.10), (("lamb", "lambc"), "adam", 1.00))
 TELEMETRY_TARGET = 1.03  # telemetry on / off, every configuration
 BASELINES = {"sgd": "torch SGD-momentum foreach", "adam": "torch Adam foreach"}
-PHASES = {"": 0, f"@{FUSE_AFTER_STEPS}": FUSE_AFTER_STEPS}  # label suffix → the run's step the timing starts at
+PHASES = ("", "@long")  # label suffixes: timed from a run's first step, and from the step its default fuses
 
 
 def spread(ratios: list[float]) -> tuple[float, float, float]:
@@ -86,13 +86,13 @@ def _alternating_ms(a: Callable[[], None], b: Callable[[], None], steps: int,
 
 
 def _stepper(name: str, hp: dict, named: list, params: list, sample_norms: list, telemetry: bool,
-             start_step: int) -> Callable[[], None]:
-    """A closure doing one optimizer step of a run at `start_step` (CLARS gets its per-sample norms; telemetry
-    collected every 50)."""
+             long_run: bool) -> Callable[[], None]:
+    """A closure doing one optimizer step of a run at its start, or (`long_run`) at the step where each group's
+    default fuses (CLARS gets its per-sample norms; telemetry collected every 50)."""
     opt = build_optimizer(name, named, **hp)
     assert isinstance(opt, LayerwiseOptimizer)
     for group in opt.param_groups:
-        group["step"] = start_step
+        group["step"] = fuse_step(sum(p.numel() for p in group["params"])) if long_run else 0
     recorder = opt.enable_telemetry() if telemetry else None
 
     def step() -> None:
@@ -125,16 +125,17 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
                  "adam": torch.optim.Adam(params, lr=1e-3, weight_decay=WD, foreach=True).step}
     sample_norms = [torch.rand((), device=dev, dtype=p.dtype) + 0.5 for p in params]
     now = _clock(dev)
-    samples: dict[str, Any] = {"sgd": [], "adam": []}
+    adapted = sum(p.numel() for p in params if p.ndim > 1)  # the trust-ratio group (exclude_1d)
+    samples: dict[str, Any] = {"sgd": [], "adam": [], "long run from step": fuse_step(adapted)}
     for label, (name, hp) in CONFIGS.items():
         if only and label not in only:
             continue
         # telemetry off and on are separate optimizers timed in the same rounds, so their ratio is paired
         variants = {}
-        for suffix, start in PHASES.items():
+        for suffix in PHASES:
             for telemetry in (False, True):
                 key = label + suffix + ("+telemetry" if telemetry else "")
-                variants[key] = _stepper(name, hp, named, params, sample_norms, telemetry, start)
+                variants[key] = _stepper(name, hp, named, params, sample_norms, telemetry, suffix == "@long")
                 began = time.perf_counter()
                 variants[key]()  # the first step: the one-off compile where the step is fused
                 samples.setdefault("first step s", {})[key] = time.perf_counter() - began
@@ -174,6 +175,8 @@ def report(samples: dict[str, Any]) -> str:
     labels = [c + suffix for c in CONFIGS if c in samples for suffix in PHASES]
     lines = [f"{BASELINES[b]}: {statistics.median(samples[b]):.2f} ms/step" for b in BASELINES]
     first = samples.get("first step s", {})
+    lines.append(f"@long: a long run's step, from step {samples['long run from step']} (where fused=None fuses "
+                 f"on the CPU); without: a run's first steps (eager)")
     lines.append("first step (s; compiles where fused): "
                  + ", ".join(f"{k} {v:.2f}" for k, v in first.items() if not k.endswith("+telemetry")))
     lines += ["", f"{'optimizer':30s} {'ms/step':>8s} {'vs SGD-m [IQR]':>22s} {'vs Adam [IQR]':>22s} "

@@ -9,7 +9,7 @@ denominator, telemetry). Per-step values (lr, bias corrections, ρ) enter as ten
 recompiles; `dynamic=False` gives each set of shapes its own static kernels.
 
 Why torch.compile and not hand-written kernels: Inductor writes the C++/OpenMP (CPU) or Triton (CUDA)
-loops; the cost is the compile itself, which is why `optim.layerwise.FUSE_AFTER_STEPS` gates it by default.
+loops; the cost is the compile itself, which is why `optim.layerwise.fuse_step` gates it by default.
 """
 
 from __future__ import annotations

@@ -218,13 +218,22 @@ def stack_norms(tensors: list[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(tensors))
 
 
-# `fused=None` (the default) runs a CPU group's step as `optim.fused`'s compiled passes from this step on.
-# Measured on the 2-core CI machine (ResNet-18's 62 adapted tensors, one thread): compiling LARS' two passes
-# took ~14 s with Inductor's on-disk cache cold and ~2.5 s warm, and took a step from ~19 to ~12 ms, so a
-# run repays it after ~400 (warm) … 2,000 (cold) steps; shorter runs (the demo's trials take 54 steps) stay
-# eager and never compile. On CUDA fusing is opt-in (`fused=True`): unmeasured there, and a large-batch run
-# of a few hundred steps could not repay Triton compiling every layer's kernels.
-FUSE_AFTER_STEPS = 500
+# `fused=None` (the default) runs a CPU group's step as `optim.fused`'s compiled passes once the group has taken
+# this many steps × elements (`fuse_step`): the eager time fusing would have saved by then (~1 ns per element and
+# step: ResNet-18's LARS step 24.7 → 13.5 ms, LAMB's 50 → 26 ms, optim.bench on the 2-core CI machine) pays
+# for one compile (~10 s: 7–11 s with Inductor's on-disk cache cold, ~1–3 s warm) — rent until renting has
+# cost the price of buying, then buy: never more than twice the best choice in hindsight. A CIFAR ResNet-18
+# (11.2 M adapted weights) fuses at step 896, ImageNet's ResNet-50 at 393; a CIFAR ResNet-8 (77 K) at 129,266,
+# never in practice: its step is too small to repay a compile (a 20-epoch trial fused at a fixed 500th step
+# spent 6.3 s compiling to save ~0.01 s an epoch).
+# Counted in steps, not seconds, so the step where a run fuses is the same on every run of it.
+# On CUDA fusing is opt-in (`fused=True`): unmeasured there, and Triton compiles every layer's kernels.
+FUSE_AFTER_ELEMENT_STEPS = 10**10
+
+
+def fuse_step(numel: int) -> int:
+    """The first step a CPU group of `numel` elements takes fused under `fused=None`."""
+    return -(-FUSE_AFTER_ELEMENT_STEPS // max(numel, 1))
 
 
 class LayerwiseOptimizer(Optimizer):
@@ -235,7 +244,7 @@ class LayerwiseOptimizer(Optimizer):
     "adaptive": per-layer bounds EMA-mean ± clip_k·EMA-std of that layer's own ρ, decay clip_beta,
     intersected with the fixed bounds), `step` (t, completed optimizer steps, saved in state_dict) and
     `fused` (True: every step as `optim.fused`'s compiled passes; False: eager multi-tensor ops; None: eager,
-    then fused from `FUSE_AFTER_STEPS` on the CPU, staying eager with a warning if compiling fails). Groups
+    then fused from `fuse_step` on the CPU, staying eager with a warning if compiling fails). Groups
     without a trust ratio, and variants without a fused form (LARS without momentum), always run eagerly.
     Every hyperparameter in `defaults` is checked by `optim.checks.CHECKS` before anything is built.
     """
@@ -334,7 +343,9 @@ class LayerwiseOptimizer(Optimizer):
         setting = group["fused"]
         if setting is False or self._fuse_failed or not group["adapt"] or not self._fusable(group):
             return False
-        return setting or (params[0].device.type == "cpu" and group["step"] >= FUSE_AFTER_STEPS)
+        if setting:
+            return True
+        return params[0].device.type == "cpu" and group["step"] >= fuse_step(sum(p.numel() for p in group["params"]))
 
     def _fused_step(self, group: dict[str, Any], params: list[Tensor]) -> bool:
         """Run the group's step fused; False (nothing changed, a warning given) if `fused=None` and it cannot compile."""

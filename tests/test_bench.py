@@ -7,18 +7,18 @@ from optim.bench import report, run
 
 def test_bench_reports_ratios_and_targets():
     samples = run(rounds=2, steps=1, only=["lars", "lamb"])
-    keys = [name + phase + telemetry for name in ("lars", "lamb") for phase in ("", "@500")
+    keys = [name + phase + telemetry for name in ("lars", "lamb") for phase in ("", "@long")
             for telemetry in ("", "+telemetry")]
     for key in keys + ["sgd", "adam"]:
         assert len(samples[key]) == (4 if key in ("sgd", "adam") else 2) and min(samples[key]) > 0
         if key not in ("sgd", "adam"):
             assert min(samples[key + "/sgd"] + samples[key + "/adam"]) > 0
-    assert len(samples["lars/telemetry"]) == len(samples["lars@500/telemetry"]) == 2
+    assert len(samples["lars/telemetry"]) == len(samples["lars@long/telemetry"]) == 2
     assert list(samples["first step s"]) == keys and min(samples["first step s"].values()) > 0
     text = report(samples)
     assert "lars <= 1.10x torch SGD-momentum foreach" in text and "lamb <= 1.00x torch Adam foreach" in text
-    assert "lars@500 <= 1.10x torch SGD-momentum foreach" in text and "lamb@500 <= 1.00x" in text
-    assert "lars telemetry on/off <= 1.03" in text and "lars@500 telemetry on/off <= 1.03" in text
+    assert "lars@long <= 1.10x torch SGD-momentum foreach" in text and "lamb@long <= 1.00x" in text
+    assert "lars telemetry on/off <= 1.03" in text and "lars@long telemetry on/off <= 1.03" in text and "from step 857 " in text
     assert "tvlars" not in text and "over 2 rounds" in text and "first step (s; compiles where fused): lars " in text
 
 

@@ -46,6 +46,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 TARGETS = ((("lars", "larc", "tvlars"), "sgd", 1.10), (("lamb", "lambc"), "adam", 1.00))
 TELEMETRY_TARGET = 1.03  # telemetry on / off, every configuration
 BASELINES = {"sgd": "torch SGD-momentum foreach", "adam": "torch Adam foreach"}
+BUILDS = 3  # fresh instances of every optimizer per run (see `run`)
 PHASES = ("", "@long")  # label suffixes: timed from a run's first step, and from the step its default fuses
 
 
@@ -105,6 +106,27 @@ def _stepper(name: str, hp: dict, named: list, params: list, sample_norms: list,
     return step
 
 
+def _baselines(params: list) -> dict[str, Callable[[], None]]:
+    """Fresh torch SGD-momentum and Adam (foreach) over `params`: their steps."""
+    return {"sgd": torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=WD, foreach=True).step,
+            "adam": torch.optim.Adam(params, lr=1e-3, weight_decay=WD, foreach=True).step}
+
+
+def _variants(label: str, named: list, params: list, sample_norms: list,
+              first_step_s: dict[str, float]) -> dict[str, Callable[[], None]]:
+    """Fresh steppers of one configuration in every phase, telemetry off and on; each one's first step timed."""
+    name, hp = CONFIGS[label]
+    variants = {}
+    for suffix in PHASES:
+        for telemetry in (False, True):
+            key = label + suffix + ("+telemetry" if telemetry else "")
+            variants[key] = _stepper(name, hp, named, params, sample_norms, telemetry, suffix == "@long")
+            began = time.perf_counter()
+            variants[key]()  # the first step: the one-off compile where the step is fused
+            first_step_s.setdefault(key, time.perf_counter() - began)
+    return variants
+
+
 def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "float32",
         only: list[str] | None = None) -> dict[str, Any]:
     """Per-round samples: ms/step of each optimizer in each of `PHASES` (telemetry off, and on as `+telemetry`)
@@ -112,7 +134,10 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
     stepper's first (untimed) step, in seconds.
 
     Each round times SGD and Adam, then each phase's telemetry off/on pair, every pair stepped in turn (so every
-    step timed follows another optimizer's); a ratio is taken within a round, so drift between rounds cancels. Each optimizer's variants are freed before the next's are built.
+    step timed follows another optimizer's); a ratio is taken within a round, so drift between rounds cancels.
+    Every optimizer is built afresh `BUILDS` times over the rounds (its state at new addresses): one instance of
+    the same fused kernel stepped in 11.9 ms and another in 13.5 ms in one run, so a run timing one instance
+    each moved its medians up to 4.7% from the next run's.
     """
     dev = torch.device(device)
     model = torchvision.models.resnet18().to(dev, getattr(torch, dtype))
@@ -121,25 +146,18 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen, device=dev, dtype=p.dtype) * 1e-2
     named = list(model.named_parameters())
-    baselines = {"sgd": torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=WD, foreach=True).step,
-                 "adam": torch.optim.Adam(params, lr=1e-3, weight_decay=WD, foreach=True).step}
     sample_norms = [torch.rand((), device=dev, dtype=p.dtype) + 0.5 for p in params]
     now = _clock(dev)
     adapted = sum(p.numel() for p in params if p.ndim > 1)  # the trust-ratio group (exclude_1d)
-    samples: dict[str, Any] = {"sgd": [], "adam": [], "long run from step": fuse_step(adapted)}
-    for label, (name, hp) in CONFIGS.items():
+    samples: dict[str, Any] = {"sgd": [], "adam": [], "long run from step": fuse_step(adapted), "first step s": {}}
+    for label in CONFIGS:
         if only and label not in only:
             continue
-        # telemetry off and on are separate optimizers timed in the same rounds, so their ratio is paired
-        variants = {}
-        for suffix in PHASES:
-            for telemetry in (False, True):
-                key = label + suffix + ("+telemetry" if telemetry else "")
-                variants[key] = _stepper(name, hp, named, params, sample_norms, telemetry, suffix == "@long")
-                began = time.perf_counter()
-                variants[key]()  # the first step: the one-off compile where the step is fused
-                samples.setdefault("first step s", {})[key] = time.perf_counter() - began
-        for _ in range(rounds):
+        for round_ in range(rounds):
+            if round_ % -(-rounds // min(BUILDS, rounds)) == 0:  # free the old instances, then build anew
+                baselines = variants = None
+                baselines = _baselines(params)
+                variants = _variants(label, named, params, sample_norms, samples["first step s"])
             base = dict(zip(("sgd", "adam"), _alternating_ms(baselines["sgd"], baselines["adam"], steps, now)))
             own = {}
             for suffix in PHASES:
@@ -154,7 +172,7 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
                     own[label + suffix + "+telemetry"] / own[label + suffix])
             for b, b_ms in base.items():
                 samples[b].append(b_ms)
-        del variants  # free this pair's state before the next pair is built
+        baselines = variants = None  # free this configuration's state before the next is built
     return samples
 
 

@@ -13,6 +13,10 @@ LIBRARY_DEFAULTS = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # Save the study's state often, so a killed driver loses at most seconds of trial bookkeeping.
     "TUNE_GLOBAL_CHECKPOINT_S": "2",
+    # Trials keep 2 checkpoints (`CheckpointConfig(num_to_keep=2)`) and checkpoint every epoch, so Tune forces a
+    # snapshot of the study's state after each — by design (a killed driver loses nothing) — and, with epochs under
+    # 5 s, warned about it after each one (5 warnings in one 20-epoch trial of 0.6-s epochs).
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # A report downloads every trial's telemetry: one progress bar per trial is noise.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # The local Ray starts no idle "default" workers for the first driver: every task and actor of a study carries

@@ -18,6 +18,7 @@ clock is wall time (synchronised on CUDA).
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -46,7 +47,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 TARGETS = ((("lars", "larc", "tvlars"), "sgd", 1.10), (("lamb", "lambc"), "adam", 1.00))
 TELEMETRY_TARGET = 1.03  # telemetry on / off, every configuration
 BASELINES = {"sgd": "torch SGD-momentum foreach", "adam": "torch Adam foreach"}
-BUILDS = 3  # fresh instances of every optimizer per run (see `run`)
+BUILDS = 5  # fresh memory layouts per optimizer and run (see `run`)
 PHASES = ("", "@long")  # label suffixes: timed from a run's first step, and from the step its default fuses
 
 
@@ -112,6 +113,13 @@ def _baselines(params: list) -> dict[str, Callable[[], None]]:
             "adam": torch.optim.Adam(params, lr=1e-3, weight_decay=WD, foreach=True).step}
 
 
+def _with_grad(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A copy of `weight` at a new address, with a copy of `grad` as its gradient."""
+    copy = weight.detach().clone()
+    copy.grad = grad.clone()
+    return copy
+
+
 def _variants(label: str, named: list, params: list, sample_norms: list,
               first_step_s: dict[str, float]) -> dict[str, Callable[[], None]]:
     """Fresh steppers of one configuration in every phase, telemetry off and on; each one's first step timed."""
@@ -135,29 +143,32 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
 
     Each round times SGD and Adam, then each phase's telemetry off/on pair, every pair stepped in turn (so every
     step timed follows another optimizer's); a ratio is taken within a round, so drift between rounds cancels.
-    Every optimizer is built afresh `BUILDS` times over the rounds (its state at new addresses): one instance of
-    the same fused kernel stepped in 11.9 ms and another in 13.5 ms in one run, so a run timing one instance
-    each moved its medians up to 4.7% from the next run's.
+    Weights, gradients and optimizers are built afresh `BUILDS` times over the rounds, each time behind a pad of
+    random size (a new memory layout, as in Stabilizer's layout randomisation): one instance of the same fused
+    kernel stepped in 11.9 ms and another in 13.5 ms in one run, and a run whose layout was slow moved every
+    fused median ~9% from the next run's.
     """
     dev = torch.device(device)
     model = torchvision.models.resnet18().to(dev, getattr(torch, dtype))
-    params = list(model.parameters())
     gen = torch.Generator(device=dev).manual_seed(0)
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen, device=dev, dtype=p.dtype) * 1e-2
-    named = list(model.named_parameters())
-    sample_norms = [torch.rand((), device=dev, dtype=p.dtype) + 0.5 for p in params]
+    grads = [torch.randn(p.shape, generator=gen, device=dev, dtype=p.dtype) * 1e-2 for p in model.parameters()]
     now = _clock(dev)
-    adapted = sum(p.numel() for p in params if p.ndim > 1)  # the trust-ratio group (exclude_1d)
+    adapted = sum(p.numel() for p in model.parameters() if p.ndim > 1)  # the trust-ratio group (exclude_1d)
     samples: dict[str, Any] = {"sgd": [], "adam": [], "long run from step": fuse_step(adapted), "first step s": {}}
+    shifts = random.Random(0)
     for label in CONFIGS:
         if only and label not in only:
             continue
         for round_ in range(rounds):
-            if round_ % -(-rounds // min(BUILDS, rounds)) == 0:  # free the old instances, then build anew
-                baselines = variants = None
+            if round_ % -(-rounds // min(BUILDS, rounds)) == 0:
+                # new weights, gradients and optimizers, behind a pad of random size: another memory layout
+                pad = torch.empty(shifts.randrange(1, 1 << 14) * 64, dtype=torch.uint8, device=dev)
+                named = [(n, _with_grad(p, g)) for (n, p), g in zip(model.named_parameters(), grads)]
+                params = [p for _, p in named]
+                sample_norms = [torch.rand((), device=dev, dtype=p.dtype) + 0.5 for p in params]
                 baselines = _baselines(params)
                 variants = _variants(label, named, params, sample_norms, samples["first step s"])
+                del pad
             base = dict(zip(("sgd", "adam"), _alternating_ms(baselines["sgd"], baselines["adam"], steps, now)))
             own = {}
             for suffix in PHASES:
@@ -172,7 +183,6 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
                     own[label + suffix + "+telemetry"] / own[label + suffix])
             for b, b_ms in base.items():
                 samples[b].append(b_ms)
-        baselines = variants = None  # free this configuration's state before the next is built
     return samples
 
 

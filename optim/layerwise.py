@@ -262,6 +262,12 @@ class LayerwiseOptimizer(Optimizer):
         self._scratch: Tensor | None = None
         self._fuse_failed = False
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Also `load_state_dict`'s path: a state saved before `fused` existed steps as the default does."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("fused", None)
+
     def _scratch_for(self, params: list[Tensor]) -> Tensor | None:
         """A reused flat buffer big enough for this chunk, on the CPU only (see `decayed_gradients`)."""
         p0 = params[0]

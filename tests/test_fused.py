@@ -112,3 +112,18 @@ def test_a_compile_that_fails_warns_and_steps_eagerly_by_default_and_raises_when
 def test_fused_must_be_a_flag_or_none(value):
     with pytest.raises(ValueError, match="^fused: expected true/false"):
         build_optimizer("lars", small_convnet().parameters(), fused=value)
+
+
+def test_a_state_saved_before_fused_existed_loads_and_steps():
+    """Checkpoints of earlier studies have no `fused` in their groups: they load, default to None and step."""
+    model = small_convnet()
+    opt = build_optimizer("lars", model.parameters(), lr=0.5, momentum=0.9)
+    train(model, opt, 2)
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["fused"]
+    resumed = build_optimizer("lars", model.parameters(), lr=0.5, momentum=0.9, fused=False)
+    resumed.load_state_dict(saved)
+    assert [g["fused"] for g in resumed.param_groups] == [None, None] and resumed.param_groups[0]["step"] == 2
+    train(model, resumed, 1)
+    assert resumed.param_groups[0]["step"] == 3

@@ -147,7 +147,7 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
     random size (a new memory layout, as in Stabilizer's layout randomisation): one instance of the same fused
     kernel stepped in 11.9 ms and another in 13.5 ms in one run, and a run whose layout was slow moved every
     fused median ~9% from the next run's. (A new layout every round measured worse: fused medians up to 6.8%
-    apart over three runs, against 26 of 30 ratios within 1% with 5.)
+    apart over three runs, against 23 of 26 ratios within 1% with 5.)
     """
     dev = torch.device(device)
     model = torchvision.models.resnet18().to(dev, getattr(torch, dtype))

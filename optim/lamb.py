@@ -88,6 +88,14 @@ class LAMB(LayerwiseOptimizer):
         t = group["step"] + 1
         return (1 - beta1**t, 1 - beta2**t) if group["bias_correction"] else (1.0, 1.0)
 
+    def _ratio(self, group: dict[str, Any], params: list[Tensor], w_norm: Tensor, r_norm: Tensor,
+               g_norm: Tensor | None) -> Tensor:
+        """ρ = ‖w‖/‖r‖ of every layer, clipped; recorded when telemetry wants this step (and `g_norm` is given)."""
+        rho = self._clip(group, params, safe_trust_ratio(w_norm, w_norm, r_norm))
+        if g_norm is not None:
+            self._record(group, rho, w_norm, g_norm)
+        return rho
+
     def _fusable(self, group: dict[str, Any]) -> bool:
         return True
 
@@ -101,8 +109,7 @@ class LAMB(LayerwiseOptimizer):
         exp_avgs, exp_avg_sqs = self._moments(params)
         w_norm, u_norm, g_norm = fused.lamb_norms(params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, eps,
                                                   decay).unbind(1)
-        rho = self._clip(group, params, safe_trust_ratio(w_norm, w_norm, u_norm * scale))
-        self._record(group, rho, w_norm, g_norm)
+        rho = self._ratio(group, params, w_norm, u_norm * scale, g_norm)
         fused.lamb_apply(params, grads, exp_avgs, exp_avg_sqs, rho * (-group["lr"] * scale), beta1, beta2, eps,
                          decay)
 
@@ -119,8 +126,5 @@ class LAMB(LayerwiseOptimizer):
             torch._foreach_add_(params, direction, alpha=-lr * scale)
             return
         w_norm = stack_norms(params)
-        rho = safe_trust_ratio(w_norm, w_norm, stack_norms(direction) * scale)
-        rho = self._clip(group, params, rho)
-        if g_norm is not None:
-            self._record(group, rho, w_norm, g_norm)
+        rho = self._ratio(group, params, w_norm, stack_norms(direction) * scale, g_norm)
         torch._foreach_addcmul_(params, direction, list((rho * (-lr * scale)).unbind(0)))

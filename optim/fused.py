@@ -46,22 +46,24 @@ def _lars_apply(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], r
         p.sub_(b * lr)
 
 
-def _moments(g: Tensor, m: Tensor, v: Tensor, beta1: float, beta2: float) -> tuple[Tensor, Tensor]:
-    """Adam's moments after this gradient (as eager LAMB forms them: lerp, then β2·v + (1 − β2)·g²)."""
-    return m.lerp(g, 1.0 - beta1), v * beta2 + (1.0 - beta2) * g * g
+def _direction(p: Tensor, g: Tensor, m: Tensor, v: Tensor, beta1: float, beta2: float, eps: Tensor,
+               decay: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(u, m', v'): Adam's moments after this gradient (as eager LAMB forms them: lerp, then β2·v + (1 − β2)·g²)
+    and u = m'/(√v' + eps) + decay·w."""
+    m, v = m.lerp(g, 1.0 - beta1), v * beta2 + (1.0 - beta2) * g * g
+    return m / (v.sqrt() + eps) + decay * p, m, v
 
 
 def _lamb_norms(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                 beta1: float, beta2: float, eps: Tensor, decay: Tensor) -> Tensor:
-    """(n, 3): per tensor ‖w‖, ‖u‖ and ‖g‖, u = m/(√v + eps) + decay·w from this step's moments; writes nothing.
+    """(n, 3): per tensor ‖w‖, ‖u‖ and ‖g‖ (`_direction`); writes nothing.
 
     Pure on purpose: a compile that fails in `lamb_apply` leaves every moment as it was, so the step can be
     taken eagerly instead. Costs re-reading g, m and v in the second pass (vs storing the moments here).
     """
     rows = []
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-        m, v = _moments(g, m, v, beta1, beta2)
-        u = m / (v.sqrt() + eps) + decay * p
+        u, _, _ = _direction(p, g, m, v, beta1, beta2, eps, decay)
         rows.append(torch.stack([p.square().sum(), u.square().sum(), g.square().sum()]))
     return torch.stack(rows).sqrt()
 
@@ -70,8 +72,8 @@ def _lamb_apply(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
                 coeff: Tensor, beta1: float, beta2: float, eps: Tensor, decay: Tensor) -> None:
     """Store the moments and w ← w + coeff·u per tensor (coeff = −lr·scale·ρ), u as in `_lamb_norms`."""
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        m_new, v_new = _moments(g, m, v, beta1, beta2)
-        p.add_((m_new / (v_new.sqrt() + eps) + decay * p) * coeff[i])
+        u, m_new, v_new = _direction(p, g, m, v, beta1, beta2, eps, decay)
+        p.add_(u * coeff[i])
         m.copy_(m_new)
         v.copy_(v_new)
 

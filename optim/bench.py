@@ -135,6 +135,25 @@ def _variants(label: str, named: list, params: list, sample_norms: list,
     return variants
 
 
+def _round(label: str, baselines: dict[str, Callable[[], None]], variants: dict[str, Callable[[], None]],
+           steps: int, now: Callable[[], float], samples: dict[str, Any]) -> None:
+    """One round of `label`: SGD and Adam in turn, then each phase's telemetry off/on pair; ratios within it."""
+    base = dict(zip(("sgd", "adam"), _alternating_ms(baselines["sgd"], baselines["adam"], steps, now)))
+    own = {}
+    for suffix in PHASES:
+        off, on = label + suffix, label + suffix + "+telemetry"
+        own[off], own[on] = _alternating_ms(variants[off], variants[on], steps, now)
+    for key, ms in own.items():
+        samples.setdefault(key, []).append(ms)
+        for b, b_ms in base.items():
+            samples.setdefault(f"{key}/{b}", []).append(ms / b_ms)
+    for suffix in PHASES:
+        samples.setdefault(label + suffix + "/telemetry", []).append(
+            own[label + suffix + "+telemetry"] / own[label + suffix])
+    for b, b_ms in base.items():
+        samples[b].append(b_ms)
+
+
 def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "float32",
         only: list[str] | None = None) -> dict[str, Any]:
     """Per-round samples: ms/step of each optimizer in each of `PHASES` (telemetry off, and on as `+telemetry`)
@@ -147,7 +166,10 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
     random size (a new memory layout, as in Stabilizer's layout randomisation): one instance of the same fused
     kernel stepped in 11.9 ms and another in 13.5 ms in one run, and a run whose layout was slow moved every
     fused median ~9% from the next run's. (A new layout every round measured worse: fused medians up to 6.8%
-    apart over three runs, against 23 of 26 ratios within 1% with 5.)
+    apart over three runs, against 23 of 26 ratios within 1% with 5.) The builds run in blocks, each block every
+    configuration in turn, so each configuration's rounds spread over the whole run: measured one configuration
+    after another, a disturbance of one stretch of the run fell on one configuration's rounds only (LAMBC/Adam
+    fused 0.637 in one run, 0.587 and 0.593 in the next two).
     """
     dev = torch.device(device)
     model = torchvision.models.resnet18().to(dev, getattr(torch, dtype))
@@ -157,33 +179,20 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
     adapted = sum(p.numel() for p in model.parameters() if p.ndim > 1)  # the trust-ratio group (exclude_1d)
     samples: dict[str, Any] = {"sgd": [], "adam": [], "long run from step": fuse_step(adapted), "first step s": {}}
     shifts = random.Random(0)
-    for label in CONFIGS:
-        if only and label not in only:
-            continue
-        for round_ in range(rounds):
-            if round_ % -(-rounds // min(BUILDS, rounds)) == 0:
-                # new weights, gradients and optimizers, behind a pad of random size: another memory layout
-                pad = torch.empty(shifts.randrange(1, 1 << 14) * 64, dtype=torch.uint8, device=dev)
-                named = [(n, _with_grad(p, g)) for (n, p), g in zip(model.named_parameters(), grads)]
-                params = [p for _, p in named]
-                sample_norms = [torch.rand((), device=dev, dtype=p.dtype) + 0.5 for p in params]
-                baselines = _baselines(params)
-                variants = _variants(label, named, params, sample_norms, samples["first step s"])
-                del pad
-            base = dict(zip(("sgd", "adam"), _alternating_ms(baselines["sgd"], baselines["adam"], steps, now)))
-            own = {}
-            for suffix in PHASES:
-                off, on = label + suffix, label + suffix + "+telemetry"
-                own[off], own[on] = _alternating_ms(variants[off], variants[on], steps, now)
-            for key, ms in own.items():
-                samples.setdefault(key, []).append(ms)
-                for b, b_ms in base.items():
-                    samples.setdefault(f"{key}/{b}", []).append(ms / b_ms)
-            for suffix in PHASES:
-                samples.setdefault(label + suffix + "/telemetry", []).append(
-                    own[label + suffix + "+telemetry"] / own[label + suffix])
-            for b, b_ms in base.items():
-                samples[b].append(b_ms)
+    labels = [label for label in CONFIGS if not only or label in only]
+    per_build = -(-rounds // min(BUILDS, rounds))
+    for first_round in range(0, rounds, per_build):  # a block: every configuration on a fresh layout, in turn
+        for label in labels:
+            # new weights, gradients and optimizers, behind a pad of random size: another memory layout
+            pad = torch.empty(shifts.randrange(1, 1 << 14) * 64, dtype=torch.uint8, device=dev)
+            named = [(n, _with_grad(p, g)) for (n, p), g in zip(model.named_parameters(), grads)]
+            params = [p for _, p in named]
+            sample_norms = [torch.rand((), device=dev, dtype=p.dtype) + 0.5 for p in params]
+            baselines = _baselines(params)
+            variants = _variants(label, named, params, sample_norms, samples["first step s"])
+            del pad
+            for _ in range(min(per_build, rounds - first_round)):
+                _round(label, baselines, variants, steps, now, samples)
     return samples
 
 

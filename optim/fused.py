@@ -97,5 +97,8 @@ def compiling() -> Iterator[None]:
 
 
 def scalar(value: float, like: Tensor) -> Tensor:
-    """A per-step value as a 0-dim tensor on `like`'s device and dtype (no recompile when it changes)."""
-    return torch.tensor(value, dtype=like.dtype, device=like.device)
+    """A per-step value as a 0-dim tensor on `like`'s device and dtype (no recompile when it changes).
+
+    `torch.full` fills on the device, where `torch.tensor` would copy the value from host memory: on CUDA a
+    blocking copy, a host sync in every step (`tests/test_cuda.py` checks a step makes none)."""
+    return torch.full((), value, dtype=like.dtype, device=like.device)

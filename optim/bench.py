@@ -7,7 +7,7 @@ Each optimizer is timed twice, with the product's defaults: as at a run's start 
 CPU, `optim.layerwise.fuse_step`); the one-off compile is timed and printed, not counted in ms/step.
 
     python -m optim.bench [--device cpu|cuda] [--rounds 15] [--steps 5] [--dtype float32] [--threads 1]
-                          [--only lars lamb ...]
+                          [--only lars lamb ...] [--fused default|true|false]
 
 On the CPU the steps run on one thread and are timed by that thread's own CPU time (`time.thread_time`),
 so another process taking the core is not counted: on the 2-core CI machine, wall-clock medians of
@@ -88,10 +88,10 @@ def _alternating_ms(a: Callable[[], None], b: Callable[[], None], steps: int,
 
 
 def _stepper(name: str, hp: dict, named: list, params: list, sample_norms: list, telemetry: bool,
-             long_run: bool) -> Callable[[], None]:
+             long_run: bool, fused: bool | None = None) -> Callable[[], None]:
     """A closure doing one optimizer step of a run at its start, or (`long_run`) at the step where each group's
-    default fuses (CLARS gets its per-sample norms; telemetry collected every 50)."""
-    opt = build_optimizer(name, named, **hp)
+    default fuses, with `fused` set when given (CLARS gets its per-sample norms; telemetry collected every 50)."""
+    opt = build_optimizer(name, named, **hp, **({"fused": fused} if long_run and fused is not None else {}))
     assert isinstance(opt, LayerwiseOptimizer)
     for group in opt.param_groups:
         group["step"] = fuse_step(sum(p.numel() for p in group["params"])) if long_run else 0
@@ -120,15 +120,15 @@ def _with_grad(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return copy
 
 
-def _variants(label: str, named: list, params: list, sample_norms: list,
-              first_step_s: dict[str, float]) -> dict[str, Callable[[], None]]:
+def _variants(label: str, named: list, params: list, sample_norms: list, first_step_s: dict[str, float],
+              fused: bool | None = None) -> dict[str, Callable[[], None]]:
     """Fresh steppers of one configuration in every phase, telemetry off and on; each one's first step timed."""
     name, hp = CONFIGS[label]
     variants = {}
     for suffix in PHASES:
         for telemetry in (False, True):
             key = label + suffix + ("+telemetry" if telemetry else "")
-            variants[key] = _stepper(name, hp, named, params, sample_norms, telemetry, suffix == "@long")
+            variants[key] = _stepper(name, hp, named, params, sample_norms, telemetry, suffix == "@long", fused)
             began = time.perf_counter()
             variants[key]()  # the first step: the one-off compile where the step is fused
             first_step_s.setdefault(key, time.perf_counter() - began)
@@ -155,10 +155,10 @@ def _round(label: str, baselines: dict[str, Callable[[], None]], variants: dict[
 
 
 def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "float32",
-        only: list[str] | None = None) -> dict[str, Any]:
+        only: list[str] | None = None, fused: bool | None = None) -> dict[str, Any]:
     """Per-round samples: ms/step of each optimizer in each of `PHASES` (telemetry off, and on as `+telemetry`)
     and of the baselines, per-round ratios `key/sgd`, `key/adam`, `label/telemetry`; `first step s`: each
-    stepper's first (untimed) step, in seconds.
+    stepper's first (untimed) step, in seconds. `fused` (None: the default) is set on the long-run phase only.
 
     Each round times SGD and Adam, then each phase's telemetry off/on pair, every pair stepped in turn (so every
     step timed follows another optimizer's); a ratio is taken within a round, so drift between rounds cancels.
@@ -177,7 +177,8 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
     grads = [torch.randn(p.shape, generator=gen, device=dev, dtype=p.dtype) * 1e-2 for p in model.parameters()]
     now = _clock(dev)
     adapted = sum(p.numel() for p in model.parameters() if p.ndim > 1)  # the trust-ratio group (exclude_1d)
-    samples: dict[str, Any] = {"sgd": [], "adam": [], "long run from step": fuse_step(adapted), "first step s": {}}
+    samples: dict[str, Any] = {"sgd": [], "adam": [], "long run from step": fuse_step(adapted), "first step s": {},
+                               "long run fused": fused}
     shifts = random.Random(0)
     labels = [label for label in CONFIGS if not only or label in only]
     per_build = -(-rounds // min(BUILDS, rounds))
@@ -189,7 +190,7 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
             params = [p for _, p in named]
             sample_norms = [torch.rand((), device=dev, dtype=p.dtype) + 0.5 for p in params]
             baselines = _baselines(params)
-            variants = _variants(label, named, params, sample_norms, samples["first step s"])
+            variants = _variants(label, named, params, sample_norms, samples["first step s"], fused)
             del pad
             for _ in range(min(per_build, rounds - first_round)):
                 _round(label, baselines, variants, steps, now, samples)
@@ -213,8 +214,10 @@ def report(samples: dict[str, Any]) -> str:
     labels = [c + suffix for c in CONFIGS if c in samples for suffix in PHASES]
     lines = [f"{BASELINES[b]}: {statistics.median(samples[b]):.2f} ms/step" for b in BASELINES]
     first = samples.get("first step s", {})
-    lines.append(f"@long: a long run's step, from step {samples['long run from step']} (where fused=None fuses "
-                 f"on the CPU); without: a run's first steps (eager)")
+    forced = samples.get("long run fused")
+    how = "where fused=None fuses on the CPU" if forced is None else f"with fused={forced}"
+    lines.append(f"@long: a long run's step, from step {samples['long run from step']} ({how}); without: a run's "
+                 f"first steps (eager)")
     lines.append("first step (s; compiles where fused): "
                  + ", ".join(f"{k} {v:.2f}" for k, v in first.items() if not k.endswith("+telemetry")))
     lines += ["", f"{'optimizer':30s} {'ms/step':>8s} {'vs SGD-m [IQR]':>22s} {'vs Adam [IQR]':>22s} "
@@ -243,11 +246,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: timed by the thread's own CPU time)")
     parser.add_argument("--only", nargs="*", choices=list(CONFIGS), help="measure only these configurations")
+    parser.add_argument("--fused", choices=("default", "true", "false"), default="default",
+                        help="the long run's `fused` (default: the product's, None: on CUDA it stays eager; "
+                             "true: the compiled passes, Triton on CUDA)")
     args = parser.parse_args()
     allocator = "glibc, freed memory kept" if keep_freed_memory() else "default allocator"
     torch.set_num_threads(args.threads)
     clock = "thread CPU time" if _clock(torch.device(args.device)) is time.thread_time else "wall time"
-    samples = run(args.device, args.rounds, args.steps, args.dtype, args.only)
+    fused = {"default": None, "true": True, "false": False}[args.fused]
+    samples = run(args.device, args.rounds, args.steps, args.dtype, args.only, fused)
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} clock={clock} "
           f"allocator={allocator} params=ResNet-18 ({sum(p.numel() for p in torchvision.models.resnet18().parameters()):,})")
     print(report(samples))

@@ -22,6 +22,18 @@ def test_bench_reports_ratios_and_targets():
     assert "tvlars" not in text and "over 2 rounds" in text and "first step (s; compiles where fused): lars " in text
 
 
+def test_bench_long_run_takes_the_fused_flag():
+    """`--fused false`: the long-run phase steps eagerly (Dynamo compiles nothing), and the report says so."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    samples = run(rounds=1, steps=1, only=["lars"], fused=False)
+    assert counters["stats"]["unique_graphs"] == 0
+    assert "from step 857 (with fused=False)" in report(samples)
+
+
 def test_spread_and_verdicts():
     """Median and inclusive quartiles; a target is met only when the whole IQR meets it."""
     from optim.bench import _verdict, spread

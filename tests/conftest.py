@@ -30,10 +30,11 @@ def batch(n: int = 16, dtype: torch.dtype = torch.float64, seed: int = 1) -> tup
 
 def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, before_step: Callable[[int], None] | None = None,
           dtype: torch.dtype = torch.float64) -> list[float]:
-    """Run `steps` full-batch steps on fixed data (a new batch per step); returns the losses."""
-    losses = []
+    """Run `steps` full-batch steps on fixed data (a new batch per step, on the model's device); returns the
+    losses."""
+    losses, device = [], next(model.parameters()).device
     for i in range(steps):
-        x, y = batch(dtype=dtype, seed=i)
+        x, y = (t.to(device) for t in batch(dtype=dtype, seed=i))
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()

@@ -4,44 +4,49 @@ Skipped without CUDA (CI never has a GPU); `.ci/gpu` runs them on a lent GPU mac
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
-from torch import nn
 
-from conftest import batch, max_rel_err, small_convnet
-from optim import build_optimizer, per_sample_grad_norms
-from test_telemetry_and_state import CONFIGS
+from conftest import max_rel_err, small_convnet, train
+from test_telemetry_and_state import CONFIGS, clars_hook, make
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 
 LAYERWISE = [k for k in CONFIGS if k not in ("sgd", "adam")]
-STEPS = 6
 
 
-def trained(label: str, device: str, fused: bool, steps: int = STEPS, sync_check_from: int | None = None):
-    """A float64 conv net after `steps` steps of `label` on `device`; from step `sync_check_from` on, every
-    `opt.step()` runs with CUDA's sync debug mode set to raise, telemetry on."""
+def built(label: str, device: str, fused: bool):
+    """A float64 conv net on `device` and its `label` optimizer, `fused` set."""
     model = small_convnet().to(device)
-    opt = build_optimizer(label.split("_")[0], list(model.named_parameters()), fused=fused, **CONFIGS[label])
-    recorder = opt.enable_telemetry() if sync_check_from is not None else None
-    for i in range(steps):
-        x, y = (t.to(device) for t in batch(seed=i))
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        if label == "clars":
-            opt.set_per_sample_grad_norms(model.parameters(),
-                                          per_sample_grad_norms(model, nn.functional.cross_entropy, x, y))
-        checking = sync_check_from is not None and i >= sync_check_from
-        if checking:
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            opt.step()
-        finally:
-            if checking:
-                torch.cuda.set_sync_debug_mode(0)
-    if recorder is not None:
-        assert len(recorder.collect().steps) == steps
+    opt = make(label, model)
+    for group in opt.param_groups:
+        group["fused"] = fused
+    return model, opt
+
+
+def trained(label: str, device: str, fused: bool):
+    """The conv net after 6 steps of `label` on `device`."""
+    model, opt = built(label, device, fused)
+    train(model, opt, 6, clars_hook(model, opt))
     return model
+
+
+def raise_on_syncs(opt: torch.optim.Optimizer, from_step: int) -> None:
+    """From its `from_step`-th call on, `opt.step()` runs with CUDA's sync debug mode set to raise."""
+    step, calls = opt.step, itertools.count()
+
+    def checked():
+        if next(calls) < from_step:
+            return step()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+    opt.step = checked
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "fused"])
@@ -57,4 +62,8 @@ def test_cuda_step_matches_the_cpu(label, fused):
 def test_cuda_step_never_waits_for_the_gpu(label, fused):
     """No step (φ(t), clipping, the adaptive clip's statistics, telemetry, the fused passes' per-step values)
     copies to or from the host or synchronises: sync debug mode raises on any, from the step after compiling."""
-    trained(label, "cuda", fused=fused, steps=4, sync_check_from=1)
+    model, opt = built(label, "cuda", fused)
+    recorder = opt.enable_telemetry(every=1)
+    raise_on_syncs(opt, from_step=1)
+    train(model, opt, 4, clars_hook(model, opt))
+    assert len(recorder.collect().steps) == 4

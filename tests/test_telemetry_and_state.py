@@ -34,7 +34,7 @@ def make(label: str, model: nn.Module):
 def clars_hook(model, opt):
     def before_step(i: int) -> None:
         if type(opt).__name__ == "CLARS":
-            x, y = batch(seed=i)
+            x, y = (t.to(next(model.parameters()).device) for t in batch(seed=i))
             opt.set_per_sample_grad_norms(model.parameters(),
                                           per_sample_grad_norms(model, nn.functional.cross_entropy, x, y))
     return before_step

@@ -20,10 +20,7 @@ LAYERWISE = [k for k in CONFIGS if k not in ("sgd", "adam")]
 def built(label: str, device: str, fused: bool):
     """A float64 conv net on `device` and its `label` optimizer, `fused` set."""
     model = small_convnet().to(device)
-    opt = make(label, model)
-    for group in opt.param_groups:
-        group["fused"] = fused
-    return model, opt
+    return model, make(label, model, fused=fused)
 
 
 def trained(label: str, device: str, fused: bool):

@@ -38,9 +38,7 @@ def test_fused_matches_timm(name):
 def test_fused_matches_eager_with_its_telemetry(label):
     """Every variant (φ(t), LARC's clip, CLARS' norms, adaptive clipping): fused and eager agree, telemetry too."""
     eager, fused = small_convnet(), small_convnet()
-    opt_eager, opt_fused = make(label, eager), make(label, fused)
-    for group in opt_fused.param_groups:
-        group["fused"] = True
+    opt_eager, opt_fused = make(label, eager), make(label, fused, fused=True)
     rows_eager, rows_fused = opt_eager.enable_telemetry(every=1), opt_fused.enable_telemetry(every=1)
     train(eager, opt_eager, 6, clars_hook(eager, opt_eager))
     train(fused, opt_fused, 6, clars_hook(fused, opt_fused))

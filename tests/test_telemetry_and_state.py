@@ -26,9 +26,9 @@ CONFIGS = {
 }
 
 
-def make(label: str, model: nn.Module):
+def make(label: str, model: nn.Module, **extra):
     name = label.split("_")[0]
-    return build_optimizer(name, list(model.named_parameters()), **CONFIGS[label])
+    return build_optimizer(name, list(model.named_parameters()), **CONFIGS[label], **extra)
 
 
 def clars_hook(model, opt):

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import psutil
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from study.clock import process_started
 from study.plan import StudyPlan, from_tune
 from study.storage import Location
 from trainables.launch import LOOPS, build_trainer
@@ -49,7 +49,7 @@ def _new_actor_start() -> dict[str, float]:
     actor is up, after its process start and imports, so the recorder counts those from here."""
     global _trials_in_this_process
     _trials_in_this_process += 1
-    return {ACTOR_STARTED_KEY: psutil.Process().create_time()} if _trials_in_this_process == 1 else {}
+    return {ACTOR_STARTED_KEY: process_started()} if _trials_in_this_process == 1 else {}
 
 
 def in_actor(plan: StudyPlan) -> bool:

@@ -124,7 +124,7 @@ def test_two_ddp_workers_see_the_training_split_once_per_epoch_between_them(tmp_
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from trainables.launch import init_local_ray
+    from trainables.local_ray import init_local_ray
 
     catalog = build_catalog("imagefolder", str(shards), 32)
     trial = {"dataset": "imagefolder", "data_dir": str(shards), "lr": 1.0, "batch_size": 16, "val_size": 16,

@@ -30,7 +30,7 @@ from clusters import CLUSTER_MARKER, stop_cluster
 from study.optuna_store import JOURNAL_FILE, ORPHAN_ATTR, TRIAL_NAME_ATTR
 from subprocs import assert_succeeds, describe, free_port, run_logged, signal_session, start_logged
 from tampering import tamper
-from trainables.launch import with_quoted_interpreter
+from trainables.local_ray import with_quoted_interpreter
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3

@@ -14,7 +14,8 @@ import ray
 
 from trainables.data import DataError
 from trainables.environment import WORKER_ENV, worker_env
-from trainables.launch import fit, init_local_ray
+from trainables.launch import fit
+from trainables.local_ray import init_local_ray
 from trainables.epochs import FAULT_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

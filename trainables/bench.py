@@ -430,7 +430,7 @@ def tune_trial(cfg: dict, use_gpu: bool) -> list[dict]:
     """One trial run as a study runs a one-worker trial: the loop inside its Tune actor; its epoch history."""
     from ray import tune
 
-    from trainables.launch import init_local_ray, local_cpu_slots
+    from trainables.local_ray import init_local_ray, local_cpu_slots
     from trainables.session import TuneSession
 
     def one_worker_trial(config: dict) -> None:  # reports go through the session; Tune takes no return value

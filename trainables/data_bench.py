@@ -336,10 +336,10 @@ def local_ray(workers: int) -> None:
     """A local Ray of `workers` + 1 CPUs for this benchmark (started once), its workers at nice 0."""
     import ray
 
-    from trainables.launch import WORKER_NICENESS_ENV, with_quoted_interpreter
+    from trainables.local_ray import WORKER_NICENESS_ENV, with_quoted_interpreter
 
     if not ray.is_initialized():
-        os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as the study's local Ray (trainables.launch)
+        os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # as the study's local Ray (trainables.local_ray)
         ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, runtime_env=with_quoted_interpreter(None))
 

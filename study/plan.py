@@ -216,3 +216,8 @@ TRIAL_FIELDS = SETTING_NAMES
 
 def _hyperparameter_of(key: str, optimizer: str | None) -> bool:
     return optimizer in OPTIMIZERS and key in trial_hparams(optimizer)
+
+
+def in_actor(plan: StudyPlan) -> bool:
+    """Whether trials train inside their Tune actor (one worker) rather than as a Ray Train job."""
+    return plan.space.workers == 1

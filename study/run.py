@@ -21,7 +21,7 @@ from pathlib import Path
 
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes, smallest_store
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line
-from study.plan import StudyPlan, check_variants, make_plan, parse_sets
+from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_sets
 from study.record import StudyRecord
 from study.storage import Location
 from trainables.config import TrialConfig
@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "experiments' studies of the same optimizer (default: this study's experiment, where it holds "
                         "two batch sizes or more; 'none': start from nothing)")
     p.add_argument("--max-failures", type=int, default=1, help="worker-crash retries per trial (default 1)")
+    p.add_argument("--ray-dashboard", action="store_true",
+                   help="start the local Ray with its dashboard (default: only for multi-worker trials, whose Ray "
+                        "Train runs need its State API; it costs ~1 s of the study's start)")
     p.add_argument("--wait-for-resources", action="store_true",
                    help="skip the check that the cluster can place one trial (autoscaling clusters)")
     return p.parse_args(argv)
@@ -135,22 +138,36 @@ def check_storage_reaches_nodes(storage: Location, shared: bool) -> None:
                          f"if {storage} is on a filesystem every node mounts")
 
 
-def start_local_ray(plan: StudyPlan) -> None:
-    from trainables.launch import init_local_ray, local_cpu_slots
+def start_local_ray(plan: StudyPlan, dashboard: bool) -> None:
+    """The local Ray, with its dashboard when asked or when Ray Train runs the trials (`in_actor`)."""
+    from trainables.local_ray import init_local_ray, local_cpu_slots
 
     slots = local_cpu_slots(plan.space.workers * plan.concurrency, plan.space.cpus_per_worker)
     cache = os.environ.get("LAYERWISE_CACHE")
     try:
-        init_local_ray(slots, runtime_env={"env_vars": {"LAYERWISE_CACHE": cache}} if cache else None)
+        init_local_ray(slots, dashboard=dashboard or not in_actor(plan),
+                       runtime_env={"env_vars": {"LAYERWISE_CACHE": cache}} if cache else None)
     except Exception as err:
         raise PlatformError(f"could not start a local Ray: {one_line(err)}") from err
 
 
+def import_driver_modules() -> None:
+    """What the study's driver runs once Ray is up: MLflow (with SQLAlchemy and Alembic), Tune, Optuna, the
+    recorder and the summary (~2.5 s of imports here, on the way to the first trial)."""
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+    import study.summary  # noqa: F401
+    import study.tracking  # noqa: F401
+    import study.tuner  # noqa: F401
+
+
 def open_store_beside_ray(tracking_uri: str, ray_failed: threading.Event) -> Path | None:
-    """Open a SQLite MLflow store — creating its tables: ~1.2 s of Alembic migrations here — unless Ray has failed
-    already; returns the database file when this created it."""
+    """Import the driver's modules, then open a SQLite MLflow store — creating its tables: ~1.2 s of Alembic
+    migrations here — unless Ray has failed already; returns the database file when this created it."""
     from study.mlflow_store import check_tracking_uri, sqlite_file
 
+    import_driver_modules()
     database = sqlite_file(tracking_uri)
     if ray_failed.is_set() or database is None:
         return None
@@ -167,25 +184,26 @@ def open_store_beside_ray(tracking_uri: str, ray_failed: threading.Event) -> Pat
     return database if created else None
 
 
-def start_local_ray_beside(plan: StudyPlan, tracking_uri: str) -> None:
-    """Start the local Ray while another thread opens the study's MLflow store (`open_store_beside_ray`); a Ray
-    that cannot start leaves no database it created.
+def start_local_ray_beside(plan: StudyPlan, tracking_uri: str, dashboard: bool) -> None:
+    """Start the local Ray while another thread imports the driver's modules and opens the study's MLflow store
+    (`open_store_beside_ray`); a Ray that cannot start leaves no database it created.
 
-    MLflow's modules are imported first, here: two threads importing modules that import each other can meet a
-    partly initialised one (CI: `study.tuner` imported in that thread beside `trainables.launch` gave "cannot
-    import name '_CheckpointManager' from partially initialized module 'ray.train._internal.checkpoint_manager'";
-    MLflow and Ray's start share OpenTelemetry's modules), so the thread only runs SQL and Alembic's scripts."""
+    Ray starts in this (the main) thread: it asks the kernel to kill its daemons when the thread that started them
+    ends (`PR_SET_PDEATHSIG`). Everything the start imports is imported before the other thread begins
+    (`import_ray_start`), so the start imports nothing beside it: two threads importing modules that import each
+    other can meet a partly initialised one (CI, before: `study.tuner` imported in that thread beside
+    `trainables.launch` gave "cannot import name '_CheckpointManager' from partially initialized module
+    'ray.train._internal.checkpoint_manager'")."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (MLflow, SQLAlchemy, Alembic: ~2 s)
-    from mlflow.tracking import MlflowClient  # noqa: F401
-    import trainables.launch  # noqa: F401  (Ray Train, imported by the Ray start below)
+    from trainables.local_ray import import_ray_start
 
+    import_ray_start()
     ray_failed = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         opened = pool.submit(open_store_beside_ray, tracking_uri, ray_failed)
         try:
-            start_local_ray(plan)
+            start_local_ray(plan, dashboard)
         except PlatformError:
             ray_failed.set()
             with contextlib.suppress(Exception):  # Ray's error is the one to report
@@ -420,7 +438,7 @@ def _checked_run(args: argparse.Namespace, clock) -> int:
         return fail(INPUT_ERROR, str(err))
     try:
         if not args.address:
-            start_local_ray_beside(plan, record.tracking_uri)
+            start_local_ray_beside(plan, record.tracking_uri, args.ray_dashboard)
         return run(args, plan, record, data, transfer, clock)
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))

@@ -12,7 +12,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from study.clock import process_started
-from study.plan import StudyPlan, from_tune
+from study.plan import StudyPlan, from_tune, in_actor
 from study.storage import Location
 from trainables.launch import LOOPS, build_trainer
 from trainables.session import ACTOR_STARTED_KEY, TuneSession
@@ -50,8 +50,3 @@ def _new_actor_start() -> dict[str, float]:
     global _trials_in_this_process
     _trials_in_this_process += 1
     return {ACTOR_STARTED_KEY: process_started()} if _trials_in_this_process == 1 else {}
-
-
-def in_actor(plan: StudyPlan) -> bool:
-    """Whether trials train inside their Tune actor (one worker) rather than as a Ray Train job."""
-    return plan.space.workers == 1

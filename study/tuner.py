@@ -30,10 +30,10 @@ from ray.tune.search.optuna import OptunaSearch
 from study.confirm import TEST_PREFIX, SearchTrial, SeedRounds, stage_of
 from study.console import StudyConsole
 from study.optuna_store import ORPHAN_ATTR, TRANSFER_ATTR, TRIAL_NAME_ATTR, SearchJournal
-from study.plan import StudyPlan, from_tune
+from study.plan import StudyPlan, from_tune, in_actor
 from study.record import StudyRecord
 from study.storage import Location
-from study.trial import FINAL_FILE, in_actor, trial_driver
+from study.trial import FINAL_FILE, trial_driver
 from trainables.records import SEARCH_VARIANT_ATTR, Stage
 
 

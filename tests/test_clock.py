@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import psutil
-
 from study.clock import StudyClock, process_started
 
 FIRST_STATEMENT = ("import time; first = time.time(); import json, psutil; from study.clock import process_started; "

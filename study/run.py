@@ -324,26 +324,39 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
                                  tracking_uri=tracking_uri, experiment=args.experiment or args.space)
 
 
-def plan_transfer(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord):
-    """The batch-size transfer for a new study (`study.transfer`), or None; TransferError (an InputError's kind:
-    a ValueError) for a `--transfer-from` that gives no fit."""
-    from study.mlflow_store import check_tracking_uri, sqlite_file
-
-    if args.resume:
+def named_transfer(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord):
+    """The batch-size transfer (`study.transfer`) from the `--transfer-from` experiments, checked before anything
+    starts: TransferError (an InputError's kind: a ValueError) for one that gives no fit; None without the flag."""
+    if args.resume or not args.transfer_from:
         return None
-    named = [name for name in (args.transfer_from or "").split(",") if name]
-    database = sqlite_file(record.tracking_uri)
-    if not named and database is not None and not database.exists():  # the default source: no store, no earlier study
-        return None
+    from study.mlflow_store import check_tracking_uri
     from study.transfer import NO_TRANSFER, plan_transfer as fit_transfer  # MLflow, SciPy: only with a store to read
 
     if args.transfer_from == NO_TRANSFER:
         return None
-    return fit_transfer(check_tracking_uri(record.tracking_uri), named or [record.experiment], plan, bool(named))
+    named = [name for name in args.transfer_from.split(",") if name]
+    return fit_transfer(check_tracking_uri(record.tracking_uri), named, plan, explicit=True)
+
+
+def may_transfer_by_default(args: argparse.Namespace, record: StudyRecord) -> bool:
+    """Whether a new study without `--transfer-from` looks for earlier batch sizes in its own experiment: not in
+    a SQLite store that does not exist yet."""
+    from study.mlflow_store import sqlite_file
+
+    database = sqlite_file(record.tracking_uri)
+    return not args.resume and not args.transfer_from and (database is None or database.exists())
+
+
+def default_transfer(client, plan: StudyPlan, record: StudyRecord):
+    """The transfer from the study's own experiment, where it holds two batch sizes or more of the optimizer, else
+    None. It never rejects an input, so it is read once the store is open (its MLflow import beside Ray's start)."""
+    from study.transfer import plan_transfer as fit_transfer
+
+    return fit_transfer(client, [record.experiment], plan, explicit=False)
 
 
 def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Dataset | Catalog,
-        transfer=None, clock=None) -> int:
+        transfer=None, clock=None, transfer_by_default: bool = False) -> int:
     from study.mlflow_store import check_tracking_uri, experiment_id, start_parent_run
     from study.tracking import StudyRecorder
     from study.clock import StudyClock
@@ -353,6 +366,8 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     started = time.time()
     data_ref = place_data(plan, data)  # before anything is recorded: a dataset that fails to decode is bad input
     client = check_tracking_uri(record.tracking_uri)
+    if transfer_by_default:
+        transfer = default_transfer(client, plan, record)
     exp_id = experiment_id(client, record.experiment, record.artifact_root)
     record.parent_run_id = start_parent_run(
         client, exp_id, str(record.study_dir), plan.space.describe() | {"overrides": plan.overrides},
@@ -429,7 +444,8 @@ def _checked_run(args: argparse.Namespace, clock) -> int:
         if args.address:
             join_cluster(args.address)
             check_storage_reaches_nodes(record.storage, args.shared_storage)
-        transfer = plan_transfer(args, plan, record)
+        transfer = named_transfer(args, plan, record)
+        by_default = may_transfer_by_default(args, record)  # before this study's own Ray start creates the store
         fit_to_cluster(plan, args.address, args.wait_for_resources)
         data = obtain_data(plan, args.data_url)
     except PlatformError as err:
@@ -439,7 +455,7 @@ def _checked_run(args: argparse.Namespace, clock) -> int:
     try:
         if not args.address:
             start_local_ray_beside(plan, record.tracking_uri, args.ray_dashboard)
-        return run(args, plan, record, data, transfer, clock)
+        return run(args, plan, record, data, transfer, clock, by_default)
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))
     except InputError as err:  # found once Ray is up (the dataset larger than its object store)

@@ -114,8 +114,9 @@ def test_the_command_line_rejects_an_unknown_source_before_the_study_starts(tmp_
 
 
 def test_a_study_starts_its_search_from_the_transfer_and_reports_it(tmp_path, cifar10_dir, data_cache):
-    """A real (tiny) batch-1,024 study of `transfer_lars` seeded from earlier studies at 128/256/512: its first
-    three search trials are the prediction and the interval's ends, as the Optuna study, the MLflow runs, the
+    """A real (tiny) batch-1,024 study of `transfer_lars` seeded from earlier studies at 128/256/512 in its own
+    experiment (the default source, read once the study's Ray is starting; `--transfer-from` names others): its
+    first three search trials are the prediction and the interval's ends, as the Optuna study, the MLflow runs, the
     parent run and the report all record them."""
     import json
     import os
@@ -128,14 +129,14 @@ def test_a_study_starts_its_search_from_the_transfer_and_reports_it(tmp_path, ci
     storage = tmp_path / "results"
     client = store(storage, (128, 256, 512))
     cmd = [sys.executable, "-m", "study.run", "--space", "transfer_lars", "--storage", str(storage), "--data-dir",
-           cifar10_dir, "--transfer-from", "earlier", "--num-samples", "4", "--set", "batch_size=1024",
+           cifar10_dir, "--experiment", "earlier", "--num-samples", "4", "--set", "batch_size=1024",
            "--set", "limit=1300", "--set", "val_size=200", "--set", "test_limit=200", "--set", "epochs=2",
            "--set", "grace_period=1"]
     out = assert_succeeds(cmd, tmp_path / "study.log", cwd=REPO, env={**os.environ, "LAYERWISE_CACHE": data_cache},
                           timeout=600).output
     assert "transfer: lars_warmup lr: 3 earlier optima at batch 128, 256, 512 → lr ∝ B^" in out, out
-    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("transfer_lars").experiment_id])
-                 if "study_path" in r.data.tags]
+    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("earlier").experiment_id])
+                 if "study_path" in r.data.tags and r.info.run_name.startswith("transfer_lars-")]
     recorded = json.loads(Path(client.download_artifacts(parent.info.run_id, "transfer.json", str(tmp_path))).read_text())
     (fit,) = recorded["fits"]
     assert abs(fit["slope"] - SLOPE) <= 0.05 and fit["enqueued"] == pytest.approx([fit["predicted"], fit["low"], fit["high"]])

@@ -27,9 +27,10 @@ def local_cpu_slots(num_workers: int, cpus_per_worker: float = 1.0) -> int:
 
 # What a local Ray's start (`ray.init`) imports on first use, in Ray 2.60 (read with `python -X importtime`): the
 # dashboard's optional dependencies (aiohttp, gRPC's asyncio API, OpenTelemetry's Prometheus exporter), the
-# autoscaler's schema, the uv runtime-env hook, the usage-stats recorder and the NVML bindings; ~0.2 s here. `import_ray_start` loads them
-# first, so that the start itself imports nothing and another thread may import meanwhile: two threads importing
-# modules that import each other can meet a partly initialised one (MLflow shares OpenTelemetry with Ray's start).
+# autoscaler's schema, the uv runtime-env hook, the usage-stats recorder and the NVML bindings; ~0.2 s here.
+# `import_ray_start` loads them first, so that the start itself imports nothing and another thread may import
+# meanwhile: two threads importing modules that import each other can meet a partly initialised one (MLflow shares
+# OpenTelemetry with Ray's start). tests/test_ray_start.py fails, naming the module, when a Ray upgrade adds one.
 RAY_START_MODULES = ("ray.dashboard.optional_deps", "ray.autoscaler.v2.utils",
                      "ray._private.runtime_env.uv_runtime_env_hook", "ray._common.usage.usage_lib",
                      "ray._private.thirdparty.pynvml")

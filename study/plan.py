@@ -124,8 +124,8 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
     overrides = dict(sets)
     if epochs is not None:
         overrides["epochs"] = epochs
-    if seed is not None:
-        overrides["seed"] = seed
+    if seed is not None:  # `--set seed=` / `--set split_seed=` keep theirs: the sampler's seed alone then varies
+        overrides.setdefault("seed", seed)
         overrides.setdefault("split_seed", seed)  # every trial of the study, confirm ones too, holds out the same images
     dataset = {**space.fixed, **overrides}.get("dataset", "cifar10")
     overrides["data_dir"] = overrides.get("data_dir") or data_dir_for(dataset, data_dir)

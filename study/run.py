@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="search trials per variant (default: the space's)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=0,
-                   help="Optuna sampler seed, search trials' seed and validation split (default 0)")
+                   help="Optuna sampler seed, and the search trials' seed and validation split unless --set seed=… / "
+                        "split_seed=… fix those (default 0)")
     p.add_argument("--confirm", type=int, help="best configurations per variant re-run after the search "
                                                "(default: the space's; 0: no confirm stage)")
     p.add_argument("--seeds", type=int, help="fresh seeds per confirmed configuration: the first round (default: the "

@@ -1,6 +1,7 @@
 """`python -m study.transfer_bench`: what the batch-size transfer saves, measured at CPU scale.
 
-Studies of LARS + warm-up (`transfer_lars`) at batch 128, 256 and 512 first; then the batch-1,024 study run
+Studies of LARS + warm-up (`transfer_lars`) at batch 128, 256 and 512 first, without early stopping
+(`SOURCE_SETS`); then the batch-1,024 study run
 `--repeats` times seeded by the transfer from them and as many times unseeded (`--transfer-from none`), in
 rounds (seeded, unseeded with the same seed), each with the same trial budget. A round's seed is its searches'
 (the Optuna sampler's) alone: every study trains with seed `OBJECTIVE_SEED` and holds out the same validation
@@ -31,6 +32,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from reports.collect import find_parents
+from search_spaces.cpu import TRANSFER_LARS
 from study.mlflow_store import default_tracking_uri
 from study.storage import Location
 from trainables.records import PARENT_TAG
@@ -41,6 +43,11 @@ SOURCE_EXPERIMENT, SEEDED, UNSEEDED = "transfer-sources", "transfer-seeded", "tr
 TARGET_MET = 0.5  # seeded / unseeded trial-epochs, met only by the whole interval
 BOOTSTRAP = 10_000
 OBJECTIVE_SEED = 0  # every study's training seed and validation split (the rounds vary the sampler's seed)
+# The sources are searched to the full budget, as finished earlier studies: ASHA's first rung (epoch 2, just after the
+# 1-epoch warm-up) stopped their high learning rates before they overtook (at batch 512, lr 9.47, 4.74 and 2.80
+# stopped at 14–15% val top-1 while 1.73 went on to 26.5%, and a full run of lr 4.37 reached 33.5%), so the fit
+# extrapolated optima biased low: it predicted 1.48 at batch 1,024, where 9.5 reached 29.0% and 1.48 19.0%.
+SOURCE_SETS = (f"grace_period={TRANSFER_LARS.fixed['epochs']}",)
 
 
 @dataclass
@@ -67,12 +74,14 @@ class Search:
         return len(self.vals), False
 
 
-def run_study(storage: Path, experiment: str, batch: int, seed: int, transfer: str, samples: int, log: Path) -> float:
-    """One study of `SPACE` at `batch` (a subprocess, as a user runs it); its wall seconds."""
+def run_study(storage: Path, experiment: str, batch: int, seed: int, transfer: str, samples: int, log: Path,
+              sets: tuple[str, ...] = ()) -> float:
+    """One study of `SPACE` at `batch` (a subprocess, as a user runs it), with `--set` for each of `sets`; its
+    wall seconds."""
     cmd = [sys.executable, "-m", "study.run", "--space", SPACE, "--storage", str(storage), "--experiment", experiment,
            "--set", f"batch_size={batch}", "--set", f"seed={OBJECTIVE_SEED}",
            "--set", f"split_seed={OBJECTIVE_SEED}", "--seed", str(seed), "--transfer-from", transfer,
-           "--num-samples", str(samples)]
+           "--num-samples", str(samples), *(arg for item in sets for arg in ("--set", item))]
     started = time.time()
     with log.open("w") as out:
         code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -159,7 +168,8 @@ def run_all(storage: Path, args: argparse.Namespace) -> None:
     logs = storage / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     for batch in SOURCES[studies_in(storage, SOURCE_EXPERIMENT):]:
-        wall = run_study(storage, SOURCE_EXPERIMENT, batch, 0, "none", args.source_samples, logs / f"source-{batch}.log")
+        wall = run_study(storage, SOURCE_EXPERIMENT, batch, 0, "none", args.source_samples, logs / f"source-{batch}.log",
+                         SOURCE_SETS)
         print(f"source study at batch {batch}: {wall:.0f} s", flush=True)
     for seed in range(1, args.repeats + 1):  # rounds: the machine's drift touches both kinds alike
         for experiment, transfer in ((SEEDED, SOURCE_EXPERIMENT), (UNSEEDED, "none")):

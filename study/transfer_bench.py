@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                            [u.epochs_to(u.final_best - args.within)[0] for u in unseeded], True)
     print(summary, per_round, sep="\n")
     lines = ["# Batch-size transfer at CPU scale: `python -m study.transfer_bench`", "",
-             f"Sources: `{SPACE}` at batch {', '.join(map(str, SOURCES))} ({args.source_samples} search trials each); "
+             f"Sources: `{SPACE}` at batch {', '.join(map(str, SOURCES))} ({args.source_samples} search trials each, "
+             f"`--set {' --set '.join(SOURCE_SETS)}`: no early stopping); "
              f"target batch {TARGET}: {args.repeats} seeded and {args.repeats} unseeded searches of {args.samples} "
              "trials each, in rounds (seeded, then unseeded with the same sampler seed); every study trains with "
              f"seed {OBJECTIVE_SEED} and validates on the same held-out images.", "",

@@ -1,15 +1,14 @@
 """`python -m study.transfer_bench`: what the batch-size transfer saves, measured at CPU scale.
 
 Studies of LARS + warm-up (`transfer_lars`) at batch 128, 256 and 512 first, without early stopping
-(`SOURCE_SETS`); then the batch-1,024 study run
-`--repeats` times seeded by the transfer from them and as many times unseeded (`--transfer-from none`), in
-rounds (seeded, unseeded with the same seed), each with the same trial budget. A round's seed is its searches'
-(the Optuna sampler's) alone: every study trains with seed `OBJECTIVE_SEED` and holds out the same validation
-images (`--set seed=… --set split_seed=…`), so all searches are judged on one objective and the goal below is
-a value each of them could reach. (Letting `--seed` move the training seed and the split too, as the first runs
-did, put 20.5–26.2 between the rounds' final bests: the goal, a mean over those objectives, was out of reach of
-some rounds whatever they searched.) For each 1,024 study: the
-trial-epochs spent, in the order their validation top-1 was reported, until the search's best so far is
+(`SOURCE_SETS`); then the batch-1,024 study run `--repeats` times seeded by the transfer from them and as many
+times unseeded (`--transfer-from none`), in rounds (seeded, unseeded with the same seed), each with the same
+trial budget. A round's seed is its searches' (the Optuna sampler's) alone: every study trains with seed
+`OBJECTIVE_SEED` and holds out the same validation images (`--set seed=… --set split_seed=…`), so all searches
+are judged on one objective and the goal below is a value each of them could reach. (Letting `--seed` move the
+training seed and the split too, as the first runs did, put 19.8–26.2 between the rounds' final bests: the
+goal, a mean over those objectives, was out of reach of some rounds whatever they searched.) For each 1,024
+study: the trial-epochs spent, in the order their validation top-1 was reported, until the search's best so far is
 within `--within` points of the unseeded searches' final best (mean over them); a study that never gets
 there counts all it ran. Prints the seeded/unseeded ratio of those means with a bootstrap interval and
 writes the table (`--out`, markdown). Also, per round: the trial-epochs each of the pair spent to reach
@@ -45,8 +44,8 @@ BOOTSTRAP = 10_000
 OBJECTIVE_SEED = 0  # every study's training seed and validation split (the rounds vary the sampler's seed)
 # The sources are searched to the full budget, as finished earlier studies: ASHA's first rung (epoch 2, just after the
 # 1-epoch warm-up) stopped their high learning rates before they overtook (at batch 512, lr 9.47, 4.74 and 2.80
-# stopped at 14–15% val top-1 while 1.73 went on to 26.5%, and a full run of lr 4.37 reached 33.5%), so the fit
-# extrapolated optima biased low: it predicted 1.48 at batch 1,024, where 9.5 reached 29.0% and 1.48 19.0%.
+# stopped at 14–15% val top-1 while 1.73 went on to 26.5%; run to the end they reach 31.3, 30.3 and 31.6%), so the
+# fit extrapolated optima biased low: it predicted 1.48 at batch 1,024, where 9.5 reached 29.0% and 1.48 19.0%.
 SOURCE_SETS = (f"grace_period={TRANSFER_LARS.fixed['epochs']}",)
 
 

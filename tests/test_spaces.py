@@ -112,6 +112,7 @@ def test_every_variant_is_one_family_with_its_spaces_additions():
 
 
 def test_a_set_seed_fixes_the_trials_while_the_sampler_seed_varies():
-    assert (make_plan("demo", {}, seed=5).shared().seed, make_plan("demo", {}, seed=5).shared().split_seed) == (5, 5)
+    moved = make_plan("demo", {}, seed=5).shared()  # --seed 5 alone
+    assert (moved.seed, moved.split_seed) == (5, 5)
     fixed = make_plan("demo", {"seed": 0, "split_seed": 0}, seed=5).shared()  # --seed 5 --set seed=0 --set split_seed=0
     assert (fixed.seed, fixed.split_seed) == (0, 0)

@@ -13,7 +13,7 @@ Tune actor (what a study runs for `workers=1`; target ≤ 1.05× a bare loop's t
 Train `TorchTrainer` run (what a study runs for `workers>1`; here with one worker, to compare like with
 like; target ≤ 1.10×), each with its wall time split into training, the loop's setup and the rest.
 All sides train the same model on the same data with the same optimizer, schedule, batch and tensor
-augmentation; the bare loop has no Ray, no telemetry, no metrics, no checkpoints, and runs in a fresh
+augmentation; the bare loop has no Ray (none is up while it runs), no telemetry, no metrics, no checkpoints, and runs in a fresh
 process twice: with malloc's defaults (what a user's script gets) and with the settings every trial has
 (`optim.allocator` and `MALLOC_ARENA_MAX`: the platform's own cost, like for like). Training images/s is the median over epochs
 after the first (which includes one-off warm-up); the sides run in rounds, in reverse order every other
@@ -243,7 +243,7 @@ def trial_lines(cfg: dict, device: str, rounds: int, torch_trainer_too: bool = T
     if torch_trainer_too:
         paths[TORCH_TRAINER_PATH] = timed(torch_trainer)
     measured: dict[str, list] = {name: [] for name in [*bare_loops, *paths]}
-    runners = {**bare_loops, **paths}
+    runners = {name: beside_its_ray(RAY_BESIDE[name], run) for name, run in {**bare_loops, **paths}.items()}
     for round_ in range(rounds):  # every side alternately earlier and later, so load drift falls on all
         order = [*bare_loops, *paths]
         for name in order if round_ % 2 == 0 else order[::-1]:
@@ -257,9 +257,9 @@ def trial_lines(cfg: dict, device: str, rounds: int, torch_trainer_too: bool = T
         lines.append(f"  {name:38s} {statistics.median(r.images_per_second for r in runs):7.0f} images/s; per run "
                      f"{statistics.median(r.wall for r in runs):.1f} s wall = {statistics.median(r.training for r in runs):.1f}"
                      f" s training + {statistics.median(r.setup for r in runs):.1f} s the loop's setup + "
-                     f"{statistics.median(r.outside for r in runs):.1f} s the rest (Ray start-up"
-                     f"{', controller and worker group' if name == TORCH_TRAINER_PATH else ', the Tune actor'}"
-                     ", evaluation, checkpoints, reports, teardown)")
+                     f"{statistics.median(r.outside for r in runs):.1f} s the rest ("
+                     f"{'controller and worker group' if name == TORCH_TRAINER_PATH else 'the Tune actor'}"
+                     ", evaluation, checkpoints, reports, teardown; Ray's own start not counted)")
         for bare_name in bare_loops:
             ratios = [b / r.images_per_second for b, r in zip(measured[bare_name], runs)]
             median, low, high = spread(ratios)
@@ -424,6 +424,26 @@ TORCH_TRAINER_PATH = "Ray Train TorchTrainer"  # the path of multi-worker trials
 TRIAL_TARGETS = {TARGET_PATH: 1.05, TORCH_TRAINER_PATH: 1.10}  # largest bare ÷ trial time ratio per path
 BARE_PLAIN = "bare loop, malloc defaults"
 BARE_LIKE = "bare loop, the trials' malloc settings"
+# The local Ray each side runs beside, as in use: none beside a bare loop (a user's script), one without its dashboard
+# beside a one-worker Tune trial and one with it beside a TorchTrainer run (`study.run.start_local_ray`). Ray's
+# daemons take ~2.5% of a core while a trial trains (psutil, a 40-s trial here); in earlier versions of this bench the
+# bare loops of rounds 2.. ran beside the idle Ray the trials had started, those of round 1 beside none, and round 1's
+# ratios read 1.054 and 1.140 where the other rounds' medians read 1.031 and 1.053.
+RAY_BESIDE = {BARE_PLAIN: None, BARE_LIKE: None, TARGET_PATH: False, TORCH_TRAINER_PATH: True}
+
+
+def beside_its_ray(dashboard: bool | None, run: Callable[[], object]) -> Callable[[], object]:
+    """`run`, called with the local Ray `RAY_BESIDE` gives its side (`None`: no Ray) started afresh before it."""
+    def run_beside() -> object:
+        import ray
+
+        from trainables.local_ray import init_local_ray, local_cpu_slots
+
+        ray.shutdown()
+        if dashboard is not None:
+            init_local_ray(local_cpu_slots(1), dashboard=dashboard)
+        return run()
+    return run_beside
 
 
 def tune_trial(cfg: dict, use_gpu: bool) -> list[dict]:
@@ -436,7 +456,7 @@ def tune_trial(cfg: dict, use_gpu: bool) -> list[dict]:
     def one_worker_trial(config: dict) -> None:  # reports go through the session; Tune takes no return value
         LOOPS[config.get("task", "clf")](config, session=TuneSession())
 
-    init_local_ray(local_cpu_slots(1))
+    init_local_ray(local_cpu_slots(1), dashboard=RAY_BESIDE[TARGET_PATH])
     loop = tune.with_resources(one_worker_trial, {"CPU": 1, "GPU": int(use_gpu)})
     with tempfile.TemporaryDirectory() as storage:
         grid = tune.Tuner(loop, param_space=cfg, run_config=tune.RunConfig(storage_path=storage, verbose=0)).fit()

@@ -60,3 +60,34 @@ def test_trainables_bench_step_and_phase_lines(cifar10_dir, data_cache):
     assert {"data", "forward/backward", "optimizer", "eval", "checkpoint"} <= set(phases)
     assert all(phases[k] > 0 for k in ("data", "forward/backward", "optimizer", "eval", "checkpoint"))
     assert phases["micro_batch_size"] == 32
+
+
+# Each side of trainables.bench's trial lines, in turn: what Ray is up while it runs (None: none; else its dashboard).
+RAY_BESIDE_PROBE = """
+import json
+import ray
+from ray._private.worker import get_dashboard_url  # no public API says whether this Ray has its dashboard
+from trainables.bench import RAY_BESIDE, beside_its_ray
+from trainables.environment import set_library_defaults
+
+def probe():
+    return bool(get_dashboard_url()) if ray.is_initialized() else None
+
+set_library_defaults()
+order = ["Ray Train TorchTrainer", "bare loop, the trials' malloc settings", "one-worker Tune trial"]
+print(json.dumps({name: beside_its_ray(RAY_BESIDE[name], probe)() for name in order}))
+ray.shutdown()
+"""
+
+
+def test_trainables_bench_runs_each_side_beside_its_own_ray(tmp_path):
+    """No Ray is up while a bare loop runs, even after a trial; the Tune trial gets a study's one-worker Ray
+    (no dashboard) and the TorchTrainer one with the dashboard, whatever ran before."""
+    import json
+    import sys
+
+    from subprocs import assert_succeeds
+
+    done = assert_succeeds([sys.executable, "-c", RAY_BESIDE_PROBE], tmp_path / "probe.log", timeout=180)
+    assert json.loads(done.output.strip().splitlines()[-1]) == {
+        "Ray Train TorchTrainer": True, "bare loop, the trials' malloc settings": None, "one-worker Tune trial": False}

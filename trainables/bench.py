@@ -428,7 +428,8 @@ BARE_LIKE = "bare loop, the trials' malloc settings"
 # beside a one-worker Tune trial and one with it beside a TorchTrainer run (`study.run.start_local_ray`). Ray's
 # daemons take ~2.5% of a core while a trial trains (psutil, a 40-s trial here); in earlier versions of this bench the
 # bare loops of rounds 2.. ran beside the idle Ray the trials had started, those of round 1 beside none, and round 1's
-# ratios read 1.054 and 1.140 where the other rounds' medians read 1.031 and 1.053.
+# ratios read 1.054 and 1.140 where the other rounds' medians read 1.031 and 1.053. Not the only cause: after this
+# change round 1 read 1.028/1.071 and 1.023/1.065 in two runs, but 1.072/1.169 in a third.
 RAY_BESIDE = {BARE_PLAIN: None, BARE_LIKE: None, TARGET_PATH: False, TORCH_TRAINER_PATH: True}
 
 

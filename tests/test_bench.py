@@ -67,14 +67,14 @@ RAY_BESIDE_PROBE = """
 import json
 import ray
 from ray._private.worker import get_dashboard_url  # no public API says whether this Ray has its dashboard
-from trainables.bench import RAY_BESIDE, beside_its_ray
+from trainables.bench import BARE_LIKE, RAY_BESIDE, TARGET_PATH, TORCH_TRAINER_PATH, beside_its_ray
 from trainables.environment import set_library_defaults
 
 def probe():
     return bool(get_dashboard_url()) if ray.is_initialized() else None
 
 set_library_defaults()
-order = ["Ray Train TorchTrainer", "bare loop, the trials' malloc settings", "one-worker Tune trial"]
+order = [TORCH_TRAINER_PATH, BARE_LIKE, TARGET_PATH]
 print(json.dumps({name: beside_its_ray(RAY_BESIDE[name], probe)() for name in order}))
 ray.shutdown()
 """
@@ -87,7 +87,8 @@ def test_trainables_bench_runs_each_side_beside_its_own_ray(tmp_path):
     import sys
 
     from subprocs import assert_succeeds
+    from trainables.bench import BARE_LIKE, TARGET_PATH, TORCH_TRAINER_PATH
 
     done = assert_succeeds([sys.executable, "-c", RAY_BESIDE_PROBE], tmp_path / "probe.log", timeout=180)
-    assert json.loads(done.output.strip().splitlines()[-1]) == {
-        "Ray Train TorchTrainer": True, "bare loop, the trials' malloc settings": None, "one-worker Tune trial": False}
+    assert json.loads(done.output.strip().splitlines()[-1]) == {TORCH_TRAINER_PATH: True, BARE_LIKE: None,
+                                                                   TARGET_PATH: False}

@@ -59,11 +59,14 @@ CIFAR10_CPU = SearchSpace(
 
 # The batch-size transfer's benchmark (`python -m study.transfer_bench`): one optimizer setting, one batch size per
 # study (`--set batch_size=N`), over a range three decades wide, as one searches when the batch's optimum is unknown.
+# 20,000 training images: a batch-1,024 trial takes 117 optimizer steps (937 at batch 128). With 5,000 (30 steps at
+# batch 1,024), the sources' optima sat on flat plateaus and batch 1,024's peak lay outside the fit's interval
+# (docs/results/transfer_lars.md, commit 50539d9): too few steps for the optimum to move smoothly with batch size.
 TRANSFER_LR = (0.02, 20.0)
 TRANSFER_LARS = SearchSpace(
     name="transfer_lars",
-    description="Transfer bench: LARS + warm-up, ResNet-8 (width 8) on CIFAR-10 6k; one batch size per study",
-    fixed={"task": "clf", "dataset": "cifar10", "model": "resnet8", "width": 8, "limit": 6000, "val_size": 1000,
+    description="Transfer bench: LARS + warm-up, ResNet-8 (width 8) on CIFAR-10 21k; one batch size per study",
+    fixed={"task": "clf", "dataset": "cifar10", "model": "resnet8", "width": 8, "limit": 21000, "val_size": 1000,
            "test_limit": 1000, "batch_size": 128, "epochs": 6, "eval_every": 1, "device": "cpu"},
     variants={"lars_warmup": LARS_WARMUP.variant(Float("lr", *TRANSFER_LR, log=True), warmup_epochs=1.0)},
     num_samples=8, grace_period=2, reduction_factor=2, confirm=0,

@@ -24,11 +24,12 @@ from optuna.storages.journal import JournalFileBackend
 
 from study.record import StudyRecord
 from study.storage import Location
-from trainables.records import OPTUNA_JOURNAL_ARTIFACT
+from trainables.records import OPTUNA_JOURNAL_ARTIFACT, TRANSFER_TAG
 
 JOURNAL_FILE = PurePosixPath(OPTUNA_JOURNAL_ARTIFACT).name
 TRIAL_NAME_ATTR = "trial_name"  # an Optuna trial's user attr: the study's name of its trial (`<variant>-<n>`)
-TRANSFER_ATTR = "transfer"  # an Optuna trial's user attr: which point of the batch-size transfer it is
+TRANSFER_ATTR = TRANSFER_TAG  # an Optuna trial's user attr: which point of the batch-size transfer it is
+TRANSFER_POINTS = ("fit", "low", "high")  # its values (and the trial run's tag's): the prediction, the interval's ends
 ORPHAN_ATTR = "orphaned"  # an Optuna trial's user attr: asked before an interruption, never run (then FAIL)
 
 

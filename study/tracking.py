@@ -28,8 +28,8 @@ from study.plan import from_tune
 from study.storage import Location, is_uri
 from trainables.config import TrialConfig
 from trainables.records import (EPOCH_KEY, ERROR_TAG, HISTORY_FILE, LR_EFFECTIVE_KEY, MICRO_CHOSEN_KEY, NODE_KEY,
-                                NODE_TAG, PARENT_TAG, STAGE_TAG, STATUS_KEY, STATUS_TAG, TELEMETRY_FILE, TRIAL_ID_TAG,
-                                VARIANT_TAG, TrialStatus)
+                                NODE_TAG, PARENT_TAG, STAGE_TAG, STATUS_KEY, STATUS_TAG, TELEMETRY_FILE, TRANSFER_TAG,
+                                TRIAL_ID_TAG, VARIANT_TAG, TrialStatus)
 from trainables.session import ACTOR_STARTED_KEY
 
 ERROR_FILE = "error.txt"  # an errored trial's full error text (artifact)
@@ -88,7 +88,8 @@ class StudyRecorder(tune.Callback):
         else:
             run_id = self.client.create_run(self.exp_id, run_name=str(trial), tags={  # Tune's name, `<variant>-<n>`
                 PARENT_TAG: self.parent, TRIAL_ID_TAG: trial.trial_id, VARIANT_TAG: str(trial.config.get("variant", "")),
-                STAGE_TAG: stage_of(trial.config), STATUS_TAG: TrialStatus.RUNNING}).info.run_id
+                STAGE_TAG: stage_of(trial.config), STATUS_TAG: TrialStatus.RUNNING,
+                **({TRANSFER_TAG: trial.config[TRANSFER_TAG]} if TRANSFER_TAG in trial.config else {})}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(resolved(from_tune(trial.config)).items())])
             self._logged[trial.trial_id] = set()
         self._runs[trial.trial_id] = run_id

@@ -26,13 +26,13 @@ from mlflow.tracking import MlflowClient
 from reports.collect import ReportError, collect, row_label
 from reports.tables import is_number
 from search_spaces.spec import Float, param_name
+from study.optuna_store import TRANSFER_POINTS
 from study.plan import StudyPlan
 from trainables.records import Stage
 
 TRANSFERRED = ("lr", "lam")  # the searched values a transfer predicts: every lr, and TVLARS' decay λ
 LEVEL = 0.68  # the prediction's interval: ±1 standard error of the fitted line at the target (t, n − 2 df)
 NO_TRANSFER = "none"  # --transfer-from none: start the search from nothing
-POINT_TAGS = ("fit", "low", "high")  # what each enqueued trial is: the prediction, the interval's ends
 SAME_SETTING = ("label", "dataset", "model", "task")  # what makes an earlier trial the same optimizer setting
 
 
@@ -171,7 +171,7 @@ class Transfer:
         for variant in dict.fromkeys(f.variant for f in self.fits):
             fits = [f for f in self.fits if f.variant == variant]
             seen: list[dict[str, float]] = []
-            for i, tag in enumerate(POINT_TAGS):
+            for i, tag in enumerate(TRANSFER_POINTS):
                 values = {param_name(variant, f.key): f.enqueued[min(i, len(f.enqueued) - 1)] for f in fits}
                 if values not in seen and len(seen) < self.num_samples:
                     seen.append(values)

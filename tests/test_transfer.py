@@ -124,6 +124,7 @@ def test_a_study_starts_its_search_from_the_transfer_and_reports_it(tmp_path, ci
     import optuna
 
     from study.optuna_store import JOURNAL_FILE, TRANSFER_ATTR, TRIAL_NAME_ATTR
+    from trainables.records import TRANSFER_TAG
     from subprocs import assert_succeeds
 
     storage = tmp_path / "results"
@@ -151,5 +152,33 @@ def test_a_study_starts_its_search_from_the_transfer_and_reports_it(tmp_path, ci
     runs = {r.info.run_name: r for r in client.search_runs([parent.info.experiment_id])
             if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     for trial in trials[:3]:
-        assert float(runs[trial.user_attrs[TRIAL_NAME_ATTR]].data.params["lr"]) == pytest.approx(trial.params["lars_warmup/lr"])
+        run = runs[trial.user_attrs[TRIAL_NAME_ATTR]]
+        assert float(run.data.params["lr"]) == pytest.approx(trial.params["lars_warmup/lr"])
+        assert run.data.tags[TRANSFER_TAG] == trial.user_attrs[TRANSFER_ATTR]  # the key ASHA's exemption reads
     assert "## Batch-size transfer: predicted vs found optimum" in out
+
+
+def test_asha_lets_the_transfers_prediction_run_to_the_end_and_still_ranks_it():
+    """At the first rung, the prediction trailing a plain draw goes on where a plain draw as low is stopped; its
+    later results count in the rungs (a plain draw below it at epoch 4 is stopped)."""
+    from ray.tune.experiment import Trial as TuneTrial
+
+    from study.optuna_store import TRANSFER_POINTS
+    from study.tuner import TRANSFER_KEY, ValidationASHA
+
+    asha = ValidationASHA(time_attr="epoch", metric="val_top1", mode="max", max_t=6, grace_period=2, reduction_factor=2)
+    trials = {name: TuneTrial("t", config=config, stub=True) for name, config in
+              [("drawn", {}), ("fit", {TRANSFER_KEY: TRANSFER_POINTS[0]}), ("low", {TRANSFER_KEY: TRANSFER_POINTS[1]}),
+               ("late", {})]}
+    for trial in trials.values():
+        asha.on_trial_add(None, trial)
+
+    def decide(name: str, epoch: int, val: float) -> str:
+        return asha.on_trial_result(None, trials[name], {"epoch": epoch, "val_top1": val})
+
+    assert decide("drawn", 2, 30.0) == asha.CONTINUE
+    assert decide("fit", 2, 12.8) == asha.CONTINUE  # ASHA alone stops it: below the rung's top half
+    assert decide("low", 2, 12.8) == asha.STOP  # the interval's ends get no exemption
+    assert decide("fit", 4, 40.0) == asha.CONTINUE
+    assert decide("late", 2, 31.0) == asha.CONTINUE
+    assert decide("late", 4, 20.0) == asha.STOP  # the prediction's 40.0 at epoch 4 set the rung's cut

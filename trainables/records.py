@@ -47,6 +47,7 @@ TRIAL_ID_TAG = "trial_id"
 VARIANT_TAG = "variant"
 STAGE_TAG = "stage"
 STATUS_TAG = "status"  # a TrialStatus
+TRANSFER_TAG = "transfer"  # a transfer-enqueued trial: which point of the batch-size transfer it is (fit, low, high)
 ERROR_TAG = "error"  # an errored trial's exception line
 NODE_TAG = "ray_node_id"  # the Ray node that ran the trial (its latest attempt)
 

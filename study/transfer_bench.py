@@ -43,9 +43,10 @@ TARGET_MET = 0.5  # seeded / unseeded trial-epochs, met only by the whole interv
 BOOTSTRAP = 10_000
 OBJECTIVE_SEED = 0  # every study's training seed and validation split (the rounds vary the sampler's seed)
 # The sources are searched to the full budget, as finished earlier studies: ASHA's first rung (epoch 2, just after the
-# 1-epoch warm-up) stopped their high learning rates before they overtook (at batch 512, lr 9.47, 4.74 and 2.80
-# stopped at 14–15% val top-1 while 1.73 went on to 26.5%; run to the end they reach 31.3, 30.3 and 31.6%), so the
-# fit extrapolated optima biased low: it predicted 1.48 at batch 1,024, where 9.5 reached 29.0% and 1.48 19.0%.
+# 1-epoch warm-up) stopped their high learning rates before they overtook (with 5,000 training images, commit 50539d9:
+# at batch 512, lr 9.47, 4.74 and 2.80 stopped at 14–15% val top-1 while 1.73 went on to 26.5%; run to the end they
+# reach 31.3, 30.3 and 31.6%), so the fit extrapolated optima biased low: it predicted 1.48 at batch 1,024, where 9.5
+# reached 29.0% and 1.48 19.0%.
 SOURCE_SETS = (f"grace_period={TRANSFER_LARS.fixed['epochs']}",)
 
 

@@ -38,7 +38,6 @@ from trainables.records import SEARCH_VARIANT_ATTR, TRANSFER_TAG, Stage
 
 
 TRIAL_NAME_KEY = "trial_name"  # a Tune config's trial name, `<variant>-<n>` (`StudySearch` numbers them)
-TRANSFER_KEY = TRANSFER_TAG  # a Tune config's (and its run's tag's) transfer point (`TRANSFER_POINTS`); none if drawn
 
 
 def trial_name(trial: Trial) -> str:
@@ -134,7 +133,8 @@ class StudySearch(Searcher):
             config = self.optuna.suggest(trial_id)
             self.search_left -= 1
             self.searched[trial_id] = SearchTrial(config["variant"], from_tune(config))
-            return {**config, TRIAL_NAME_KEY: name, **({TRANSFER_KEY: what} if what else {})}
+            # a transfer's trial carries its point (`TRANSFER_POINTS`) under the key its MLflow run is tagged with
+            return {**config, TRIAL_NAME_KEY: name, **({TRANSFER_TAG: what} if what else {})}
         self._choose_confirm_trials()
         if self.ready:
             config = self.ready.pop(0)
@@ -237,7 +237,7 @@ class ValidationASHA(ASHAScheduler):
         if stage_of(trial.config) != Stage.SEARCH:
             return self.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, without_test_metrics(result))
-        return self.CONTINUE if trial.config.get(TRANSFER_KEY) == TRANSFER_POINTS[0] else decision
+        return self.CONTINUE if trial.config.get(TRANSFER_TAG) == TRANSFER_POINTS[0] else decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if stage_of(trial.config) == Stage.SEARCH:

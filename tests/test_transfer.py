@@ -164,11 +164,12 @@ def test_asha_lets_the_transfers_prediction_run_to_the_end_and_still_ranks_it():
     from ray.tune.experiment import Trial as TuneTrial
 
     from study.optuna_store import TRANSFER_POINTS
-    from study.tuner import TRANSFER_KEY, ValidationASHA
+    from study.tuner import ValidationASHA
+    from trainables.records import TRANSFER_TAG
 
     asha = ValidationASHA(time_attr="epoch", metric="val_top1", mode="max", max_t=6, grace_period=2, reduction_factor=2)
     trials = {name: TuneTrial("t", config=config, stub=True) for name, config in
-              [("drawn", {}), ("fit", {TRANSFER_KEY: TRANSFER_POINTS[0]}), ("low", {TRANSFER_KEY: TRANSFER_POINTS[1]}),
+              [("drawn", {}), ("fit", {TRANSFER_TAG: TRANSFER_POINTS[0]}), ("low", {TRANSFER_TAG: TRANSFER_POINTS[1]}),
                ("late", {})]}
     for trial in trials.values():
         asha.on_trial_add(None, trial)

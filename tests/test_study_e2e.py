@@ -14,10 +14,12 @@ import re
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -112,22 +114,26 @@ def _mid_run(storage: Path, db: Path, stage: str) -> tuple[set[str], set[str]]:
     return done, {t for t, n in logged.items() if n < EPOCHS and _checkpointed_epoch(storage, t) > 0}
 
 
+def _freeze_when(proc: subprocess.Popen, holds: Callable[[], bool], timeout: float = 420) -> bool:
+    """SIGSTOP the study's whole session once `holds()`, and keep it frozen only if it still holds when nothing
+    moves (between a check and the stop an epoch can end, or Tune be midway through rewriting its experiment
+    state, read back as no checkpoint); whether it froze so before `timeout` or the study's end."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if holds():
+            signal_session(proc.pid, signal.SIGSTOP)
+            if holds():
+                return True
+            signal_session(proc.pid, signal.SIGCONT)
+        time.sleep(0.5)
+    return False
+
+
 def _kill_mid_stage(proc, cmd: list[str], log: Path, storage: Path, db: Path, stage: str) -> None:
     """SIGKILL the study once one of `stage`'s trials has finished while another is mid-run (a registered
-    checkpoint, epochs still to go). The study is frozen (SIGSTOP, whole session) before its state is
-    judged: what is judged is what gets killed."""
-    deadline = time.time() + 420
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(1)
-        if not _mid_run(storage, db, stage)[1]:
-            continue
-        signal_session(proc.pid, signal.SIGSTOP)
-        finished, interrupted = _mid_run(storage, db, stage)
-        if finished and interrupted:
-            break
-        signal_session(proc.pid, signal.SIGCONT)
-    assert proc.poll() is None, describe(cmd, log, f"ended (status {proc.returncode}) before its {stage} stage "
-                                                   "could be interrupted")
+    checkpoint, epochs still to go), judged while frozen: what is judged is what gets killed."""
+    assert _freeze_when(proc, lambda: all(_mid_run(storage, db, stage))), describe(
+        cmd, log, f"ended (status {proc.returncode}) or timed out before its {stage} stage could be interrupted")
     signal_session(proc.pid, signal.SIGKILL)  # the driver and its local Ray, all frozen since the check
     proc.wait()
 
@@ -340,7 +346,7 @@ def test_ray_job_submission_to_a_local_head(tmp_path, cifar10_dir, data_cache):
         stop_cluster(marker, port)
 
 
-TAMPER_EPOCHS = 6
+TAMPER_EPOCHS = 12  # ~0.65 s each: the tvlars trial holds a checkpoint and epochs to go for ~7 s
 TAMPER = ["--space", "demo", "--variants", "lars_warmup,tvlars", "--num-samples", "1", "--confirm", "0",
           "--set", f"epochs={TAMPER_EPOCHS}", "--set", f"grace_period={TAMPER_EPOCHS}", "--set", "eval_every=1",
           "--set", "limit=600", "--set", "val_size=100", "--set", "test_limit=200", "--set", "batch_size=100"]
@@ -363,11 +369,7 @@ def test_a_tampered_checkpoint_fails_its_trial_naming_the_file_and_runs_nothing(
     cmd = [sys.executable, "-m", "study.run", *TAMPER, "--storage", str(storage), "--data-dir", cifar10_dir]
     log = tmp_path / "study-until-kill.log"
     proc = start_logged(cmd, log, cwd=REPO, env=_env(data_cache), start_new_session=True)
-    deadline = time.time() + 420
-    while time.time() < deadline and proc.poll() is None and not _running_with_checkpoint(storage, db, "tvlars"):
-        time.sleep(0.5)
-    signal_session(proc.pid, signal.SIGSTOP)
-    assert proc.poll() is None and _running_with_checkpoint(storage, db, "tvlars"), describe(
+    assert _freeze_when(proc, lambda: bool(_running_with_checkpoint(storage, db, "tvlars"))), describe(
         cmd, log, "ended or never checkpointed its tvlars trial mid-run")
     signal_session(proc.pid, signal.SIGKILL)
     proc.wait()

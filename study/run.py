@@ -24,6 +24,7 @@ from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError,
 from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_sets
 from study.record import StudyRecord
 from study.storage import Location
+from study.tune_state import repair_tune_state
 from trainables.config import TrialConfig
 from trainables.data import STREAMED, Dataset, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
@@ -301,7 +302,8 @@ def check_splits(plan: StudyPlan, train_images: int) -> None:
 
 
 def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
-    """Resolve the plan and the study's record (new, or saved by the study to resume); writes nothing."""
+    """Resolve the plan and the study's record (new, or saved by the study to resume); writes nothing but a
+    cut-short Tune state of the study to resume, restored from its staging copy."""
     from study.mlflow_store import check_tracking_uri, default_tracking_uri
 
     storage = Location.of(args.storage)
@@ -310,6 +312,9 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
         if record is None:
             raise InputError(f"--resume: no study of space {args.space!r} under {storage}")
         check_tracking_uri(record.tracking_uri)
+        if record.study_dir.is_local:
+            for line in repair_tune_state(Path(record.study_dir.uri)):
+                print(line, flush=True)
         return make_plan(record.space, dict(record.overrides)), record
     plan = make_plan(args.space, parse_sets(args.set), num_samples=args.num_samples, epochs=args.epochs,
                      seed=args.seed, data_dir=args.data_dir, confirm=args.confirm, seeds=args.seeds,

@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 
 from clusters import CLUSTER_MARKER, stop_cluster
 from study.optuna_store import JOURNAL_FILE, ORPHAN_ATTR, TRIAL_NAME_ATTR
+from study.tune_state import staging_copy
 from subprocs import assert_succeeds, describe, free_port, run_logged, signal_session, start_logged
 from tampering import tamper
 from trainables.local_ray import with_quoted_interpreter
@@ -361,18 +362,27 @@ def _running_with_checkpoint(storage: Path, db: Path, variant: str) -> str | Non
     return next((t for t, n in rows if n < TAMPER_EPOCHS and _checkpointed_epoch(storage, t) > 0), None)
 
 
+def _staged(storage: Path) -> bool:
+    """Whether Ray's staging folder holds a whole copy of the study's newest saved experiment state."""
+    states = sorted(storage.glob("demo-*/experiment_state-*.json"))
+    return bool(states) and staging_copy(states[-1].parent, states[-1].name) is not None
+
+
 def test_a_tampered_checkpoint_fails_its_trial_naming_the_file_and_runs_nothing(tmp_path, cifar10_dir, data_cache):
     """Kill a study while its TVLARS trial has a checkpoint, put a pickled object that writes a marker file into
-    that checkpoint's state.pt, `--resume`: that trial errors naming the file, the marker is never written, the
-    other trial trains to its end."""
+    that checkpoint's state.pt, cut Tune's saved experiment state short (as a kill mid-write does), `--resume`:
+    the state comes back from Ray's staging copy (else Tune would start over, and the trial run again afresh),
+    that trial errors naming the file, the marker is never written, the other trial trains to its end."""
     storage, db = tmp_path / "results", tmp_path / "results" / "mlflow.db"
     cmd = [sys.executable, "-m", "study.run", *TAMPER, "--storage", str(storage), "--data-dir", cifar10_dir]
     log = tmp_path / "study-until-kill.log"
     proc = start_logged(cmd, log, cwd=REPO, env=_env(data_cache), start_new_session=True)
-    assert _freeze_when(proc, lambda: bool(_running_with_checkpoint(storage, db, "tvlars"))), describe(
-        cmd, log, "ended or never checkpointed its tvlars trial mid-run")
+    assert _freeze_when(proc, lambda: bool(_running_with_checkpoint(storage, db, "tvlars")) and _staged(storage)), \
+        describe(cmd, log, "ended or never checkpointed its tvlars trial mid-run")
     signal_session(proc.pid, signal.SIGKILL)
     proc.wait()
+    state = max(storage.glob("demo-*/experiment_state-*.json"))
+    state.write_bytes(state.read_bytes()[:1000])
     marker = tmp_path / "marker"
     tampered = [p for p in storage.glob("demo-*/**/state.pt")
                 if torch.load(p, weights_only=True)["config"]["optimizer"] == "tvlars"]
@@ -383,6 +393,7 @@ def test_a_tampered_checkpoint_fails_its_trial_naming_the_file_and_runs_nothing(
     resume = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage), "--resume"]
     done = assert_succeeds(resume, tmp_path / "study-resumed.log", cwd=REPO, env=_env(data_cache), timeout=600)
     assert not marker.exists(), done.explain()
+    assert f"resume: {state.name} was cut short (1,000 bytes: " in done.output, done.explain()
     client, _, runs = _trial_runs(f"sqlite:///{db}")
     (tvlars,) = [r for r in runs if r.data.tags["variant"] == "tvlars"]
     (other,) = [r for r in runs if r.data.tags["variant"] == "lars_warmup"]

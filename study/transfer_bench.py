@@ -13,8 +13,9 @@ within `--within` points of the unseeded searches' final best (mean over them); 
 there counts all it ran. Prints the seeded/unseeded ratio of those means with a bootstrap interval and
 writes the table (`--out`, markdown). Also, per round: the trial-epochs each of the pair spent to reach
 within `--within` points of that round's unseeded final best (the unseeded one always gets there: it is
-its own best). A `--storage` that holds some of these studies already goes on from them (the sources once,
-then the rounds up to `--repeats`); `--report-only` runs nothing and reads them again.
+its own best). And pooled: to within `--within` points of the best final any unseeded search reached. A
+`--storage` that holds some of these studies already goes on from them (the sources once, then the rounds up to
+`--repeats`); `--report-only` runs nothing and reads them again.
 """
 
 from __future__ import annotations
@@ -192,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     per_round = ratio_text(f"per round: trial-epochs to within {args.within} points of that round's unseeded final best",
                            [s.epochs_to(u.final_best - args.within)[0] for s, u in zip(seeded, unseeded)],
                            [u.epochs_to(u.final_best - args.within)[0] for u in unseeded], True)
-    print(summary, per_round, sep="\n")
+    best = max(u.final_best for u in unseeded)
+    pooled = ratio_text(f"pooled: trial-epochs to within {args.within} points of the best final any unseeded search "
+                        f"reached ({best:.2f}); one that never gets there counts all it ran, a lower bound on its cost",
+                        [s.epochs_to(best - args.within)[0] for s in seeded],
+                        [u.epochs_to(best - args.within)[0] for u in unseeded], False)
+    print(summary, per_round, pooled, sep="\n")
     lines = ["# Batch-size transfer at CPU scale: `python -m study.transfer_bench`", "",
              f"Sources: `{SPACE}` at batch {', '.join(map(str, SOURCES))} ({args.source_samples} search trials each, "
              f"`--set {' --set '.join(SOURCE_SETS)}`: no early stopping); "
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
              "trials each, in rounds (seeded, then unseeded with the same sampler seed); every study trains with "
              f"seed {OBJECTIVE_SEED} and validates on the same held-out images.", "",
              "The fit the seeded studies enqueued (parent-run params):", "", *fit_lines(client, SEEDED), "",
-             *table(seeded, unseeded, goal, args.within), "", f"**{summary}**", "", f"{per_round}"]
+             *table(seeded, unseeded, goal, args.within), "", f"**{summary}**", "", per_round, "", pooled]
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
         print(f"written: {args.out}")

@@ -65,17 +65,16 @@ def repair_tune_state(study_dir: Path) -> list[str]:
     lines to print), or raise InputError naming the file when there is none."""
     done = []
     for pattern in STATE_PATTERNS:
-        newest = max(study_dir.glob(pattern), default=None)
-        why = newest and why_unreadable(newest)
+        saved = sorted(study_dir.glob(pattern))  # one file per session, named by its start: the newest last
+        why = saved and why_unreadable(saved[-1])
         if not why:
             continue
+        newest = saved[-1]
         copy = staging_copy(study_dir, newest.name)
         if copy is None:
-            session = session_of(newest)
-            older = sorted({session_of(p) for p in study_dir.glob(pattern)} - {session})
-            instead = (f"move that session's files (*-{session}.*) aside to resume from the session before "
-                       f"({older[-1]}; the trials run since then run again)" if older else
-                       "start the study anew (without --resume)")
+            instead = (f"move that session's files (*-{session_of(newest)}.*) aside to resume from the session "
+                       f"before ({session_of(saved[-2])}; the trials run since then run again)" if len(saved) > 1
+                       else "start the study anew (without --resume)")
             raise InputError(f"--resume: Tune's saved state {newest} is cut short ({why}): the study was stopped "
                              f"while writing it, and Ray's staging folder here holds no complete copy; Tune would "
                              f"start the study over, running its finished trials again. To go on, {instead}")

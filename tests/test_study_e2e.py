@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from clusters import CLUSTER_MARKER, stop_cluster
 from study.optuna_store import JOURNAL_FILE, ORPHAN_ATTR, TRIAL_NAME_ATTR
-from study.tune_state import staging_copy
+from study.tune_state import STATE_PATTERNS, staging_copy
 from subprocs import assert_succeeds, describe, free_port, run_logged, signal_session, start_logged
 from tampering import tamper
 from trainables.local_ray import with_quoted_interpreter
@@ -70,15 +70,20 @@ def _epochs(client, run) -> list[int]:
     return sorted(int(m.step) for m in client.get_metric_history(run.info.run_id, "epoch"))
 
 
+def _newest_state(storage: Path) -> Path | None:
+    """The demo study's newest saved Tune experiment state (what `--resume` restores), or None before the first."""
+    return max(storage.glob(f"demo-*/{STATE_PATTERNS[0]}"), default=None)
+
+
 def _checkpointed_epoch(storage: Path, trial_id: str) -> int:
     """The epoch of the trial's newest checkpoint in Tune's saved experiment state — what `--resume`
     restores (the study's one-worker trials train in their Tune actors, so Tune keeps their checkpoints);
     0 if none."""
     import cloudpickle
 
-    states = sorted(storage.glob("demo-*/experiment_state-*.json"))
+    state = _newest_state(storage)
     try:
-        for trial, meta in json.loads(states[-1].read_text())["trial_data"] if states else []:
+        for trial, meta in json.loads(state.read_text())["trial_data"] if state else []:
             trial, meta = (json.loads(x) if isinstance(x, str) else x for x in (trial, meta))
             if trial["trial_id"] == trial_id:
                 manager = cloudpickle.loads(bytes.fromhex(meta["checkpoint_manager"]["value"]))
@@ -364,8 +369,8 @@ def _running_with_checkpoint(storage: Path, db: Path, variant: str) -> str | Non
 
 def _staged(storage: Path) -> bool:
     """Whether Ray's staging folder holds a whole copy of the study's newest saved experiment state."""
-    states = sorted(storage.glob("demo-*/experiment_state-*.json"))
-    return bool(states) and staging_copy(states[-1].parent, states[-1].name) is not None
+    state = _newest_state(storage)
+    return state is not None and staging_copy(state.parent, state.name) is not None
 
 
 def test_a_tampered_checkpoint_fails_its_trial_naming_the_file_and_runs_nothing(tmp_path, cifar10_dir, data_cache):
@@ -381,7 +386,7 @@ def test_a_tampered_checkpoint_fails_its_trial_naming_the_file_and_runs_nothing(
         describe(cmd, log, "ended or never checkpointed its tvlars trial mid-run")
     signal_session(proc.pid, signal.SIGKILL)
     proc.wait()
-    state = max(storage.glob("demo-*/experiment_state-*.json"))
+    state = _newest_state(storage)
     state.write_bytes(state.read_bytes()[:1000])
     marker = tmp_path / "marker"
     tampered = [p for p in storage.glob("demo-*/**/state.pt")

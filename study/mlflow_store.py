@@ -8,16 +8,21 @@ store while Ray starts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study.storage import Location
+from trainables.cache import cache_dir
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -82,7 +87,8 @@ def _reach_server(uri: str) -> None:
 
 
 def check_tracking_uri(uri: str) -> MlflowClient:
-    """A client for `uri`, or ValueError if the store cannot be reached (within seconds, not MLflow's retries)."""
+    """A client for `uri`, or ValueError if the store cannot be reached (within seconds, not MLflow's retries).
+    A new SQLite store starts as a copy of this MLflow version's empty one (`EmptyStore`)."""
     server = is_server(uri)
     if server:
         _reach_server(uri)
@@ -90,10 +96,7 @@ def check_tracking_uri(uri: str) -> MlflowClient:
     saved = {k: os.environ.get(k) for k in fast}
     os.environ.update(fast if server else {})
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
+        return _open_store(uri)
     except Exception as err:  # MLflow raises many types for unusable URIs
         raise ValueError(f"--tracking-uri: cannot use MLflow store {uri!r}: {str(err).splitlines()[0]}") from None
     finally:
@@ -102,7 +105,79 @@ def check_tracking_uri(uri: str) -> MlflowClient:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _open_store(uri: str) -> MlflowClient:
+    """A client for `uri` that has read the store; a new SQLite file starts as the kept empty store's copy when
+    there is one, else MLflow creates it (its migrations) and it is kept (`EmptyStore`)."""
+    from mlflow.tracking import MlflowClient
+
+    database = sqlite_file(uri)
+    empty = EmptyStore.current() if database is not None and not database.exists() else None
+    copied = empty is not None and empty.copy_to(database)
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)
+    if empty is not None and not copied:
+        empty.keep(database)
     return client
+
+
+@dataclass(frozen=True)
+class EmptyStore:
+    """This MLflow version's empty SQLite store, kept in the project's cache: a new store starts as its copy.
+
+    Not an MLflow feature: MLflow creates a SQLite store by running Alembic's migrations, 0.9 s of CPU here
+    (`check_tracking_uri` on a new file 0.93 s, on a copy 0.03 s) — in a study's start, beside Ray's. A copy of the
+    file MLflow itself created, at the same version, is the same schema (MLflow checks its revision on every
+    open). It is kept without the Default experiment, which MLflow adds on opening a store that lacks it, with
+    this store's own artifact location and time. Interleaved on 2 cores, the 4-trial short study in a new
+    storage folder reached its first trial in 9.5-10.8 s with the copy against 10.8-12.5 s without (4 rounds)."""
+
+    path: Path
+
+    @classmethod
+    def current(cls) -> EmptyStore:
+        import mlflow
+
+        return cls(cache_dir() / f"mlflow-{mlflow.__version__}-empty.db")
+
+    def copy_to(self, database: Path) -> bool:
+        """Copy the kept store to `database` (its folder made); False when none is kept, or SQLite finds it damaged."""
+        if not self._sound():
+            return False
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.path, database)
+            return True
+        except OSError:
+            database.unlink(missing_ok=True)
+            return False
+
+    def _sound(self) -> bool:
+        """Whether the kept store exists, passes SQLite's quick check and names its schema's revision."""
+        if not self.path.is_file():
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True)) as db:
+                return (db.execute("PRAGMA quick_check").fetchone() == ("ok",)
+                        and len(db.execute("SELECT version_num FROM alembic_version").fetchall()) == 1)
+        except sqlite3.Error:
+            return False
+
+    def keep(self, database: Path) -> None:
+        """Keep the new store `database`, still empty, less its Default experiment; best effort: a cache that
+        cannot be written only costs the next new store its migrations."""
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(database)) as source, \
+                    contextlib.closing(sqlite3.connect(tmp)) as target:
+                source.backup(target)  # SQLite's own copy: consistent whatever the journal holds
+                with target:
+                    target.execute("DELETE FROM experiments")
+            os.replace(tmp, self.path)  # atomic: a concurrent study never copies a half-written store
+        except (OSError, sqlite3.Error):
+            tmp.unlink(missing_ok=True)
 
 
 # The experiment's kind for MLflow UIs that read it (3.17.2's OSS UI decides its view from the URL or the

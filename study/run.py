@@ -25,6 +25,7 @@ from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_set
 from study.record import StudyRecord
 from study.storage import Location
 from study.tune_state import repair_tune_state
+from trainables.cache import CACHE_ENV
 from trainables.config import TrialConfig
 from trainables.data import STREAMED, Dataset, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
@@ -145,10 +146,10 @@ def start_local_ray(plan: StudyPlan, dashboard: bool) -> None:
     from trainables.local_ray import init_local_ray, local_cpu_slots
 
     slots = local_cpu_slots(plan.space.workers * plan.concurrency, plan.space.cpus_per_worker)
-    cache = os.environ.get("LAYERWISE_CACHE")
+    cache = os.environ.get(CACHE_ENV)
     try:
         init_local_ray(slots, dashboard=dashboard or not in_actor(plan),
-                       runtime_env={"env_vars": {"LAYERWISE_CACHE": cache}} if cache else None)
+                       runtime_env={"env_vars": {CACHE_ENV: cache}} if cache else None)
     except Exception as err:
         raise PlatformError(f"could not start a local Ray: {one_line(err)}") from err
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trainables.cache import cache_dir, user_cache
 from trainables.safe_load import UnsafeFileError, load_plain
 
 DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "parquet", "imagenet")
@@ -222,11 +223,6 @@ def _imagefolder(root: Path, image_size: int) -> tuple[ImageData, ImageData]:
 
 # --- cache + entry point --------------------------------------------------------------------------
 
-def user_cache() -> Path:
-    """The per-user folder of this project: `$XDG_CACHE_HOME/layerwise-study` (default `~/.cache/…`)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "layerwise-study"
-
-
 def default_data_root() -> Path:
     """Where datasets live when neither --data-dir nor $LAYERWISE_DATA says otherwise."""
     return user_cache() / "data"
@@ -238,10 +234,6 @@ def data_dir_for(dataset: str, given: str | Path | None = None) -> str:
         return str(given) if "://" in str(given) else str(Path(given).expanduser().resolve())
     root = os.environ.get("LAYERWISE_DATA") or default_data_root()
     return str((Path(root).expanduser() / dataset).resolve())
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("LAYERWISE_CACHE") or user_cache())
 
 
 def first_missing(path: Path) -> Path | None:
@@ -324,7 +316,7 @@ def check_data_dir(dataset: str, data_dir: str | Path | None) -> Path:
 def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | None = None) -> Dataset:
     """Both splits of `dataset` from `data_dir` as uint8 tensors, decoded once and cached on disk."""
     root = check_data_dir(dataset, data_dir)
-    path = _cache_dir() / f"{dataset}-{_fingerprint(dataset, root, image_size)}.pt"
+    path = cache_dir() / f"{dataset}-{_fingerprint(dataset, root, image_size)}.pt"
     if path.is_file():
         try:
             return Dataset.from_arrays(load_plain(path))

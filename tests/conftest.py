@@ -79,9 +79,10 @@ def cifar10_dir() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def data_cache(tmp_path_factory) -> str:
-    """A per-session decode cache, so tests never depend on (or write to) the user's cache."""
+    """A per-session cache (decoded datasets, the empty MLflow store), so tests never depend on (or write to) the
+    user's cache."""
     import os
 
     path = str(tmp_path_factory.mktemp("decode-cache"))

@@ -80,6 +80,12 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.train.classes)
 
+    def limited(self, limit: int | None, test_limit: int | None) -> "Dataset":
+        """Its `balanced_subset`s of `limit` training and `test_limit` test images (itself where both are None)."""
+        if limit is None and test_limit is None:
+            return self
+        return Dataset(balanced_subset(self.train, limit), balanced_subset(self.test, test_limit), self.mean, self.std)
+
     def to_arrays(self, tensors: bool = False) -> dict[str, Any]:
         """Arrays and plain lists: NumPy for Ray's object store, where every actor reads them zero-copy, or
         tensors (`tensors=True`) for the decode cache, which torch reads back with `weights_only=True`."""

@@ -297,7 +297,9 @@ def trials_share(plan: StudyPlan, data: Dataset) -> Dataset:
     """Only the images the study's trials read, where they all read the same `limit` (and `test_limit`) subset:
     a trial's `balanced_subset` of that subset is the subset itself, so its splits are those it would draw from
     every image (the demo: 3,000 + 1,000 of CIFAR-10's 50,000 + 10,000: 12 MB of the object store, not 184)."""
-    searched = {p.key for p in plan.space.searched} | {p.key for v in plan.space.variants.values() for p in v.searched}
+    from study.console import searched_keys  # Ray Tune: imported by now, beside Ray's start (import_driver_modules)
+
+    searched = set(searched_keys(plan))
     drawn: list[TrialConfig] = []
     check_variants(plan, drawn.append)
 

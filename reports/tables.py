@@ -15,7 +15,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from reports.collect import row_rank
 from reports.reference import attach_paper, lr_key
@@ -38,6 +37,9 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, int
         return math.nan, math.nan, 0
     if n == 1:
         return float(x[0]), math.nan, 1
+    from scipy import stats  # here: SciPy's import is needed only for an interval, not where a study's start reads
+    # this module (study.transfer's default lookup)
+
     half = stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
     return float(x.mean()), float(half), n
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 from mlflow.tracking import MlflowClient
 
 from reports.collect import ReportError, collect, row_label
@@ -28,7 +27,7 @@ from reports.tables import is_number
 from search_spaces.spec import Float, param_name
 from study.optuna_store import TRANSFER_POINTS
 from study.plan import StudyPlan
-from trainables.records import Stage
+from trainables.records import TRIAL_ID_TAG, Stage
 
 TRANSFERRED = ("lr", "lam")  # the searched values a transfer predicts: every lr, and TVLARS' decay λ
 LEVEL = 0.68  # the prediction's interval: ±1 standard error of the fitted line at the target (t, n − 2 df)
@@ -82,6 +81,8 @@ class Fit:
 def fit_power_law(points: list[Point], target_batch: int, level: float = LEVEL) -> dict[str, float]:
     """Least squares of ln value on ln batch: slope, intercept, the prediction at `target_batch` and its interval
     (±t·s.e. of the fitted line there; with two points, no residual exists: the interval is the prediction)."""
+    import scipy.stats  # 0.7 s of imports here: paid only where a fit is made, not by every study's default lookup
+
     sizes = {p.batch_size for p in points}
     if len(sizes) < 2:
         raise TransferError(f"a fit needs optima at two batch sizes or more, got batch {sorted(sizes)}")
@@ -228,14 +229,26 @@ def source_trials(client: MlflowClient, experiments: list[str], explicit: bool) 
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
+def holds_other_batch_sizes(client: MlflowClient, experiments: list[str], sizes: set[int]) -> bool:
+    """Whether the experiments hold a trial at a batch size other than one of `sizes` — what a fit at two batch
+    sizes needs —, asked with one single-run query per size: reading every trial's history first took 0.9 s on
+    the way to a demo's first trial, in a store of same-batch studies that gave no transfer."""
+    ids = [exp.experiment_id for exp in map(client.get_experiment_by_name, experiments) if exp is not None]
+    return bool(ids) and any(
+        client.search_runs(ids, f"params.batch_size != '{size}' and tags.`{TRIAL_ID_TAG}` != ''", max_results=1)
+        for size in sizes)
+
+
 def plan_transfer(client: MlflowClient, experiments: list[str], plan: StudyPlan, explicit: bool) -> Transfer | None:
     """The study's transfer from `experiments` (named with --transfer-from when `explicit`, else the study's own
     experiment, used only where it holds two batch sizes or more); TransferError for a named source that gives
     no fit."""
+    wanted = [t for t in targets(plan) if t.ranges]
+    if not explicit and not holds_other_batch_sizes(client, experiments, {t.batch_size for t in wanted}):
+        return None
     trials = source_trials(client, experiments, explicit)
     if trials is None:
         return None
-    wanted = [t for t in targets(plan) if t.ranges]
     fits = [fit for target in wanted for fit in fit_target(trials, target)]
     if not fits and explicit:
         found = "; ".join(dict.fromkeys(what_was_found(trials, t) for t in wanted)) or "no searched lr or λ"

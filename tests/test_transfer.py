@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from search_spaces.cpu import TRANSFER_LR
 from study.plan import make_plan
-from study.transfer import LEVEL, TransferError, fit_power_law, plan_transfer, Point
+from study.transfer import LEVEL, TransferError, fit_power_law, holds_other_batch_sizes, plan_transfer, Point
 from tests.known_store import Trial, build_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +100,18 @@ def test_inputs_that_give_no_fit_are_one_error_naming_what_was_found(tmp_path):
     other = make_plan("demo", {})  # TVLARS and LARS at batch 300 on other settings: nothing of theirs was run
     with pytest.raises(TransferError, match=r"found no trials of TVLARS \(cifar10, resnet8\); LARS \+ warm-up"):
         plan_transfer(client, ["earlier"], other, explicit=True)
+
+
+def test_the_default_source_is_asked_for_other_batch_sizes_before_its_trials_are_read(tmp_path):
+    """The one-run queries that let a study in a store of same-batch studies skip reading their histories."""
+    client = store(tmp_path, (512,))
+    assert not holds_other_batch_sizes(client, ["earlier"], {512})
+    assert holds_other_batch_sizes(client, ["earlier"], {1024})
+    assert holds_other_batch_sizes(client, ["earlier"], {512, 1024})  # one variant at another batch is enough
+    assert not holds_other_batch_sizes(client, ["absent"], {1024})
+    assert not holds_other_batch_sizes(client, ["earlier"], set())
+    store(tmp_path, (256,))
+    assert holds_other_batch_sizes(client, ["earlier"], {512})
 
 
 def test_the_command_line_rejects_an_unknown_source_before_the_study_starts(tmp_path):

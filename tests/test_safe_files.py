@@ -1,5 +1,6 @@
 """Files we read back hold only tensors and plain containers: a tampered decode cache is refused with one error
-naming it (and nothing in it runs); one dataset has one cache entry however its path is spelled.
+naming it (and nothing in it runs); one dataset has one cache entry however its path is spelled, and a changed
+copy's new entry replaces its old one.
 
 The tampered checkpoint of a resumed study: tests/test_study_e2e.py."""
 
@@ -82,6 +83,21 @@ def test_one_dataset_has_one_cache_entry_however_its_path_is_spelled(tmp_path, o
     for spelling in (data_dir, link / "cifar10", Path("real/../link/cifar10"), Path("real/cifar10/")):
         load_dataset("cifar10", spelling)
     assert len(list(own_cache.glob("cifar10-*.pt"))) == 1
+
+
+def test_a_changed_copy_of_the_data_replaces_its_cache_entry_and_other_copies_keep_theirs(tmp_path, own_cache):
+    first, second = tiny_cifar(tmp_path / "a" / "cifar10"), tiny_cifar(tmp_path / "b" / "cifar10")
+    load_dataset("cifar10", first), load_dataset("cifar10", second)
+    before = sorted(own_cache.glob("cifar10-*.pt"))
+    assert len(before) == 2
+    legacy = own_cache / f"cifar10-{'0' * 20}.pt"  # an entry named as before 2026-12: no lookup finds it
+    legacy.write_bytes(b"stale")
+    os.utime(first / "test.parquet", ns=(1, 1))  # the first copy changed: its entry can never be found again
+    load_dataset("cifar10", first)
+    after = sorted(own_cache.glob("cifar10-*.pt"))
+    assert len(after) == 2 and not legacy.exists()
+    assert len(set(after) & set(before)) == 1  # the second copy's entry, untouched
+    assert [p.name.rsplit("-", 1)[0] for p in after] == [p.name.rsplit("-", 1)[0] for p in before]  # same sources
 
 
 def test_load_plain_names_the_file_as_the_caller_shows_it(tmp_path):

@@ -4,7 +4,8 @@ Loaders: `cifar10`, `cifar100` (torchvision's own pickled format, or `train.parq
 `tinyimagenet` (the standard `tiny-imagenet-200` folder), `imagefolder` (`train/` + `val/` or `test/`,
 one sub-folder per class) and `parquet` (HF-style `img{bytes,path}` + `label`). Decoded tensors are
 cached on disk (`$LAYERWISE_CACHE`, default `$XDG_CACHE_HOME/layerwise-study`, i.e. `~/.cache/…`) keyed
-by the source files' sizes and mtimes, so a study's trials and a run's workers decode each dataset once.
+by the source files' sizes and mtimes, so a study's trials and a run's workers decode each dataset once; a
+changed copy's new entry replaces its old one.
 Datasets themselves default to `data/<dataset>` in that same per-user folder.
 """
 
@@ -267,20 +268,34 @@ def unwritable(path: Path) -> str | None:
     return None
 
 
-def _fingerprint(dataset: str, root: Path, image_size: int | None) -> str:
-    """Hash of the loader, resolved path and every source file's size and mtime (re-decode when data changes).
+def _cache_entry(dataset: str, root: Path, image_size: int | None) -> Path:
+    """The decode cache's file for this copy of the data: `<dataset>-<source>-<content>.pt`, where source hashes the
+    loader, the resolved path and the image size, and content every source file's size and mtime (re-decode when
+    the data changes; `_drop_stale` then removes the entry it replaces).
 
     The path is resolved before it is walked, so one dataset has one cache entry however it is spelled
     (through a symlink, `..`, relative). v3: the cache holds tensors and lists (`Dataset.to_arrays`), no
     pickled objects.
     """
     root = root.resolve()
-    h = hashlib.sha1(f"v3|{dataset}|{root}|{image_size}".encode())
+    source = hashlib.sha1(f"v3|{dataset}|{root}|{image_size}".encode()).hexdigest()[:10]
+    content = hashlib.sha1()
     for dirpath, _, files in sorted(os.walk(root)):
         for name in sorted(files):
             st = os.stat(os.path.join(dirpath, name))
-            h.update(f"{dirpath}/{name}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
+            content.update(f"{dirpath}/{name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return cache_dir() / f"{dataset}-{source}-{content.hexdigest()[:12]}.pt"
+
+
+def _drop_stale(entry: Path) -> None:
+    """Remove the entries no lookup can find again: the same source's others (its data since changed) and the
+    dataset's entries named by one hash (before 2026-12: a copy's every change left one) — each a whole decoded
+    dataset (185 MB for CIFAR-10). A process still reading one keeps its open file."""
+    dataset, source, _ = entry.stem.rsplit("-", 2)
+    for pattern in (f"{dataset}-{source}-*.pt", f"{dataset}-{'[0-9a-f]' * 20}.pt"):
+        for stale in entry.parent.glob(pattern):
+            if stale != entry:
+                stale.unlink(missing_ok=True)
 
 
 def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -322,7 +337,7 @@ def check_data_dir(dataset: str, data_dir: str | Path | None) -> Path:
 def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | None = None) -> Dataset:
     """Both splits of `dataset` from `data_dir` as uint8 tensors, decoded once and cached on disk."""
     root = check_data_dir(dataset, data_dir)
-    path = cache_dir() / f"{dataset}-{_fingerprint(dataset, root, image_size)}.pt"
+    path = _cache_entry(dataset, root, image_size)
     if path.is_file():
         try:
             return Dataset.from_arrays(load_plain(path))
@@ -335,6 +350,7 @@ def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | No
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(data.to_arrays(tensors=True), tmp)
     os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
+    _drop_stale(path)
     return data
 
 

@@ -300,11 +300,19 @@ def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(t
     assert served == {t.user_attrs[TRIAL_NAME_ATTR]: (t.params, [t.value]) for t in ran}
     # Continued from a checkpoint, not from scratch: an epoch's `restarts` counts the kills that came before it
     # was logged (each epoch is logged once; one a resumed run repeats after its checkpoint is not logged again).
+    # A resumed search trial may be stopped by ASHA at the epoch it had reached: Tune does not keep the scheduler's
+    # rungs across a resume (TuneController.__getstate__ drops `_scheduler_alg`), so the repeated epoch is judged
+    # anew against the trials reported since (CI on 11f2b2c: a run killed after epoch 2, stopped there on resume).
+    # Every other interrupted run logs epochs after its kill, and the confirm stage's (no ASHA) always does.
+    went_on = set()
     for run_id in interrupted:
         logged = [cut[run_id] for _, cut in kills if run_id in cut]  # epochs it had logged at each kill
         restarts = {int(m.step): m.value for m in client.get_metric_history(run_id, "restarts")}
         assert restarts == {e: float(sum(n < e for n in logged)) for e in range(1, max(restarts) + 1)}, (logged, restarts)
-        assert max(restarts) > max(logged)
+        stopped = client.get_run(run_id).data.tags["status"] == "stopped_by_asha"
+        assert max(restarts) > max(logged) or (stopped and max(restarts) == max(logged)), (logged, restarts, stopped)
+        went_on |= {run_id} if max(restarts) > max(logged) else set()
+    assert went_on & set(kills[-1][1]), (kills, went_on)
 
 
 @pytest.mark.skipif(shutil.which("ray", path=str(Path(sys.executable).parent)) is None, reason="ray CLI not installed")

@@ -99,10 +99,12 @@ class StudySearch(Searcher):
     as every search trial of a variant has ended, that variant's confirm trials (`study.confirm.confirm_configs`:
     its best configurations by the validation metric, each with fresh seeds) — while other variants may still
     be searching. Saved and restored with the
-    experiment, so `--resume` continues whichever stage a trial belongs to.
+    experiment, so `--resume` continues whichever stage a trial belongs to; the study's ASHA (`scheduler`)
+    is saved with it, as Tune saves no scheduler.
     """
 
-    def __init__(self, plan: StudyPlan, seed: int, journal: SearchJournal, first: list[Enqueued] = ()):
+    def __init__(self, plan: StudyPlan, seed: int, journal: SearchJournal, first: list[Enqueued] = (),
+                 scheduler: ValidationASHA | None = None):
         space = plan.space
         if space.metric.startswith(TEST_PREFIX):
             raise ValueError(f"metric: a study selects on validation metrics, not {space.metric!r}")
@@ -119,6 +121,7 @@ class StudySearch(Searcher):
         self.confirmed: set[str] = set()  # variants whose confirm trials were chosen
         self.rounds = SeedRounds(plan)  # the sequential confirm's seeds and readings
         self.numbered: dict[str, int] = {}  # variant → trials handed out, both stages (names `<variant>-<n>`)
+        self.scheduler = scheduler  # Tune's, whose rungs this searcher's saved state carries
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return self.optuna.set_search_properties(metric, mode, config, **spec)
@@ -200,7 +203,12 @@ class StudySearch(Searcher):
         self.journal.stage(Path(checkpoint_path).parent)
 
     def restore(self, checkpoint_path: str) -> None:
-        self.__dict__.update(cloudpickle.loads(Path(checkpoint_path).read_bytes()))
+        scheduler = self.__dict__.get("scheduler")  # the one Tune runs (restored with the tuner, rungs empty)
+        saved = cloudpickle.loads(Path(checkpoint_path).read_bytes())
+        self.__dict__.update(saved)
+        self.scheduler = scheduler
+        if scheduler is not None:
+            scheduler.resume(saved.get("scheduler"))
         self.__dict__.setdefault("numbered", {})  # saved before trials were named: theirs were Tune's
         self.__dict__.setdefault("rounds", SeedRounds(self.plan))  # saved before the sequential confirm: one round
         self.__dict__.setdefault("first", [])
@@ -228,6 +236,16 @@ class ValidationASHA(ASHAScheduler):
     12.8% val top-1 at epoch 2 and was stopped in round 2; let run in rounds 1 and 3, it ended at 47.5%, above
     every unseeded search's best (34.3–40.8%). A search seeded by a transfer learns what the fit predicted.
     """
+
+    def resume(self, saved: ValidationASHA | None) -> None:
+        """Take the rungs a saved copy had recorded. Tune saves no scheduler state (`TuneController.__getstate__`
+        drops it), so without them a resumed study ranks only the results reported after the resume, and judges
+        anew the rung a restored trial repeats from its checkpoint, where it had been let go on before."""
+        if saved is None:  # saved before the rungs were kept
+            return
+        for bracket, kept in zip(self._brackets, saved._brackets, strict=True):  # trials added keep their bracket
+            bracket._rungs = kept._rungs
+        self._num_stopped = saved._num_stopped
 
     def on_trial_add(self, tune_controller, trial) -> None:
         if stage_of(trial.config) == Stage.SEARCH:
@@ -280,10 +298,11 @@ def new_tuner(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failure
     """The study: `num_samples` search trials per variant (Optuna TPE + ASHA on validation metrics; `first`
     enqueued before the others), then the confirm trials (`planned_trials` at most; `StudySearch` ends the
     experiment when done)."""
-    search = StudySearch(plan, record.seed, SearchJournal.of(record), first)
+    asha = scheduler(plan)
+    search = StudySearch(plan, record.seed, SearchJournal.of(record), first, asha)
     return tune.Tuner(
         trainable(plan, record, max_failures, data_ref),
-        tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler(plan),
+        tune_config=tune.TuneConfig(search_alg=search, scheduler=asha,
                                     num_samples=planned_trials(plan),
                                     max_concurrent_trials=plan.concurrency,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
@@ -296,8 +315,8 @@ def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data
 
     The run config (and with it the MLflow callback, parent run and store, and the console) and the trial
     namers come back from the study's own saved state (`Tuner.restore` takes no new callbacks); Tune restores
-    the searcher too (Optuna's history, the confirm trials chosen so far, the trials numbered so far), its
-    Optuna study from the study's journal.
+    the searcher too (Optuna's history, the confirm trials chosen so far, the trials numbered so far, ASHA's
+    rungs), its Optuna study from the study's journal.
     """
     SearchJournal.of(record).fetch()
     return tune.Tuner.restore(str(record.study_dir), trainable(plan, record, max_failures, data_ref),

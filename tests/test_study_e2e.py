@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import cloudpickle
 import optuna
 import pytest
 import torch
@@ -152,6 +153,12 @@ def _at_kill(client, storage: Path, runs) -> tuple[dict[str, int], dict[str, int
     interrupted = {r.info.run_id: len(_epochs(client, r)) for r in runs if r.data.tags["status"] == "running"
                    and _checkpointed_epoch(storage, r.data.tags["trial_id"]) > 0}
     return finished, {run_id: logged for run_id, logged in interrupted.items() if logged < EPOCHS}
+
+
+def _saved_rungs(storage: Path) -> list[tuple[int, dict[str, float]]]:
+    """ASHA's rungs (milestone, trial id → value; the last rung first) as the study's newest searcher state holds them."""
+    newest = sorted(storage.glob(f"demo-*/{STATE_PATTERNS[2]}"))[-1]
+    return cloudpickle.loads(newest.read_bytes())["scheduler"]._brackets[0]._rungs
 
 
 def _search_journal(storage: Path) -> tuple[Path, list[optuna.trial.FrozenTrial]]:
@@ -313,6 +320,10 @@ def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(t
         assert max(restarts) > max(logged) or (stopped and max(restarts) == max(logged)), (logged, restarts, stopped)
         went_on |= {run_id} if max(restarts) > max(logged) else set()
     assert went_on & set(kills[-1][1]), (kills, went_on)
+    # ASHA's rungs carried across both resumes (saved with the searcher; Tune saves no scheduler): every search trial
+    # that reached the last rung's epoch is recorded there, those that ended before a kill included
+    milestone, recorded = _saved_rungs(storage)[0]
+    assert {r.data.tags["trial_id"] for r in search if len(_epochs(client, r)) >= milestone} <= set(recorded), recorded
 
 
 @pytest.mark.skipif(shutil.which("ray", path=str(Path(sys.executable).parent)) is None, reason="ray CLI not installed")

@@ -243,7 +243,9 @@ class ValidationASHA(ASHAScheduler):
         anew the rung a restored trial repeats from its checkpoint, where it had been let go on before."""
         if saved is None:  # saved before the rungs were kept
             return
-        for bracket, kept in zip(self._brackets, saved._brackets, strict=True):  # trials added keep their bracket
+        # the rungs into the brackets in use, not ASHA's own `restore` (its whole `__dict__`): trials added before
+        # keep pointing at the brackets that now hold them
+        for bracket, kept in zip(self._brackets, saved._brackets, strict=True):
             bracket._rungs = kept._rungs
         self._num_stopped = saved._num_stopped
 

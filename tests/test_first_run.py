@@ -123,15 +123,20 @@ def test_first_study_downloads_verifies_and_trains_the_second_downloads_nothing(
     assert any(path.endswith(CIFAR10.filename) for path in mirror.requests)
     out = capsys.readouterr().out
     assert f"downloading cifar10 from {mirror.url}{CIFAR10.filename} to {dataset}" in out
-    placed = [line for line in out.splitlines() if line.startswith("data: ")]  # where the trials read it, and why
-    assert len(placed) == 1 and " images in Ray's object store: cifar10 is decoded into memory: " in placed[0], out
-    assert " GiB fits the smallest node's object store (" in placed[0]
+    # the decode's wait said before it (once per copy of the data), then where the trials read it, and why
+    decoding, placed = [line for line in out.splitlines() if line.startswith("data: ")]
+    assert decoding.startswith(f"data: decoding {dataset} once for this copy of the data; later studies read "), out
+    entry = Path(decoding.rpartition(" read ")[2])
+    assert entry.is_file() and entry.name.startswith("cifar10-"), decoding
+    assert " images in Ray's object store: cifar10 is decoded into memory: " in placed, out
+    assert " GiB fits the smallest node's object store (" in placed
 
     mirror.stop()  # a second study must not need the server at all
     asked = len(mirror.requests)
     assert main(["--space", "demo", "--data-url", mirror.url, "--storage", str(storage), *TINY]) == 0, \
         capsys.readouterr().err[-3000:]
-    assert len(mirror.requests) == asked and "downloading" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert len(mirror.requests) == asked and "downloading" not in out and "data: decoding" not in out
 
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id], "tags.trial_id != ''")

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,8 +335,10 @@ def check_data_dir(dataset: str, data_dir: str | Path | None) -> Path:
     return Path(data_dir)
 
 
-def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | None = None) -> Dataset:
-    """Both splits of `dataset` from `data_dir` as uint8 tensors, decoded once and cached on disk."""
+def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | None = None,
+                 on_decode: Callable[[Path, Path], None] | None = None) -> Dataset:
+    """Both splits of `dataset` from `data_dir` as uint8 tensors, decoded once and cached on disk; `on_decode`
+    (data folder, cache entry) is told before a decode, the wait a first study of a copy of the data pays."""
     root = check_data_dir(dataset, data_dir)
     path = _cache_entry(dataset, root, image_size)
     if path.is_file():
@@ -345,6 +348,8 @@ def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | No
             raise
         except Exception:  # noqa: BLE001 - a truncated or corrupt entry fails in torch's many ways: decode again
             pass
+    if on_decode is not None:
+        on_decode(root, path)
     data = _decode_dataset(dataset, root, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -45,7 +45,7 @@ def test_a_restored_search_gives_tunes_scheduler_the_rungs_recorded_before_the_s
     assert _decide(fresh, again["a"], 2, 5.0) == fresh.CONTINUE
     # `b` at epoch 2 is ranked against `a`'s 35.0 recorded before the snapshot
     assert _decide(fresh, again["b"], 2, 20.0) == fresh.STOP
-    assert {t: v for t, v in fresh._brackets[0]._rungs[0][1].items()} == {"a": 35.0, "b": 20.0}
+    assert fresh._brackets[0]._rungs[0][1] == {"a": 35.0, "b": 20.0}
 
     _, forgetful, alone = _study(tmp_path / "forgetful")  # what Tune alone resumes with: each of these goes on
     assert _decide(forgetful, alone["a"], 2, 5.0) == forgetful.CONTINUE

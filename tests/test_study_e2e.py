@@ -307,10 +307,10 @@ def test_a_study_killed_in_each_stage_resumes_without_rerunning_or_duplicating(t
     assert served == {t.user_attrs[TRIAL_NAME_ATTR]: (t.params, [t.value]) for t in ran}
     # Continued from a checkpoint, not from scratch: an epoch's `restarts` counts the kills that came before it
     # was logged (each epoch is logged once; one a resumed run repeats after its checkpoint is not logged again).
-    # A resumed search trial may be stopped by ASHA at the epoch it had reached: Tune does not keep the scheduler's
-    # rungs across a resume (TuneController.__getstate__ drops `_scheduler_alg`), so the repeated epoch is judged
-    # anew against the trials reported since (CI on 11f2b2c: a run killed after epoch 2, stopped there on resume).
-    # Every other interrupted run logs epochs after its kill, and the confirm stage's (no ASHA) always does.
+    # A resumed search trial may be stopped by ASHA at the epoch it had reached: ASHA's rungs come back as the
+    # snapshot held them, so an epoch whose result reached the driver after the snapshot is judged anew when the
+    # trial repeats it (CI on 11f2b2c, when Tune restored no rungs at all: a run killed after epoch 2, stopped there
+    # on resume). Every other interrupted run logs epochs after its kill, and the confirm stage's (no ASHA) always does.
     went_on = set()
     for run_id in interrupted:
         logged = [cut[run_id] for _, cut in kills if run_id in cut]  # epochs it had logged at each kill

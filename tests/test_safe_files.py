@@ -1,6 +1,6 @@
 """Files we read back hold only tensors and plain containers: a tampered decode cache is refused with one error
 naming it (and nothing in it runs); one dataset has one cache entry however its path is spelled, and a changed
-copy's new entry replaces its old one.
+copy's new entry replaces its old one, while the same bytes copied again (new mtimes) find theirs.
 
 The tampered checkpoint of a resumed study: tests/test_study_e2e.py."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -92,12 +93,31 @@ def test_a_changed_copy_of_the_data_replaces_its_cache_entry_and_other_copies_ke
     assert len(before) == 2
     legacy = own_cache / f"cifar10-{'0' * 20}.pt"  # an entry named as before 2026-12: no lookup finds it
     legacy.write_bytes(b"stale")
-    os.utime(first / "test.parquet", ns=(1, 1))  # the first copy changed: its entry can never be found again
-    load_dataset("cifar10", first)
+    tiny_cifar(first, per_class=13)  # the first copy changed: its entry can never be found again
+    decoded = []
+    changed = load_dataset("cifar10", first, on_decode=lambda root, entry: decoded.append(entry))
     after = sorted(own_cache.glob("cifar10-*.pt"))
-    assert len(after) == 2 and not legacy.exists()
+    assert len(after) == 2 and not legacy.exists() and len(decoded) == 1 and len(changed.train) == 130
     assert len(set(after) & set(before)) == 1  # the second copy's entry, untouched
     assert [p.name.rsplit("-", 1)[0] for p in after] == [p.name.rsplit("-", 1)[0] for p in before]  # same sources
+
+
+def test_the_same_bytes_copied_again_with_new_mtimes_are_not_decoded_again(tmp_path, own_cache):
+    data_dir = tiny_cifar(tmp_path / "cifar10")
+    first = load_dataset("cifar10", data_dir)
+    (entry,) = own_cache.glob("cifar10-*.pt")
+    (stamp_file,) = own_cache.glob("cifar10-*.stamp")
+    stamp = stamp_file.read_text()
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy, copy_function=shutil.copyfile)  # new mtimes, the same bytes: a data folder made again, as CI's VM does
+    shutil.rmtree(data_dir)
+    copy.rename(data_dir)
+    decoded = []
+    again = load_dataset("cifar10", data_dir, on_decode=lambda root, path: decoded.append(path))
+    assert decoded == [] and sorted(own_cache.glob("cifar10-*.pt")) == [entry]
+    assert torch.equal(again.train.images, first.train.images)
+    seen, content = stamp_file.read_text().split()
+    assert content == stamp.split()[1] and seen != stamp.split()[0]  # the same bytes under the new sizes and mtimes
 
 
 def test_load_plain_names_the_file_as_the_caller_shows_it(tmp_path):

@@ -306,17 +306,30 @@ def _cache_entry(dataset: str, root: Path, image_size: int | None) -> Path:
     stamp = hashlib.sha1("".join(f"{path}|{st.st_size}|{st.st_mtime_ns}\n" for path, st in files).encode()
                          ).hexdigest()[:12]
     stamp_file = cache_dir() / f"{dataset}-{source}.stamp"
+    content = _stamped_content(stamp_file, stamp)
+    if content is None:
+        content = _content_hash(files, root)
+        with contextlib.suppress(OSError):  # only a hint: without it the next lookup reads the bytes again
+            _write_atomically(stamp_file, lambda tmp: tmp.write_text(f"{stamp} {content}\n"))
+    return cache_dir() / f"{dataset}-{source}-{content}.pt"
+
+
+def _stamped_content(stamp_file: Path, stamp: str) -> str | None:
+    """The content hash `stamp_file` holds for `stamp` (None: another stamp, or no readable file)."""
     with contextlib.suppress(OSError, ValueError):
         seen, content = stamp_file.read_text().split()
         if seen == stamp:
-            return cache_dir() / f"{dataset}-{source}-{content}.pt"
-    content = _content_hash(files, root)
-    with contextlib.suppress(OSError):  # only a hint: without it the next lookup reads the bytes again
-        stamp_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(f"{stamp} {content}\n")
-        os.replace(tmp, stamp_file)  # atomic: a concurrent reader sees the old stamp or the new, whole
-    return cache_dir() / f"{dataset}-{source}-{content}.pt"
+            return content
+    return None
+
+
+def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """`write` a temporary file beside `path`, then rename it there: a concurrent reader (a run's other workers)
+    sees the old file or the new one whole, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def _drop_stale(entry: Path) -> None:
@@ -382,10 +395,7 @@ def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | No
     if on_decode is not None:
         on_decode(root, path)
     data = _decode_dataset(dataset, root, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(data.to_arrays(tensors=True), tmp)
-    os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
+    _write_atomically(path, lambda tmp: torch.save(data.to_arrays(tensors=True), tmp))
     _drop_stale(path)
     return data
 

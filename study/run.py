@@ -398,7 +398,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     from study.summary import report_stages, summarize, untrained, write_report
     from study.tuner import new_tuner, restored_tuner
 
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     data_ref = place_data(plan, data)  # before anything is recorded: a dataset that fails to decode is bad input
     client = check_tracking_uri(record.tracking_uri)
     if transfer_by_default:
@@ -423,7 +423,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
                           first=transfer.first_trials() if transfer else [])
     results = tuner.fit()
     report_stages(results, plan, record, client)
-    summarize(plan, record, client, exp_id, started, clock or StudyClock())
+    summarize(plan, record, client, exp_id, started, clock or StudyClock(), cpu_started)
     write_report(record)
     failure = untrained(results)
     if failure:

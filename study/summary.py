@@ -21,7 +21,7 @@ from study.optuna_store import SearchJournal
 from study.plan import StudyPlan, from_tune
 from study.record import StudyRecord
 from study.tracking import START_OVERHEAD_METRIC, error_summary
-from trainables.records import OPTUNA_JOURNAL_ARTIFACT, PARENT_TAG, Stage
+from trainables.records import DRIVER_CPU_METRIC, OPTUNA_JOURNAL_ARTIFACT, PARENT_TAG, STUDY_WALL_METRIC, Stage
 
 
 def study_efficiency(client: MlflowClient, exp_id: str, parent: str, since: float, seconds: float,
@@ -99,10 +99,12 @@ def record_search(record: StudyRecord, client) -> None:
           f"view it: {journal.dashboard_command()}")
 
 
-def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float, clock: StudyClock) -> None:
-    """Print the study's efficiency and how to review it; close the parent run with its summary."""
+def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float, clock: StudyClock,
+              cpu_started: float) -> None:
+    """Print the study's efficiency and how to review it; close the parent run with its summary (and the driver's
+    CPU-seconds since `cpu_started`, a `time.process_time()`: what Tune, the search and the MLflow writes cost it)."""
     clock.read_trials(client, exp_id, record.parent_run_id, started)
-    seconds, parent = time.time() - started, record.parent_run_id
+    seconds, cpu, parent = time.time() - started, time.process_time() - cpu_started, record.parent_run_id
     print(f"\nstudy: {seconds:.0f} s")
     efficiency = study_efficiency(client, exp_id, parent, started, seconds, plan.concurrency)
     if efficiency:
@@ -111,6 +113,7 @@ def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started
               f"{plan.concurrency} concurrent)); median start overhead "
               f"{efficiency['start_overhead_median_seconds']:.1f} s")
     record_search(record, client)
-    client.log_metric(parent, "wall_seconds", seconds)
+    client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0)
+                                      for k, v in ((STUDY_WALL_METRIC, seconds), (DRIVER_CPU_METRIC, cpu))])
     client.set_terminated(parent, "FINISHED")
     print(f"review: {review_hint(record.tracking_uri, exp_id)}")

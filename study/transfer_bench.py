@@ -35,7 +35,7 @@ from reports.collect import find_parents
 from search_spaces.cpu import TRANSFER_LARS
 from study.mlflow_store import default_tracking_uri
 from study.storage import Location
-from trainables.records import PARENT_TAG
+from trainables.records import PARENT_TAG, STUDY_WALL_METRIC
 
 SPACE = "transfer_lars"
 SOURCES, TARGET = (128, 256, 512), 1024
@@ -102,7 +102,7 @@ def reports_in_order(client: MlflowClient, exp_id: str, parent: str) -> list[flo
 def searches(client: MlflowClient, experiment: str) -> list[Search]:
     """The experiment's studies, oldest first (the rounds' seeds 1, 2, …), with their wall time as recorded."""
     exp_id, parents = find_parents(client, experiment)
-    return [Search(experiment, p.info.run_name, seed, p.data.metrics.get("wall_seconds", float("nan")),
+    return [Search(experiment, p.info.run_name, seed, p.data.metrics.get(STUDY_WALL_METRIC, float("nan")),
                    reports_in_order(client, exp_id, p.info.run_id)) for seed, p in enumerate(parents, 1)]
 
 

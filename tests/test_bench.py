@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from optim.bench import report, run
 
 
@@ -92,3 +94,20 @@ def test_trainables_bench_runs_each_side_beside_its_own_ray(tmp_path):
     done = assert_succeeds([sys.executable, "-c", RAY_BESIDE_PROBE], tmp_path / "probe.log", timeout=180)
     assert json.loads(done.output.strip().splitlines()[-1]) == {TORCH_TRAINER_PATH: True, BARE_LIKE: None,
                                                                    TARGET_PATH: False}
+
+
+def test_a_studys_slot_seconds_split_into_runs_gaps_and_its_ends():
+    """Two slots over a 10-s study: runs 1–3 and 1.5–4 start the slots; 3.2–5 follows the first (gap 0.2), 4.1–6
+    the second (0.1, not the first, still busy); the split adds up to 2 × 10 slot-seconds."""
+    from types import SimpleNamespace
+
+    from trainables.bench import slot_spans
+
+    def run(start: float, end: float) -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(start_time=start * 1000, end_time=end * 1000))
+
+    spans = slot_spans(run(0, 10), [run(4.1, 6), run(1, 3), run(3.2, 5), run(1.5, 4)], concurrency=2)
+    assert spans.span == 10 and spans.runs == pytest.approx(8.2)
+    assert spans.gaps == pytest.approx([0.2, 0.1])
+    assert spans.before == pytest.approx(2.5) and spans.after == pytest.approx(9.0)
+    assert spans.runs + sum(spans.gaps) + spans.before + spans.after == pytest.approx(20.0)

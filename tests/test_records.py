@@ -18,7 +18,7 @@ HOME = REPO / "trainables" / "records.py"
 # Every name the contract owns whose literal must not stand anywhere else in the product's code.
 OWNED = sorted({*(s.value for s in TrialStatus), records.STATE_FILE, records.HISTORY_FILE, records.TELEMETRY_FILE,
                 records.PARENT_TAG, records.TRIAL_ID_TAG, records.NODE_TAG, records.LR_EFFECTIVE_KEY,
-                records.MICRO_CHOSEN_KEY})
+                records.MICRO_CHOSEN_KEY, records.DRIVER_CPU_METRIC})
 
 
 def copies_of(literal: str, root: Path = REPO) -> list[str]:

@@ -58,7 +58,7 @@ from trainables.classification import AUGMENT_STREAM, fitting_micro_batch, input
 from trainables.config import TrialConfig
 from trainables.launch import LOOPS, default_threads, fit
 from trainables.models import build_model
-from trainables.records import STATE_FILE, STATUS_KEY, TRIAL_ID_TAG, TrialStatus
+from trainables.records import DRIVER_CPU_METRIC, STATE_FILE, STATUS_KEY, STUDY_WALL_METRIC, TRIAL_ID_TAG, TrialStatus
 from trainables.epochs import evaluate
 from trainables.worker import WorkerEnv, build_training, place_model
 
@@ -472,6 +472,38 @@ SHORT_STUDY = ["--variants", "lars_nowarmup", "--confirm", "0", "--num-samples",
 FIXED_COST = re.compile(r"fixed cost: ([\d.]+) s .* ([\d.]+) s from the last")
 
 
+@dataclass
+class SlotSpans:
+    """A study's slot-seconds from its parent run's start to its end, split: trial runs, the gaps between runs on a
+    slot, before each slot's first run and after its last."""
+
+    span: float
+    runs: float
+    gaps: list[float]
+    before: float
+    after: float
+
+
+def slot_spans(parent, trials: list, concurrency: int) -> SlotSpans:
+    """`SlotSpans` from the MLflow runs' times: each trial run goes to the slot that freed last before it started
+    (else the one that frees first), as Tune fills a slot once its trial ends."""
+    start, end = parent.info.start_time / 1000, parent.info.end_time / 1000
+    first: list[float | None] = [None] * concurrency  # each slot's first run's start
+    free = [start] * concurrency  # when each slot's last run ended
+    gaps, runs = [], 0.0
+    for run in sorted(trials, key=lambda r: r.info.start_time):
+        began, ended = run.info.start_time / 1000, run.info.end_time / 1000
+        ready = [i for i in range(concurrency) if free[i] <= began]
+        slot = max(ready, key=free.__getitem__) if ready else min(range(concurrency), key=free.__getitem__)
+        if first[slot] is None:
+            first[slot] = began
+        else:
+            gaps.append(max(began - free[slot], 0.0))
+        free[slot], runs = ended, runs + ended - began
+    before = sum((f if f is not None else end) - start for f in first)
+    return SlotSpans(end - start, runs, gaps, before, sum(end - f for f in free))
+
+
 def study_costs(data_dir: str) -> list[str]:
     """Run the short-trial `demo` study (`SHORT_STUDY`) and print its costs: trials/min, slot-seconds per trial
     beyond training, each trial's phases (median and IQR over its trials, from MLflow) and the fixed costs."""
@@ -493,9 +525,10 @@ def study_costs(data_dir: str) -> list[str]:
         runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
         (parent,) = [r for r in runs if TRIAL_ID_TAG not in r.data.tags]
         trials = [r for r in runs if TRIAL_ID_TAG in r.data.tags]
-    loop_wall = parent.data.metrics["wall_seconds"]
+    loop_wall = parent.data.metrics[STUDY_WALL_METRIC]
     concurrency = int(parent.data.params["resources.max_concurrent"])
     slot_seconds = loop_wall * concurrency / len(trials)
+    slots = slot_spans(parent, trials, concurrency)
 
     def metric(key: str) -> list[float]:
         return [r.data.metrics[key] for r in trials if key in r.data.metrics]
@@ -506,7 +539,8 @@ def study_costs(data_dir: str) -> list[str]:
               "training (epoch_seconds)": metric("epoch_seconds"),
               "the report on the driver → MLflow run closed": [
                   w - o - e for w, o, e in zip(run_wall, metric("start_overhead_seconds"), metric("epoch_seconds"))],
-              "trial run, MLflow start → end": run_wall}
+              "trial run, MLflow start → end": run_wall,
+              "a run's end → the next run on its slot (Tune, the search)": slots.gaps or [0.0]}
     training = statistics.mean(metric("epoch_seconds"))
     fixed = FIXED_COST.search(done.stdout)
     lines = [f"  short trials: demo, {len(trials)} one-step trials, {concurrency} at a time: process {process_wall:.0f} s, "
@@ -516,8 +550,13 @@ def study_costs(data_dir: str) -> list[str]:
     for name, values in phases.items():
         median, low, high = spread(values)
         lines.append(f"    {name:64s} {median:7.2f}   [{low:5.2f}, {high:5.2f}]")
-    lines.append(f"    {'between trials on a slot (search, scheduling)':64s} {slot_seconds - statistics.median(run_wall):7.2f}"
-                 "   (slot-seconds per trial - median trial run)")
+    lines += [f"  slot-seconds per trial, the study's span ({slots.span:.1f} s from its parent run's start to its end) "
+              f"split: trial runs {slots.runs / len(trials):.2f}, between runs {sum(slots.gaps) / len(trials):.2f}, "
+              f"before each slot's first run (Tune's start, the trial actors' start and imports) "
+              f"{slots.before / len(trials):.2f}, after each slot's last run (the stages, the summary) "
+              f"{slots.after / len(trials):.2f}",
+              f"  the study driver's CPU: {parent.data.metrics[DRIVER_CPU_METRIC]:.1f} s, "
+              f"{parent.data.metrics[DRIVER_CPU_METRIC] / len(trials):.3f} s per trial (Tune, the search, MLflow writes)"]
     if fixed:
         lines.append(f"  fixed cost: {fixed[1]} s from the process's start to the first trial, {fixed[2]} s from the "
                      "last trial's end to exit (target <= 10 s each)")

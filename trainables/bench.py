@@ -1,7 +1,8 @@
 """Whole-training benchmarks: a study's trial vs a bare PyTorch loop; micro-batching and telemetry as
 shares of a step; on CUDA, ResNet-18 epochs at the paper's batches with a phase breakdown; and the
 platform's cost per trial and per study: a `demo` study of 24 one-step trials, its trials/min, slot-seconds
-per trial beyond training, each trial's phases (median and IQR over its trials) and the study's fixed costs.
+per trial beyond training, each trial's phases (median and IQR over its trials), its slot-seconds split (trial
+runs, gaps between them, each slot's start and end), the study driver's CPU per trial and the study's fixed costs.
 
     python -m trainables.bench [--device cpu|cuda] [--rounds 5] [--steps 5] [--model resnet8]
                                [--optimizer lars] [--batch-size 512] [--limit 10240] [--epochs 4]

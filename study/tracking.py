@@ -15,6 +15,7 @@ import math
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +259,7 @@ class StudyRecorder(tune.Callback):
         run = self.client.get_run(run_id)
         return run.info.status != "RUNNING" and run.data.tags.get(STATUS_TAG) != TrialStatus.RUNNING
 
-    def _close(self, run_id: str, status: TrialStatus, metrics: list[Metric] = (), tags: list[RunTag] = ()) -> None:
+    def _close(self, run_id: str, status: TrialStatus, metrics: Sequence[Metric] = (), tags: Sequence[RunTag] = ()) -> None:
         """Write the run's last `metrics` and `tags` with its final status tag, and end it (FAILED for an errored
         trial)."""
         self._write(run_id, list(metrics), [*tags, RunTag(STATUS_TAG, status.value)])

@@ -111,3 +111,5 @@ def test_a_studys_slot_seconds_split_into_runs_gaps_and_its_ends():
     assert spans.gaps == pytest.approx([0.2, 0.1])
     assert spans.before == pytest.approx(2.5) and spans.after == pytest.approx(9.0)
     assert spans.runs + sum(spans.gaps) + spans.before + spans.after == pytest.approx(20.0)
+    alone = slot_spans(run(0, 10), [run(1, 3)], concurrency=2)  # a slot no trial ran on is all "before"
+    assert (alone.before, alone.after) == pytest.approx((1 + 10, 7)) and alone.runs + alone.before + alone.after == 20

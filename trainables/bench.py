@@ -501,8 +501,8 @@ def slot_spans(parent, trials: list, concurrency: int) -> SlotSpans:
         else:
             gaps.append(max(began - free[slot], 0.0))
         free[slot], runs = ended, runs + ended - began
-    before = sum((f if f is not None else end) - start for f in first)
-    return SlotSpans(end - start, runs, gaps, before, sum(end - f for f in free))
+    before = sum((f if f is not None else end) - start for f in first)  # a slot no trial ran on: all of it
+    return SlotSpans(end - start, runs, gaps, before, sum(end - f for f, s in zip(free, first) if s is not None))
 
 
 def study_costs(data_dir: str) -> list[str]:

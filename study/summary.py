@@ -108,12 +108,11 @@ def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started
     print(f"\nstudy: {seconds:.0f} s")
     efficiency = study_efficiency(client, exp_id, parent, started, seconds, plan.concurrency)
     if efficiency:
-        client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in efficiency.items()])
         print(f"train_fraction = {efficiency['train_fraction']:.2f} (trial epoch seconds / (wall seconds × "
               f"{plan.concurrency} concurrent)); median start overhead "
               f"{efficiency['start_overhead_median_seconds']:.1f} s")
     record_search(record, client)
-    client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0)
-                                      for k, v in ((STUDY_WALL_METRIC, seconds), (DRIVER_CPU_METRIC, cpu))])
+    closing = {**efficiency, STUDY_WALL_METRIC: seconds, DRIVER_CPU_METRIC: cpu}
+    client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in closing.items()])
     client.set_terminated(parent, "FINISHED")
     print(f"review: {review_hint(record.tracking_uri, exp_id)}")

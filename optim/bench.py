@@ -28,7 +28,7 @@ import torch
 import torchvision
 
 from optim.allocator import keep_freed_memory
-from optim.factory import build_optimizer
+from optim.factory import build_optimizer, spec_of
 from optim.layerwise import LayerwiseOptimizer, fuse_step
 
 WD = 5e-4
@@ -94,7 +94,7 @@ def _stepper(name: str, hp: dict, named: list, params: list, sample_norms: list,
     opt = build_optimizer(name, named, **hp, **({"fused": fused} if long_run and fused is not None else {}))
     assert isinstance(opt, LayerwiseOptimizer)
     for group in opt.param_groups:
-        group["step"] = fuse_step(sum(p.numel() for p in group["params"])) if long_run else 0
+        group["step"] = opt.fuse_step_of(group) if long_run else 0
     recorder = opt.enable_telemetry() if telemetry else None
 
     def step() -> None:
@@ -177,10 +177,11 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
     grads = [torch.randn(p.shape, generator=gen, device=dev, dtype=p.dtype) * 1e-2 for p in model.parameters()]
     now = _clock(dev)
     adapted = sum(p.numel() for p in model.parameters() if p.ndim > 1)  # the trust-ratio group (exclude_1d)
-    samples: dict[str, Any] = {"sgd": [], "adam": [], "long run from step": fuse_step(adapted), "first step s": {},
+    labels = [label for label in CONFIGS if not only or label in only]
+    fuse_steps = {label: fuse_step(adapted, spec_of(CONFIGS[label][0]).cls.fuse_after_element_steps) for label in labels}
+    samples: dict[str, Any] = {"sgd": [], "adam": [], "long run from step": fuse_steps, "first step s": {},
                                "long run fused": fused}
     shifts = random.Random(0)
-    labels = [label for label in CONFIGS if not only or label in only]
     per_build = -(-rounds // min(BUILDS, rounds))
     for first_round in range(0, rounds, per_build):  # a block: every configuration on a fresh layout, in turn
         for label in labels:
@@ -216,8 +217,8 @@ def report(samples: dict[str, Any]) -> str:
     first = samples.get("first step s", {})
     forced = samples.get("long run fused")
     how = "where fused=None fuses on the CPU" if forced is None else f"with fused={forced}"
-    lines.append(f"@long: a long run's step, from step {samples['long run from step']} ({how}); without: a run's "
-                 f"first steps (eager)")
+    from_step = ", ".join(f"{label} {step}" for label, step in samples["long run from step"].items())
+    lines.append(f"@long: a long run's step, from the step {how} ({from_step}); without: a run's first steps (eager)")
     lines.append("first step (s; compiles where fused): "
                  + ", ".join(f"{k} {v:.2f}" for k, v in first.items() if not k.endswith("+telemetry")))
     lines += ["", f"{'optimizer':30s} {'ms/step':>8s} {'vs SGD-m [IQR]':>22s} {'vs Adam [IQR]':>22s} "

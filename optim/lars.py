@@ -31,11 +31,16 @@ def lars_update(
     decayed: list[Tensor],
     lr: float,
     momentum: float,
+    decayed_is_scratch: bool = False,
 ) -> None:
     """Functional multi-tensor core: buf = m·buf + ρ·d; w ← w − lr·buf (ρ = 1 when None).
 
-    `decayed` is d = g + wd·w (the gradients themselves when wd = 0); `rho` one ratio per tensor.
+    `decayed` is d = g + wd·w (the gradients themselves when wd = 0); `rho` one ratio per tensor;
+    `decayed_is_scratch`: d is a buffer of the optimizer's own, free to be overwritten (`fused_sgd_update`).
     """
+    if bufs is not None and decayed_is_scratch and fits_fused_sgd(params, lr):
+        fused_sgd_update(params, bufs, rho, decayed=decayed, lr=lr, momentum=momentum)
+        return
     if bufs is None:  # no momentum: w ← w − lr·ρ·d in one pass
         if rho is None:
             torch._foreach_add_(params, decayed, alpha=-lr)
@@ -50,8 +55,39 @@ def lars_update(
     torch._foreach_add_(params, bufs, alpha=-lr)
 
 
+def fits_fused_sgd(params: list[Tensor], lr: Any) -> bool:
+    """Whether `fused_sgd_update` takes these tensors: float32 on the CPU, with a float learning rate."""
+    return params[0].device.type == "cpu" and params[0].dtype == torch.float32 and not torch.is_tensor(lr)
+
+
+def fused_sgd_update(params: list[Tensor], bufs: list[Tensor], rho: Tensor | None, *, decayed: list[Tensor],
+                     lr: float, momentum: float) -> None:
+    """buf = m·buf + ρ·d; w ← w − lr·buf, each tensor in one pass of torch's fused SGD kernel (CPU, float32).
+
+    The kernel of `torch.optim.SGD(fused=True)` reads w, d and buf and writes w and buf once per tensor, where the
+    three multi-tensor ops of `lars_update` stream them eight times. ρ enters as the kernel's `grad_scale` (it
+    takes d / (1/ρ), ρ·d to a float's last bit), which the kernel also writes back into d: callers pass a scratch
+    d, never the gradients. Called per tensor through `torch._fused_sgd_` because `torch.optim.sgd.sgd` takes one
+    scale for all. Its float32 scale would round a float64 ρ, so float64 keeps the multi-tensor ops. Measured on
+    ResNet-18's parameters, one thread, interleaved: LARS's eager step 17.96 → 15.33 ms against torch's foreach
+    SGD-momentum's 14.24 (1.27× → 1.08×), the weights within 1.5e-8 of the multi-tensor ops' after 5 steps.
+    """
+    common = dict(weight_decay=0.0, momentum=momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False,
+                  is_first_step=False)
+    if rho is None:
+        torch._fused_sgd_(params, decayed, bufs, **common)
+        return
+    for p, d, buf, inverse in zip(params, decayed, bufs, (1.0 / rho).unbind(0)):
+        torch._fused_sgd_([p], [d], [buf], grad_scale=inverse, **common)
+
+
 class LARS(LayerwiseOptimizer):
     """LARS with momentum; see the module docstring for the update and `LayerwiseOptimizer` for clipping."""
+
+    # Its eager step runs torch's fused SGD kernel (`fused_sgd_update`), so compiling saves less than LAMB's ~1 ns per
+    # element and step: ResNet-18's LARS step 15.07 → 10.14 ms (optim.bench, 11.2 M adapted weights: 0.44 ns), and
+    # the same ~10-s compile pays after 2.3·10¹⁰ element-steps (ResNet-18 fuses at step 1,713).
+    fuse_after_element_steps = 2 * 10**10
 
     def __init__(
         self,
@@ -128,4 +164,5 @@ class LARS(LayerwiseOptimizer):
             decayed, norms = decayed_with_norms(grads, params, wd, scratch, self._needs_decayed_norm(group),
                                                 self._needs_grad_norm(group))
             rho = self._ratio(group, params, norms)
-        lars_update(params, bufs, rho, decayed=decayed, lr=group["lr"], momentum=momentum)
+        lars_update(params, bufs, rho, decayed=decayed, lr=group["lr"], momentum=momentum,
+                    decayed_is_scratch=scratch is not None)

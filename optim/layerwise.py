@@ -220,20 +220,20 @@ def stack_norms(tensors: list[Tensor]) -> Tensor:
 
 # `fused=None` (the default) runs a CPU group's step as `optim.fused`'s compiled passes once the group has taken
 # this many steps × elements (`fuse_step`): the eager time fusing would have saved by then (~1 ns per element and
-# step: ResNet-18's LARS step 24.7 → 13.5 ms, LAMB's 50 → 26 ms, optim.bench on the 2-core CI machine) pays
-# for one compile (~10 s: 7–11 s with Inductor's on-disk cache cold, ~1–3 s warm) — rent until renting has
-# cost the price of buying, then buy: never more than twice the best choice in hindsight. A CIFAR ResNet-18
-# (11.2 M adapted weights) fuses at step 896, ImageNet's ResNet-50 at 393; a CIFAR ResNet-8 (77 K) at 129,266,
-# never in practice: its step is too small to repay a compile (a 20-epoch trial fused at a fixed 500th step
-# spent 6.3 s compiling to save ~0.01 s an epoch).
+# step: ResNet-18's LAMB step 50 → 26 ms, optim.bench on the 2-core CI machine) pays for one compile (~10 s:
+# 7–11 s with Inductor's on-disk cache cold, ~1–3 s warm) — rent until renting has cost the price of buying, then
+# buy: never more than twice the best choice in hindsight. A CIFAR ResNet-18 (11.2 M adapted weights) fuses LAMB at
+# step 857, ImageNet's ResNet-50 at 393; a CIFAR ResNet-8 (77 K) at 128,206, never in practice: its step is too
+# small to repay a compile (a 20-epoch trial fused at a fixed 500th step spent 6.3 s compiling to save ~0.01 s an
+# epoch). Each optimizer class may save another amount per element (`fuse_after_element_steps`: LARS's).
 # Counted in steps, not seconds, so the step where a run fuses is the same on every run of it.
 # On CUDA fusing is opt-in (`fused=True`): unmeasured there, and Triton compiles every layer's kernels.
 FUSE_AFTER_ELEMENT_STEPS = 10**10
 
 
-def fuse_step(numel: int) -> int:
-    """The first step a CPU group of `numel` elements takes fused under `fused=None`."""
-    return -(-FUSE_AFTER_ELEMENT_STEPS // max(numel, 1))
+def fuse_step(numel: int, element_steps: int = FUSE_AFTER_ELEMENT_STEPS) -> int:
+    """The first step a CPU group of `numel` elements takes fused under `fused=None`, fusing after `element_steps`."""
+    return -(-element_steps // max(numel, 1))
 
 
 class LayerwiseOptimizer(Optimizer):
@@ -248,6 +248,8 @@ class LayerwiseOptimizer(Optimizer):
     without a trust ratio, and variants without a fused form (LARS without momentum), always run eagerly.
     Every hyperparameter in `defaults` is checked by `optim.checks.CHECKS` before anything is built.
     """
+
+    fuse_after_element_steps = FUSE_AFTER_ELEMENT_STEPS  # when `fused=None` fuses a CPU group (`fuse_step`)
 
     def __init__(self, params: ParamsLike, defaults: dict[str, Any], exclude_1d: bool = True):
         check_hparams({**defaults, "exclude_1d": exclude_1d})
@@ -351,7 +353,11 @@ class LayerwiseOptimizer(Optimizer):
             return False
         if setting:
             return True
-        return params[0].device.type == "cpu" and group["step"] >= fuse_step(sum(p.numel() for p in group["params"]))
+        return params[0].device.type == "cpu" and group["step"] >= self.fuse_step_of(group)
+
+    def fuse_step_of(self, group: dict[str, Any]) -> int:
+        """The first step this group takes fused under `fused=None` on the CPU."""
+        return fuse_step(sum(p.numel() for p in group["params"]), self.fuse_after_element_steps)
 
     def _fused_step(self, group: dict[str, Any], params: list[Tensor]) -> bool:
         """Run the group's step fused; False (nothing changed, a warning given) if `fused=None` and it cannot compile."""

@@ -20,7 +20,8 @@ def test_bench_reports_ratios_and_targets():
     text = report(samples)
     assert "lars <= 1.10x torch SGD-momentum foreach" in text and "lamb <= 1.00x torch Adam foreach" in text
     assert "lars@long <= 1.10x torch SGD-momentum foreach" in text and "lamb@long <= 1.00x" in text
-    assert "lars telemetry on/off <= 1.03" in text and "lars@long telemetry on/off <= 1.03" in text and "from step 857 " in text
+    assert "lars telemetry on/off <= 1.03" in text and "lars@long telemetry on/off <= 1.03" in text
+    assert "where fused=None fuses on the CPU (lars 1713, lamb 857)" in text
     assert "tvlars" not in text and "over 2 rounds" in text and "first step (s; compiles where fused): lars " in text
 
 
@@ -33,7 +34,7 @@ def test_bench_long_run_takes_the_fused_flag():
     counters.clear()
     samples = run(rounds=1, steps=1, only=["lars"], fused=False)
     assert counters["stats"]["unique_graphs"] == 0
-    assert "from step 857 (with fused=False)" in report(samples)
+    assert "from the step with fused=False (lars 1713)" in report(samples)
 
 
 def test_spread_and_verdicts():

@@ -57,7 +57,7 @@ def test_default_fuses_a_cpu_run_from_its_fuse_step_and_in_a_worker_thread():
     adapted = opt.param_groups[0]
     assert adapted["adapt"] and adapted["step"] == 0
     for group in opt.param_groups + eager.param_groups:  # a long run, two steps before this group fuses
-        group["step"] = fuse_step(sum(p.numel() for p in adapted["params"])) - 2
+        group["step"] = opt.fuse_step_of(adapted) - 2
     graphs: list[int] = []
 
     def run() -> None:
@@ -76,8 +76,14 @@ def test_default_fuses_a_cpu_run_from_its_fuse_step_and_in_a_worker_thread():
 
 
 def test_fuse_step_is_where_the_saving_pays_for_a_compile():
-    """10^10 element-steps: ResNet-18's adapted weights (11.68 M) fuse at step 857, 78 K weights at 128,206."""
+    """10^10 element-steps (LAMB): ResNet-18's adapted weights (11.68 M) fuse at step 857, 78 K weights at 128,206;
+    LARS, whose eager step saves less by fusing, after 2·10^10: step 1,713, and so LARC, TVLARS and CLARS."""
     assert fuse_step(11_678_912) == 857 and fuse_step(78_000) == 128_206 and fuse_step(0) == 10**10
+    resnet18 = {"params": [torch.empty(11_678_912)]}
+    for name in ("lars", "larc", "tvlars", "clars"):
+        assert build_optimizer(name, [torch.empty(3, 3)]).fuse_step_of(resnet18) == 1_713
+    assert build_optimizer("lamb", [torch.empty(3, 3)]).fuse_step_of(resnet18) == 857
+    assert build_optimizer("lambc", [torch.empty(3, 3)]).fuse_step_of(resnet18) == 857
 
 
 def test_a_compile_that_fails_warns_and_steps_eagerly_by_default_and_raises_when_asked():

@@ -142,7 +142,7 @@ def decayed_gradients(grads: list[Tensor], params: list[Tensor], weight_decay: f
     return out
 
 
-NORM_TILE_BYTES = 256 << 10  # a tile's streams (g, w, d) stay in L2 while its squared norms are taken
+NORM_TILE_BYTES = 1 << 20  # a tile's streams (g, w, d) stay in cache while its squared norms are taken
 
 
 @dataclass
@@ -160,11 +160,13 @@ def decayed_with_norms(grads: list[Tensor], params: list[Tensor], weight_decay: 
     """d = g + wd·w (`decayed_gradients`) and the norms asked for, in one pass on the CPU.
 
     Each tensor is walked in tiles of `NORM_TILE_BYTES`: a tile of d is written and its squares, w's and g's
-    summed while the three are in L2, instead of separate passes that each stream every layer from memory
-    again (ResNet-18's large layers are 9.4 MB). Measured by `python -m optim.bench` on the 2-core CI machine
-    (one thread, thread CPU time, 15 rounds): telemetry on/off for LARS 1.17 [IQR 1.13, 1.18] → 1.06 [1.04,
-    1.08]. LARS / SGD-momentum stayed 1.25–1.28 for every tile from 128 KiB to whole layers: that cost is the
-    norms' own arithmetic, not memory traffic.
+    summed while the three are in cache, instead of separate passes that each stream every layer from memory
+    again (ResNet-18's large layers are 9.4 MB). Measured by `python -m optim.bench` on an earlier 2-core CI
+    machine (one thread, thread CPU time, 15 rounds): telemetry on/off for LARS 1.17 [IQR 1.13, 1.18] → 1.06
+    [1.04, 1.08]. Each tile costs ~6 op dispatches, so on the AMD EPYC CI machine (1 MiB of L2 a core, 32 MiB of
+    L3) larger tiles won: this pass over ResNet-18's weights took 14.23 ms [IQR 13.77, 15.06] in tiles of 256 KiB,
+    12.66 in 512 KiB, 11.59 [11.21, 12.56] in 1 MiB, 11.40 in 2 MiB, 11.45 in 4 MiB (one thread, 40 rounds
+    interleaved; with ‖g‖ too, 16.11 → 13.30 ms at 1 MiB).
     Elsewhere (accelerators, other dtypes, non-contiguous tensors) it is the separate multi-tensor passes.
     """
     tiled = (params[0].device.type == "cpu" and params[0].dtype in (torch.float32, torch.float64)
@@ -223,7 +225,7 @@ def stack_norms(tensors: list[Tensor]) -> Tensor:
 # step: ResNet-18's LAMB step 50 → 26 ms, optim.bench on the 2-core CI machine) pays for one compile (~10 s:
 # 7–11 s with Inductor's on-disk cache cold, ~1–3 s warm) — rent until renting has cost the price of buying, then
 # buy: never more than twice the best choice in hindsight. A CIFAR ResNet-18 (11.2 M adapted weights) fuses LAMB at
-# step 857, ImageNet's ResNet-50 at 393; a CIFAR ResNet-8 (77 K) at 128,206, never in practice: its step is too
+# step 896, ImageNet's ResNet-50 at 393; a CIFAR ResNet-8 (77 K) at 129,266, never in practice: its step is too
 # small to repay a compile (a 20-epoch trial fused at a fixed 500th step spent 6.3 s compiling to save ~0.01 s an
 # epoch). Each optimizer class may save another amount per element (`fuse_after_element_steps`: LARS's).
 # Counted in steps, not seconds, so the step where a run fuses is the same on every run of it.

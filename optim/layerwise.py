@@ -245,7 +245,7 @@ class LayerwiseOptimizer(Optimizer):
     `clip_lower`/`clip_upper` (fixed bounds μ ≤ ρ ≤ τ, None = unbounded), `clip_mode` ("fixed" or
     "adaptive": per-layer bounds EMA-mean ± clip_k·EMA-std of that layer's own ρ, decay clip_beta,
     intersected with the fixed bounds), `step` (t, completed optimizer steps, saved in state_dict) and
-    `fused` (True: every step as `optim.fused`'s compiled passes; False: eager multi-tensor ops; None: eager,
+    `fused` (True: every step as `optim.fused`'s compiled passes; False: eager ops, nothing compiled; None: eager,
     then fused from `fuse_step` on the CPU, staying eager with a warning if compiling fails). Groups
     without a trust ratio, and variants without a fused form (LARS without momentum), always run eagerly.
     Every hyperparameter in `defaults` is checked by `optim.checks.CHECKS` before anything is built.

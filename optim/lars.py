@@ -85,8 +85,8 @@ class LARS(LayerwiseOptimizer):
     """LARS with momentum; see the module docstring for the update and `LayerwiseOptimizer` for clipping."""
 
     # Its eager step runs torch's fused SGD kernel (`fused_sgd_update`), so compiling saves less than LAMB's ~1 ns per
-    # element and step: ResNet-18's LARS step 15.07 → 10.14 ms (optim.bench, 11.2 M adapted weights: 0.44 ns), and
-    # the same ~10-s compile pays after 2.3·10¹⁰ element-steps (a CIFAR ResNet-18 fuses at step 1,792).
+    # element and step: ResNet-18's LARS step 15.07 → 10.14 ms (optim.bench, 11.7 M adapted weights: 0.42 ns), and
+    # the same ~10-s compile pays after ~2.4·10¹⁰ element-steps; rounded down (a CIFAR ResNet-18 fuses at step 1,792).
     fuse_after_element_steps = 2 * 10**10
 
     def __init__(

@@ -47,6 +47,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 TARGETS = ((("lars", "larc", "tvlars"), "sgd", 1.10), (("lamb", "lambc"), "adam", 1.00))
 TELEMETRY_TARGET = 1.03  # telemetry on / off, every configuration
 BASELINES = {"sgd": "torch SGD-momentum foreach", "adam": "torch Adam foreach"}
+# The weights' layout: a trial's, whose model is channels_last (`trainables.worker.WorkerEnv.memory_format`, which
+# optim does not import). The LARS family's eager step took 29.2 ms on ResNet-18 in it before the memory-order views
+# of `optim.layerwise.memory_order_view`, against 15.9 ms contiguous, where this bench then measured it.
+MEMORY_FORMAT = torch.channels_last
 BUILDS = 5  # fresh memory layouts per optimizer and run (see `run`)
 PHASES = ("", "@long")  # label suffixes: timed from a run's first step, and from the step its default fuses
 
@@ -172,9 +176,10 @@ def run(device: str = "cpu", rounds: int = 15, steps: int = 5, dtype: str = "flo
     fused 0.637 in one run, 0.587 and 0.593 in the next two).
     """
     dev = torch.device(device)
-    model = torchvision.models.resnet18().to(dev, getattr(torch, dtype))
+    model = torchvision.models.resnet18().to(dev, getattr(torch, dtype), memory_format=MEMORY_FORMAT)
     gen = torch.Generator(device=dev).manual_seed(0)
-    grads = [torch.randn(p.shape, generator=gen, device=dev, dtype=p.dtype) * 1e-2 for p in model.parameters()]
+    grads = [torch.empty_like(p).copy_(torch.randn(p.shape, generator=gen, device=dev, dtype=p.dtype) * 1e-2)
+             for p in model.parameters()]  # laid out as their weights, as autograd's are
     now = _clock(dev)
     adapted = sum(p.numel() for p in model.parameters() if p.ndim > 1)  # the trust-ratio group (exclude_1d)
     labels = [label for label in CONFIGS if not only or label in only]
@@ -257,7 +262,8 @@ def main() -> None:
     fused = {"default": None, "true": True, "false": False}[args.fused]
     samples = run(args.device, args.rounds, args.steps, args.dtype, args.only, fused)
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} clock={clock} "
-          f"allocator={allocator} params=ResNet-18 ({sum(p.numel() for p in torchvision.models.resnet18().parameters()):,})")
+          f"allocator={allocator} params=ResNet-18 ({sum(p.numel() for p in torchvision.models.resnet18().parameters()):,}, "
+          f"{str(MEMORY_FORMAT).removeprefix('torch.')})")
     print(report(samples))
 
 

@@ -2,7 +2,7 @@
 
 Eager multi-tensor ops stream every layer from memory once per op: torch's foreach SGD-momentum makes
 ~11 passes of a layer's size, LARS adds two norm passes (1.27–1.34× SGD-momentum in optim.bench) and no
-tiling of eager ops helped (the note in `decayed_with_norms`). Compiled, each optimizer is two passes:
+tiling of eager ops helped (the note in `tiled_norms`). Compiled, each optimizer is two passes:
 one reading w and g (LAMB: and its moments) for every norm at once, then one fused update after the
 per-layer ratio ρ is formed from those norms by the same eager code as before (clipping, φ(t), CLARS'
 denominator, telemetry). Per-step values (lr, bias corrections, ρ) enter as tensors, so a schedule never

@@ -123,26 +123,17 @@ def chunks(params: list[Tensor], budget: int | None) -> Iterator[list[int]]:
         yield current
 
 
-def decayed_gradients(grads: list[Tensor], params: list[Tensor], weight_decay: float,
-                      scratch: Tensor | None) -> list[Tensor]:
-    """d = g + wd·w without touching p.grad; on the CPU written into a reused, cache-hot scratch buffer.
-
-    A fresh destination costs about twice an in-place pass on the CPU (measured in optim.bench's
-    development); on accelerators one foreach op beats a per-tensor loop, so it allocates there.
-    """
+def decayed_gradients(grads: list[Tensor], params: list[Tensor], weight_decay: float) -> list[Tensor]:
+    """d = g + wd·w in new tensors (one multi-tensor op), p.grad untouched; the gradients themselves when wd = 0."""
     if weight_decay == 0:
         return grads
-    if scratch is None:
-        return torch._foreach_add(grads, params, alpha=weight_decay)
-    out, offset = [], 0
-    for g, p in zip(grads, params):
-        view = scratch[offset:offset + p.numel()].view(p.shape)
-        out.append(torch.add(g, p, alpha=weight_decay, out=view))
-        offset += p.numel()
-    return out
+    return torch._foreach_add(grads, params, alpha=weight_decay)
 
 
-NORM_TILE_BYTES = 1 << 20  # a tile's streams (g, w, d) stay in cache while its squared norms are taken
+NORM_TILE_BYTES = 1 << 20  # a tile of w and g stays in cache while its dot products are taken
+# Where ‖g‖² + 2wd⟨g,w⟩ + wd²‖w‖² falls below 1/CANCELLATION_LIMIT of its terms' magnitudes, the sum's rounding
+# error, relative to ‖d‖², would exceed that many times a dot product's: such a layer takes ‖d‖ from d itself.
+CANCELLATION_LIMIT = 4.0
 
 
 @dataclass
@@ -155,51 +146,69 @@ class LayerNorms:
     g: Tensor | None
 
 
-def decayed_with_norms(grads: list[Tensor], params: list[Tensor], weight_decay: float, scratch: Tensor | None,
-                       want_d: bool, want_g: bool) -> tuple[list[Tensor], LayerNorms]:
-    """d = g + wd·w (`decayed_gradients`) and the norms asked for, in one pass on the CPU.
+def memory_order_view(t: Tensor) -> Tensor | None:
+    """A 1-D view of `t`'s elements in memory order (no copy): of a contiguous or a channels_last tensor, else None."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).view(-1)
+    return None
 
-    Each tensor is walked in tiles of `NORM_TILE_BYTES`: a tile of d is written and its squares, w's and g's
-    summed while the three are in cache, instead of separate passes that each stream every layer from memory
-    again (ResNet-18's large layers are 9.4 MB). Measured by `python -m optim.bench` on an earlier 2-core CI
-    machine (one thread, thread CPU time, 15 rounds): telemetry on/off for LARS 1.17 [IQR 1.13, 1.18] → 1.06
-    [1.04, 1.08]. Each tile costs ~6 op dispatches, so on the AMD EPYC CI machine (1 MiB of L2 a core, 32 MiB of
-    L3) larger tiles won: this pass over ResNet-18's weights took 14.23 ms [IQR 13.77, 15.06] in tiles of 256 KiB,
-    12.66 in 512 KiB, 11.59 [11.21, 12.56] in 1 MiB, 11.40 in 2 MiB, 11.45 in 4 MiB (one thread, 40 rounds
-    interleaved; with ‖g‖ too, 16.11 → 13.30 ms at 1 MiB).
-    Elsewhere (accelerators, other dtypes, non-contiguous tensors) it is the separate multi-tensor passes.
+
+def tiles_fit(params: list[Tensor], grads: list[Tensor]) -> bool:
+    """Whether `tiled_norms` takes these tensors: on the CPU, laid out alike, each viewable flat in memory order."""
+    return params[0].device.type == "cpu" and all(
+        g.dtype == p.dtype and g.stride() == p.stride() and memory_order_view(p) is not None
+        for p, g in zip(params, grads))
+
+
+def tiled_norms(grads: list[Tensor], params: list[Tensor], weight_decay: float, want_d: bool,
+                want_g: bool) -> LayerNorms:
+    """‖w‖ and, as asked, ‖d‖ (d = g + wd·w) and ‖g‖ per tensor from dot products over cache-sized tiles of w and
+    g read once, d never written: ‖d‖² = ‖g‖² + 2wd⟨g,w⟩ + wd²‖w‖² (`decayed_squares`), so ‖g‖ costs nothing more.
+
+    Writing d costs a pass over a buffer the size of the weights, which the update then reads back from memory: on
+    ResNet-18's contiguous weights (AMD EPYC, one thread, thread CPU time, 12 rounds interleaved) LARS's eager step
+    took 15.9 ms writing d in tiles and 14.9 ms with these dot products instead (telemetry on: 18.0 → 14.6 ms).
+    Tiled because each tile costs a few op dispatches and larger tiles stay in cache on that machine (1 MiB of L2
+    a core, 32 MiB of L3): the earlier pass writing d took 14.23 ms [IQR 13.77, 15.06] in tiles of 256 KiB, 12.66
+    in 512 KiB, 11.59 [11.21, 12.56] in 1 MiB, 11.40 in 2 MiB, 11.45 in 4 MiB (one thread, 40 rounds interleaved).
     """
-    tiled = (params[0].device.type == "cpu" and params[0].dtype in (torch.float32, torch.float64)
-             and (weight_decay == 0 or scratch is not None) and all(p.is_contiguous() for p in params))
-    if not tiled:
-        decayed = decayed_gradients(grads, params, weight_decay, scratch)
-        return decayed, LayerNorms(stack_norms(params), stack_norms(decayed) if want_d else None,
-                                   stack_norms(grads) if want_g else None)
     tile = max(1, NORM_TILE_BYTES // params[0].element_size())
-    same = weight_decay == 0  # d is g itself
-    take_d, take_g = want_d and not same, want_g or (want_d and same)
-    decayed, squares, layer_of, offset = [], [], [], 0
+    take_gw = want_d and weight_decay != 0
+    take_g = want_g or want_d
+    dots, layer_of = [], []
     for layer, (g, p) in enumerate(zip(grads, params)):
-        flat_g, flat_p = g.reshape(-1), p.reshape(-1)
-        flat_d = flat_g if same else scratch[offset:offset + p.numel()]
-        offset += p.numel()
+        flat_g, flat_p = memory_order_view(g), memory_order_view(p)
         for start in range(0, flat_p.numel(), tile):
-            end = start + tile
-            g_t, p_t, d_t = flat_g[start:end], flat_p[start:end], flat_d[start:end]
-            if not same:
-                torch.add(g_t, p_t, alpha=weight_decay, out=d_t)
-            squares.append(torch.dot(p_t, p_t))
-            if take_d:
-                squares.append(torch.dot(d_t, d_t))
+            g_t, p_t = flat_g[start:start + tile], flat_p[start:start + tile]
+            dots.append(torch.dot(p_t, p_t))
             if take_g:
-                squares.append(torch.dot(g_t, g_t))
+                dots.append(torch.dot(g_t, g_t))
+            if take_gw:
+                dots.append(torch.dot(g_t, p_t))
             layer_of.append(layer)
-        decayed.append(g if same else flat_d.view(p.shape))
-    rows = torch.stack(squares).view(len(layer_of), -1)
-    norms = rows.new_zeros(len(params), rows.shape[1]).index_add_(0, torch.tensor(layer_of), rows).sqrt().unbind(1)
-    g_norm = norms[-1] if take_g else None
-    d_norm = norms[1] if take_d else g_norm if want_d else None
-    return decayed, LayerNorms(norms[0], d_norm, g_norm if want_g else None)
+    rows = torch.stack(dots).view(len(layer_of), -1)
+    sums = rows.new_zeros(len(params), rows.shape[1]).index_add_(0, torch.tensor(layer_of), rows).unbind(1)
+    ww, gg = sums[0], sums[1] if take_g else None
+    dd = decayed_squares(grads, params, weight_decay, ww, gg, sums[2]) if take_gw else gg
+    return LayerNorms(ww.sqrt(), dd.sqrt() if want_d else None, gg.sqrt() if want_g else None)
+
+
+def decayed_squares(grads: list[Tensor], params: list[Tensor], weight_decay: float, ww: Tensor, gg: Tensor,
+                    gw: Tensor) -> Tensor:
+    """‖g + wd·w‖² per tensor from ‖w‖², ‖g‖² and ⟨g,w⟩; from d itself where the sum cancels (`CANCELLATION_LIMIT`).
+
+    Elsewhere its rounding error is at most CANCELLATION_LIMIT times a dot product's, relative to ‖d‖²; layers
+    whose gradients are orthogonal to their weights (every convolution before a BatchNorm) do not cancel at all.
+    """
+    wd = weight_decay
+    dd = gg + 2 * wd * gw + wd * wd * ww
+    magnitude = gg + 2 * wd * gw.abs() + wd * wd * ww
+    for i in (dd * CANCELLATION_LIMIT < magnitude).nonzero().flatten().tolist():
+        d = torch.add(grads[i], params[i], alpha=wd).reshape(-1)
+        dd[i] = torch.dot(d, d)
+    return dd
 
 
 def safe_trust_ratio(numerator: Tensor, w_norm: Tensor, denominator: Tensor) -> Tensor:
@@ -212,10 +221,11 @@ def stack_norms(tensors: list[Tensor]) -> Tensor:
     """L2 norm of each tensor, stacked into one vector.
 
     On the CPU √(x·x) through BLAS dot is ~1.7× faster than linalg.vector_norm (99 vs 168 µs for a
-    2.4M-element layer here); elsewhere one foreach_norm launch beats a loop.
+    2.4M-element layer here), over each tensor's memory-order view (`reshape` would copy a channels_last one);
+    elsewhere one foreach_norm launch beats a loop.
     """
     if tensors[0].device.type == "cpu" and tensors[0].dtype in (torch.float32, torch.float64):
-        flat = [t.reshape(-1) for t in tensors]
+        flat = [view if (view := memory_order_view(t)) is not None else t.reshape(-1) for t in tensors]
         return torch.stack([torch.dot(f, f) for f in flat]).sqrt()
     return torch.stack(torch._foreach_norm(tensors))
 
@@ -263,7 +273,6 @@ class LayerwiseOptimizer(Optimizer):
         self._names = names
         self.telemetry: TrustRatioTelemetry | None = None
         self._pending: list[Tensor] = []
-        self._scratch: Tensor | None = None
         self._fuse_failed = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -271,16 +280,6 @@ class LayerwiseOptimizer(Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             group.setdefault("fused", None)
-
-    def _scratch_for(self, params: list[Tensor]) -> Tensor | None:
-        """A reused flat buffer big enough for this chunk, on the CPU only (see `decayed_gradients`)."""
-        p0 = params[0]
-        if p0.device.type != "cpu" or not all(p.is_contiguous() for p in params):
-            return None
-        numel = sum(p.numel() for p in params)
-        if self._scratch is None or self._scratch.numel() < numel or self._scratch.dtype != p0.dtype:
-            self._scratch = torch.empty(numel, dtype=p0.dtype)
-        return self._scratch
 
     # ---- telemetry -------------------------------------------------------------------------------
     def adapted_layer_names(self) -> list[str]:

@@ -18,11 +18,10 @@ from optim.layerwise import (
     LayerwiseOptimizer,
     ParamsLike,
     decayed_gradients,
-    memory_order_view,
+    flat_views,
     safe_trust_ratio,
     stack_norms,
     tiled_norms,
-    tiles_fit,
 )
 
 
@@ -53,11 +52,10 @@ def lars_update(
     torch._foreach_add_(params, bufs, alpha=-lr)
 
 
-def fits_fused_sgd(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor] | None, lr: Any) -> bool:
-    """Whether `fused_sgd_update` (with `tiled_norms`) takes these tensors: float32 on the CPU, weights, gradients
-    and momentum buffers laid out alike, a float learning rate."""
-    return (params[0].dtype == torch.float32 and not isinstance(lr, Tensor) and tiles_fit(params, grads)
-            and all(b.stride() == p.stride() for b, p in zip(bufs or [], params)))
+def fits_fused_sgd(params: list[Tensor], lr: Any) -> bool:
+    """Whether `fused_sgd_update` (with `tiled_norms`) may take these tensors: float32 on the CPU, a float learning
+    rate; their `flat_views` decide the rest."""
+    return params[0].device.type == "cpu" and params[0].dtype == torch.float32 and not isinstance(lr, Tensor)
 
 
 # The smallest ρ that `fused_sgd_update` passes as the kernel's dampening 1 − ρ: the kernel forms ρ back as
@@ -68,7 +66,8 @@ SMALLEST_DAMPENED_RHO = 2.0**-26
 def fused_sgd_update(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor] | None, rho: Tensor | None, *,
                      lr: float, momentum: float, weight_decay: float) -> None:
     """buf = m·buf + ρ·(g + wd·w); w ← w − lr·buf (without momentum w ← w − lr·ρ·(g + wd·w)) by torch's fused SGD
-    kernel (what `torch.optim.SGD(fused=True)` runs): one pass per tensor reading w, g and buf, writing w and buf.
+    kernel (what `torch.optim.SGD(fused=True)` runs): one pass per tensor reading w, g and buf, writing w and buf;
+    the tensors given as their `flat_views`.
 
     The kernel applies the weight decay itself, so d is never written, and leaves the gradients as they are. ρ
     enters as its dampening 1 − ρ (buf = m·buf + (1 − dampening)·d), without momentum as its learning rate lr·ρ;
@@ -76,12 +75,10 @@ def fused_sgd_update(params: list[Tensor], grads: list[Tensor], bufs: list[Tenso
     because `torch.optim.sgd.sgd` takes one dampening and one learning rate for all its tensors. Measured when ρ
     entered as the kernel's `grad_scale` (which writes the scaled d back, so d had to be written first): ResNet-18's
     weights, one thread, interleaved, LARS's eager step 17.96 → 15.33 ms against the three multi-tensor ops of
-    `lars_update`, which stream the weights eight times to the kernel's five. The kernel gets each tensor as its
-    flat view in memory order (`memory_order_view`): given ResNet-18's weights channels_last, as a trial's are, it
-    took LARS's eager step to 21.8 ms against 15.1 ms contiguous; through the views, 14.2 ms.
+    `lars_update`, which stream the weights eight times to the kernel's five. Flat views in memory order because,
+    given ResNet-18's weights channels_last, as a trial's are, the kernel took LARS's eager step to 21.8 ms against
+    15.1 ms contiguous; through the views, 14.2 ms.
     """
-    params, grads = [memory_order_view(p) for p in params], [memory_order_view(g) for g in grads]
-    bufs = None if bufs is None else [memory_order_view(b) for b in bufs]
     common = dict(weight_decay=weight_decay, nesterov=False, maximize=False, is_first_step=False)
     if rho is None:
         torch._fused_sgd_(params, grads, bufs or [], momentum=momentum, lr=lr, dampening=0.0, **common)
@@ -174,9 +171,13 @@ class LARS(LayerwiseOptimizer):
         wd, momentum, lr = group["weight_decay"], group["momentum"], group["lr"]
         bufs = self._momentum_buffers(params) if momentum != 0 else None
         want_d, want_g = self._needs_decayed_norm(group), self._needs_grad_norm(group)
-        if fits_fused_sgd(params, grads, bufs, lr):  # d never written: norms from dot products, the kernel applies wd
-            rho = self._ratio(group, params, tiled_norms(grads, params, wd, want_d, want_g)) if group["adapt"] else None
-            fused_sgd_update(params, grads, bufs, rho, lr=lr, momentum=momentum, weight_decay=wd)
+        tensors = [params, grads] + ([bufs] if bufs is not None else [])
+        flat = flat_views(*tensors) if fits_fused_sgd(params, lr) else None
+        if flat is not None:  # d never written: norms from dot products, the kernel applies the weight decay
+            flat_p, flat_g, *flat_b = flat
+            rho = self._ratio(group, params, tiled_norms(flat_g, flat_p, wd, want_d, want_g)) if group["adapt"] else None
+            fused_sgd_update(flat_p, flat_g, flat_b[0] if flat_b else None, rho, lr=lr, momentum=momentum,
+                             weight_decay=wd)
             return
         decayed, rho = decayed_gradients(grads, params, wd), None
         if group["adapt"]:

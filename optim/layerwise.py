@@ -150,22 +150,27 @@ def memory_order_view(t: Tensor) -> Tensor | None:
     """A 1-D view of `t`'s elements in memory order (no copy): of a contiguous or a channels_last tensor, else None."""
     if t.is_contiguous():
         return t.view(-1)
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).view(-1)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):  # one dense block from its offset
+        return t.as_strided((t.numel(),), (1,))  # ~1 µs; permute(0, 2, 3, 1).view(-1) ~1.9 µs
     return None
 
 
-def tiles_fit(params: list[Tensor], grads: list[Tensor]) -> bool:
-    """Whether `tiled_norms` takes these tensors: on the CPU, laid out alike, each viewable flat in memory order."""
-    return params[0].device.type == "cpu" and all(
-        g.dtype == p.dtype and g.stride() == p.stride() and memory_order_view(p) is not None
-        for p, g in zip(params, grads))
+def flat_views(*lists: list[Tensor]) -> list[list[Tensor]] | None:
+    """Each list's tensors as `memory_order_view`s, or None unless every tensor has one and the tensors at each
+    position share dtype and layout (so that element i of one view matches element i of the others)."""
+    views = [[memory_order_view(t) for t in tensors] for tensors in lists]
+    for i, first in enumerate(lists[0]):
+        layout = first.stride(), first.dtype
+        if any(v[i] is None or (t[i].stride(), t[i].dtype) != layout for t, v in zip(lists, views)):
+            return None
+    return views
 
 
 def tiled_norms(grads: list[Tensor], params: list[Tensor], weight_decay: float, want_d: bool,
                 want_g: bool) -> LayerNorms:
-    """‖w‖ and, as asked, ‖d‖ (d = g + wd·w) and ‖g‖ per tensor from dot products over cache-sized tiles of w and
-    g read once, d never written: ‖d‖² = ‖g‖² + 2wd⟨g,w⟩ + wd²‖w‖² (`decayed_squares`), so ‖g‖ costs nothing more.
+    """‖w‖ and, as asked, ‖d‖ (d = g + wd·w) and ‖g‖ per tensor, of 1-D tensors on the CPU (`flat_views`), from dot
+    products over cache-sized tiles of w and g read once, d never written: ‖d‖² = ‖g‖² + 2wd⟨g,w⟩ + wd²‖w‖²
+    (`decayed_squares`), so ‖g‖ costs nothing more.
 
     Writing d costs a pass over a buffer the size of the weights, which the update then reads back from memory: on
     ResNet-18's contiguous weights (AMD EPYC, one thread, thread CPU time, 12 rounds interleaved) LARS's eager step
@@ -179,9 +184,8 @@ def tiled_norms(grads: list[Tensor], params: list[Tensor], weight_decay: float, 
     take_g = want_g or want_d
     dots, layer_of = [], []
     for layer, (g, p) in enumerate(zip(grads, params)):
-        flat_g, flat_p = memory_order_view(g), memory_order_view(p)
-        for start in range(0, flat_p.numel(), tile):
-            g_t, p_t = flat_g[start:start + tile], flat_p[start:start + tile]
+        for start in range(0, p.numel(), tile):
+            g_t, p_t = g[start:start + tile], p[start:start + tile]
             dots.append(torch.dot(p_t, p_t))
             if take_g:
                 dots.append(torch.dot(g_t, g_t))
@@ -206,7 +210,7 @@ def decayed_squares(grads: list[Tensor], params: list[Tensor], weight_decay: flo
     dd = gg + 2 * wd * gw + wd * wd * ww
     magnitude = gg + 2 * wd * gw.abs() + wd * wd * ww
     for i in (dd * CANCELLATION_LIMIT < magnitude).nonzero().flatten().tolist():
-        d = torch.add(grads[i], params[i], alpha=wd).reshape(-1)
+        d = torch.add(grads[i], params[i], alpha=wd)
         dd[i] = torch.dot(d, d)
     return dd
 

@@ -218,7 +218,7 @@ def test_tiled_norms_match_separate_passes():
     without weight decay, tensors smaller and larger than a tile, a channels_last one)."""
     import torch
 
-    from optim.layerwise import NORM_TILE_BYTES, decayed_gradients, stack_norms, tiled_norms
+    from optim.layerwise import NORM_TILE_BYTES, decayed_gradients, flat_views, stack_norms, tiled_norms
 
     def norms(tensors):  # in float64, independent of the views both functions take
         return torch.stack([torch.linalg.vector_norm(t.double()) for t in tensors]).float()
@@ -236,7 +236,7 @@ def test_tiled_norms_match_separate_passes():
         expected_d = decayed_gradients(grads, params, wd)
         for want_d in (False, True):
             for want_g in (False, True):
-                got = tiled_norms(grads, params, wd, want_d, want_g)
+                got = tiled_norms(*flat_views(grads, params), wd, want_d, want_g)
                 assert_close(got.w, norms(params))
                 assert_close(stack_norms(params), norms(params))
                 assert (got.d is None) == (not want_d) and (got.g is None) == (not want_g)
@@ -247,10 +247,11 @@ def test_tiled_norms_match_separate_passes():
 
 
 def test_memory_order_views_share_storage():
-    """A contiguous and a channels_last tensor are viewed flat without a copy; a transposed one has no such view."""
+    """A contiguous and a channels_last tensor are viewed flat without a copy; a transposed one has no such view, and
+    tensors laid out differently get no views together."""
     import torch
 
-    from optim.layerwise import memory_order_view
+    from optim.layerwise import flat_views, memory_order_view
 
     conv = torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last)
     for t in (torch.randn(10, 32), conv):
@@ -259,6 +260,8 @@ def test_memory_order_views_share_storage():
         view.mul_(2)  # writes reach the tensor
         assert torch.equal(view.sort().values, t.reshape(-1).sort().values)
     assert memory_order_view(torch.randn(10, 32).t()) is None
+    assert flat_views([conv], [torch.randn(16, 8, 3, 3)]) is None  # laid out differently: no matching elements
+    assert flat_views([conv], [torch.randn(16, 8, 3, 3).to(memory_format=torch.channels_last)]) is not None
 
 
 def test_tiled_norms_take_a_cancelling_layer_from_d_itself():

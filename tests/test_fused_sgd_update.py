@@ -13,7 +13,7 @@ import optim.lars
 from conftest import max_rel_err, small_convnet, train
 from optim import build_optimizer
 from optim.lars import SMALLEST_DAMPENED_RHO, fits_fused_sgd, fused_sgd_update, lars_update
-from optim.layerwise import decayed_gradients
+from optim.layerwise import decayed_gradients, flat_views
 from test_telemetry_and_state import CONFIGS, make
 
 FAMILY = ("lars", "larc", "tvlars")
@@ -38,8 +38,9 @@ def test_fused_sgd_update_matches_the_multi_tensor_ops(with_rho, momentum):
     rho = torch.tensor([1e-3, 0.7, 1e2, 0.0, 1e-12]) if with_rho else None
     assert 1e-12 < SMALLEST_DAMPENED_RHO < 1e-3
     ours_p, ours_b = copy.deepcopy(params), copy.deepcopy(bufs) if momentum else None
-    assert fits_fused_sgd(ours_p, grads, ours_b, 0.3)
-    fused_sgd_update(ours_p, grads, ours_b, rho, lr=0.3, momentum=momentum, weight_decay=WD)
+    assert fits_fused_sgd(ours_p, 0.3)
+    flat_p, flat_g, *flat_b = flat_views(ours_p, grads, *([ours_b] if momentum else []))
+    fused_sgd_update(flat_p, flat_g, flat_b[0] if momentum else None, rho, lr=0.3, momentum=momentum, weight_decay=WD)
     assert all(torch.equal(g, fresh) for g, fresh in zip(grads, tensors(2)))
     lars_update(params, bufs if momentum else None, rho, decayed=decayed_gradients(grads, params, WD), lr=0.3,
                 momentum=momentum)
@@ -63,7 +64,7 @@ def test_float32_steps_take_the_kernel_and_match_the_multi_tensor_ops(label, mem
     monkeypatch.setattr(optim.lars, "fused_sgd_update", counted)
     train(kernel, make(label, kernel, fused=False), 6, dtype=torch.float32)
     kernel_steps = len(calls)
-    monkeypatch.setattr(optim.lars, "fits_fused_sgd", lambda params, grads, bufs, lr: False)
+    monkeypatch.setattr(optim.lars, "fits_fused_sgd", lambda params, lr: False)
     train(ops, make(label, ops, fused=False), 6, dtype=torch.float32)
     assert kernel_steps >= 6 and len(calls) == kernel_steps  # the kernel every step, then never
     assert max_rel_err(kernel, ops) <= 1e-6

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optim.layerwise import CLIP_DEFAULTS, LayerwiseOptimizer, ParamsLike, safe_trust_ratio, stack_norms
+from optim.layerwise import (CLIP_DEFAULTS, LayerwiseOptimizer, ParamsLike, chunk_budget, flat_views,
+                             safe_trust_ratio, stack_norms)
 
 
 def lamb_direction(
@@ -45,6 +46,34 @@ def lamb_direction(
     if weight_decay != 0:
         torch._foreach_add_(direction, params, alpha=weight_decay / scale)
     return direction, scale
+
+
+def tiled_lamb_direction(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, direction: Tensor, *,
+                         tile: int, beta1: float, beta2: float, eps: float, decay: float,
+                         want_g: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`lamb_direction` for one large tensor, all 1-D views of one layout, tile by tile: the moments, u = m/(√v + ε)
+    + decay·w written into `direction`, and ‖w‖², ‖u‖² (and ‖g‖² when asked) from each tile while it is in cache.
+
+    The multi-tensor ops stream a whole tensor from memory per op, and a layer too large for the cache (a chunk of
+    its own, `chunk_budget`) is read ~11 times; one tile at a time it is read once. On ResNet-18's channels_last
+    weights (AMD EPYC, one thread, thread CPU time; 80480b2's optimizer beside this one in one process, steps
+    alternated as optim.bench takes them, 12 rounds) LAMB's eager step took 0.937× [IQR 0.918, 0.962] the
+    multi-tensor ops' time. ‖g‖ from the tiles costs what its own pass did (telemetry on/off 1.050 [1.031, 1.068],
+    before 1.054 [1.040, 1.075]): the dot itself, ~0.1 ns an element from cache with MKL on that CPU.
+    """
+    dots = []
+    for start in range(0, param.numel(), tile):
+        p, g, m, v, u = (t[start:start + tile] for t in (param, grad, exp_avg, exp_avg_sq, direction))
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        if want_g:  # while g is the most recently read
+            dots.append(torch.dot(g, g))
+        torch.div(m, torch.sqrt(v, out=u).add_(eps), out=u)
+        if decay != 0:
+            u.add_(p, alpha=decay)
+        dots += [torch.dot(p, p), torch.dot(u, u)]
+    sums = torch.stack(dots).view(-1, 3 if want_g else 2).sum(0)
+    return sums[-2], sums[-1], sums[0] if want_g else None
 
 
 class LAMB(LayerwiseOptimizer):
@@ -117,6 +146,9 @@ class LAMB(LayerwiseOptimizer):
         beta1, beta2 = group["betas"]
         bc1, bc2 = self._bias_corrections(group)
         exp_avgs, exp_avg_sqs = self._moments(params)
+        if group["adapt"] and (views := self._tileable(params, grads, exp_avgs, exp_avg_sqs)) is not None:
+            self._update_tiled(group, params[0], *views)
+            return
         g_norm = stack_norms(grads) if group["adapt"] and self._recording(group) else None
         direction, scale = lamb_direction(
             params, grads, exp_avgs, exp_avg_sqs, beta1=beta1, beta2=beta2, eps=group["eps"],
@@ -128,3 +160,29 @@ class LAMB(LayerwiseOptimizer):
         w_norm = stack_norms(params)
         rho = self._ratio(group, params, w_norm, stack_norms(direction) * scale, g_norm)
         torch._foreach_addcmul_(params, direction, list((rho * (-lr * scale)).unbind(0)))
+
+    @staticmethod
+    def _tileable(params: list[Tensor], *others: list[Tensor]) -> list[Tensor] | None:
+        """A chunk of one CPU tensor larger than a chunk (`chunk_budget`), as 1-D views (`flat_views`) of it, its
+        gradient and moments; None for any other chunk."""
+        param = params[0]
+        budget = chunk_budget(param.device, param.element_size())
+        if (len(params) != 1 or param.device.type != "cpu" or param.dtype not in (torch.float32, torch.float64)
+                or budget is None or param.numel() <= budget):
+            return None
+        views = flat_views(params, *others)
+        return None if views is None else [v[0] for v in views]
+
+    def _update_tiled(self, group: dict[str, Any], param: Tensor, flat_p: Tensor, flat_g: Tensor, flat_m: Tensor,
+                      flat_v: Tensor) -> None:
+        """One large tensor's step through `tiled_lamb_direction`, then w ← w − lr·ρ·r in one pass."""
+        (beta1, beta2), (bc1, bc2) = group["betas"], self._bias_corrections(group)
+        scale = math.sqrt(bc2) / bc1
+        direction = torch.empty_like(flat_p)
+        ww, uu, gg = tiled_lamb_direction(
+            flat_p, flat_g, flat_m, flat_v, direction, tile=chunk_budget(param.device, param.element_size()),
+            beta1=beta1, beta2=beta2, eps=group["eps"] * math.sqrt(bc2), decay=group["weight_decay"] / scale,
+            want_g=self._recording(group))
+        rho = self._ratio(group, [param], ww.sqrt()[None], uu.sqrt()[None] * scale,
+                          None if gg is None else gg.sqrt()[None])
+        flat_p.addcmul_(direction, rho[0] * (-group["lr"] * scale))

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optim.layerwise import (CLIP_DEFAULTS, LayerwiseOptimizer, ParamsLike, chunk_budget, flat_views,
-                             safe_trust_ratio, stack_norms)
+from optim.layerwise import (CLIP_DEFAULTS, NORM_TILE_BYTES, LayerwiseOptimizer, ParamsLike, chunk_budget,
+                             flat_views, safe_trust_ratio, stack_norms)
 
 
 def lamb_direction(
@@ -180,7 +180,7 @@ class LAMB(LayerwiseOptimizer):
         scale = math.sqrt(bc2) / bc1
         direction = torch.empty_like(flat_p)
         ww, uu, gg = tiled_lamb_direction(
-            flat_p, flat_g, flat_m, flat_v, direction, tile=chunk_budget(param.device, param.element_size()),
+            flat_p, flat_g, flat_m, flat_v, direction, tile=NORM_TILE_BYTES // param.element_size(),
             beta1=beta1, beta2=beta2, eps=group["eps"] * math.sqrt(bc2), decay=group["weight_decay"] / scale,
             want_g=self._recording(group))
         rho = self._ratio(group, [param], ww.sqrt()[None], uu.sqrt()[None] * scale,

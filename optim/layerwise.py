@@ -130,7 +130,7 @@ def decayed_gradients(grads: list[Tensor], params: list[Tensor], weight_decay: f
     return torch._foreach_add(grads, params, alpha=weight_decay)
 
 
-NORM_TILE_BYTES = 1 << 20  # a tile of w and g stays in cache while its dot products are taken
+NORM_TILE_BYTES = 1 << 20  # a tile of a layer stays in cache while it is worked on (tiled_norms, LAMB's tiles)
 # Where ‖g‖² + 2wd⟨g,w⟩ + wd²‖w‖² falls below 1/CANCELLATION_LIMIT of its terms' magnitudes, the sum's rounding
 # error, relative to ‖d‖², would exceed that many times a dot product's: such a layer takes ‖d‖ from d itself.
 CANCELLATION_LIMIT = 4.0

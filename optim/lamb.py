@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optim.layerwise import (CLIP_DEFAULTS, NORM_TILE_BYTES, LayerwiseOptimizer, ParamsLike, chunk_budget,
-                             flat_views, safe_trust_ratio, stack_norms)
+from optim.layerwise import (CLIP_DEFAULTS, CPU_DOT_DTYPES, NORM_TILE_BYTES, LayerwiseOptimizer, ParamsLike,
+                             chunk_budget, flat_views, safe_trust_ratio, stack_norms)
 
 
 def lamb_direction(
@@ -117,6 +117,13 @@ class LAMB(LayerwiseOptimizer):
         t = group["step"] + 1
         return (1 - beta1**t, 1 - beta2**t) if group["bias_correction"] else (1.0, 1.0)
 
+    def _folded(self, group: dict[str, Any]) -> tuple[float, float, float, float, float]:
+        """(β1, β2, scale, ε·√bc2, wd/scale) for the step about to be taken: r = scale·u with u = m/(√v + ε·√bc2) +
+        (wd/scale)·w, the bias corrections folded as in `lamb_direction`."""
+        (beta1, beta2), (bc1, bc2) = group["betas"], self._bias_corrections(group)
+        scale = math.sqrt(bc2) / bc1
+        return beta1, beta2, scale, group["eps"] * math.sqrt(bc2), group["weight_decay"] / scale
+
     def _ratio(self, group: dict[str, Any], params: list[Tensor], w_norm: Tensor, r_norm: Tensor,
                g_norm: Tensor | None) -> Tensor:
         """ρ = ‖w‖/‖r‖ of every layer, clipped; recorded when telemetry wants this step (and `g_norm` is given)."""
@@ -131,10 +138,8 @@ class LAMB(LayerwiseOptimizer):
     def _update_fused(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         from optim import fused
 
-        (beta1, beta2), (bc1, bc2) = group["betas"], self._bias_corrections(group)
-        scale = math.sqrt(bc2) / bc1  # r = scale·u, as in `lamb_direction`
-        eps = fused.scalar(group["eps"] * math.sqrt(bc2), params[0])
-        decay = fused.scalar(group["weight_decay"] / scale, params[0])
+        beta1, beta2, scale, eps, decay = self._folded(group)
+        eps, decay = fused.scalar(eps, params[0]), fused.scalar(decay, params[0])
         exp_avgs, exp_avg_sqs = self._moments(params)
         w_norm, u_norm, g_norm = fused.lamb_norms(params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, eps,
                                                   decay).unbind(1)
@@ -143,12 +148,12 @@ class LAMB(LayerwiseOptimizer):
                          decay)
 
     def _update_chunk(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        beta1, beta2 = group["betas"]
-        bc1, bc2 = self._bias_corrections(group)
         exp_avgs, exp_avg_sqs = self._moments(params)
         if group["adapt"] and (views := self._tileable(params, grads, exp_avgs, exp_avg_sqs)) is not None:
             self._update_tiled(group, params[0], *views)
             return
+        beta1, beta2 = group["betas"]
+        bc1, bc2 = self._bias_corrections(group)
         g_norm = stack_norms(grads) if group["adapt"] and self._recording(group) else None
         direction, scale = lamb_direction(
             params, grads, exp_avgs, exp_avg_sqs, beta1=beta1, beta2=beta2, eps=group["eps"],
@@ -167,7 +172,7 @@ class LAMB(LayerwiseOptimizer):
         gradient and moments; None for any other chunk."""
         param = params[0]
         budget = chunk_budget(param.device, param.element_size())
-        if (len(params) != 1 or param.device.type != "cpu" or param.dtype not in (torch.float32, torch.float64)
+        if (len(params) != 1 or param.device.type != "cpu" or param.dtype not in CPU_DOT_DTYPES
                 or budget is None or param.numel() <= budget):
             return None
         views = flat_views(params, *others)
@@ -176,13 +181,11 @@ class LAMB(LayerwiseOptimizer):
     def _update_tiled(self, group: dict[str, Any], param: Tensor, flat_p: Tensor, flat_g: Tensor, flat_m: Tensor,
                       flat_v: Tensor) -> None:
         """One large tensor's step through `tiled_lamb_direction`, then w ← w − lr·ρ·r in one pass."""
-        (beta1, beta2), (bc1, bc2) = group["betas"], self._bias_corrections(group)
-        scale = math.sqrt(bc2) / bc1
+        beta1, beta2, scale, eps, decay = self._folded(group)
         direction = torch.empty_like(flat_p)
         ww, uu, gg = tiled_lamb_direction(
             flat_p, flat_g, flat_m, flat_v, direction, tile=NORM_TILE_BYTES // param.element_size(),
-            beta1=beta1, beta2=beta2, eps=group["eps"] * math.sqrt(bc2), decay=group["weight_decay"] / scale,
-            want_g=self._recording(group))
+            beta1=beta1, beta2=beta2, eps=eps, decay=decay, want_g=self._recording(group))
         rho = self._ratio(group, [param], ww.sqrt()[None], uu.sqrt()[None] * scale,
                           None if gg is None else gg.sqrt()[None])
         flat_p.addcmul_(direction, rho[0] * (-group["lr"] * scale))

@@ -221,6 +221,9 @@ def safe_trust_ratio(numerator: Tensor, w_norm: Tensor, denominator: Tensor) -> 
     return torch.where((w_norm > 0) & (denominator > 0), ratio, torch.ones_like(ratio))
 
 
+CPU_DOT_DTYPES = (torch.float32, torch.float64)  # the dtypes whose norms the CPU takes through BLAS dot
+
+
 def stack_norms(tensors: list[Tensor]) -> Tensor:
     """L2 norm of each tensor, stacked into one vector.
 
@@ -228,7 +231,7 @@ def stack_norms(tensors: list[Tensor]) -> Tensor:
     2.4M-element layer here), over each tensor's memory-order view (`reshape` would copy a channels_last one);
     elsewhere one foreach_norm launch beats a loop.
     """
-    if tensors[0].device.type == "cpu" and tensors[0].dtype in (torch.float32, torch.float64):
+    if tensors[0].device.type == "cpu" and tensors[0].dtype in CPU_DOT_DTYPES:
         flat = [view if (view := memory_order_view(t)) is not None else t.reshape(-1) for t in tensors]
         return torch.stack([torch.dot(f, f) for f in flat]).sqrt()
     return torch.stack(torch._foreach_norm(tensors))

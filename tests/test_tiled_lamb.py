@@ -3,8 +3,6 @@ numbers as the multi-tensor ops and as timm's Lamb, its telemetry too, contiguou
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import timm.optim
 import torch
@@ -78,4 +76,4 @@ def test_tiles_match_timm_without_telemetry(clip, tiled_calls):
                                      max_grad_norm=None, always_adapt=True, trust_clip=clip), STEPS)
     assert tiled_calls == [False] * 2 * STEPS
     assert max_rel_err(ours, reference) <= 1e-6
-    assert max_rel_err(ours, copy.deepcopy(wide_convnet())) > 1e-3
+    assert max_rel_err(ours, wide_convnet()) > 1e-3

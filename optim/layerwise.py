@@ -239,7 +239,7 @@ def stack_norms(tensors: list[Tensor]) -> Tensor:
 
 # `fused=None` (the default) runs a CPU group's step as `optim.fused`'s compiled passes once the group has taken
 # this many steps × elements (`fuse_step`): the eager time fusing would have saved by then (~1 ns per element and
-# step: ResNet-18's LAMB step 50 → 26 ms, optim.bench on the 2-core CI machine) pays for one compile (~10 s:
+# step: ResNet-18's LAMB step 39.5 → 28.4 ms, optim.bench on the 2-core Intel CI machine) pays for one compile (~10 s:
 # 7–11 s with Inductor's on-disk cache cold, ~1–3 s warm) — rent until renting has cost the price of buying, then
 # buy: never more than twice the best choice in hindsight. A CIFAR ResNet-18 (11.2 M adapted weights) fuses LAMB at
 # step 896, ImageNet's ResNet-50 at 393; a CIFAR ResNet-8 (77 K) at 129,266, never in practice: its step is too

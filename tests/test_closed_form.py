@@ -135,14 +135,32 @@ def test_lamb_two_steps():
     opt = build_optimizer("lamb", [p], lr=0.1, weight_decay=0.1, eps=1e-6)
     step(opt, [p], [G])
     step(opt, [p], [[-0.3, 0.4]])
+    expected = lamb_by_hand([G, [-0.3, 0.4]], 0.1, 0.1, 1e-6, True)
+    torch.testing.assert_close(p.detach().flatten(), torch.tensor(expected, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+
+
+def lamb_by_hand(grads, lr: float, wd: float, eps: float, adapt: bool) -> list[float]:
+    """LAMB's steps from W0 by the module docstring's formulas (without a trust ratio: ρ = 1)."""
     w, m, v = list(W0), [0.0, 0.0], [0.0, 0.0]
-    for t, g in enumerate([G, [-0.3, 0.4]], start=1):
+    for t, g in enumerate(grads, start=1):
         m = [0.9 * a + 0.1 * b for a, b in zip(m, g)]
         v = [0.999 * a + 0.001 * b * b for a, b in zip(v, g)]
-        r = [(a / (1 - 0.9**t)) / (math.sqrt(b / (1 - 0.999**t)) + 1e-6) + 0.1 * x for a, b, x in zip(m, v, w)]
-        rho = norm(w) / norm(r)
-        w = [x - 0.1 * rho * ri for x, ri in zip(w, r)]
-    torch.testing.assert_close(p.detach().flatten(), torch.tensor(w, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+        r = [(a / (1 - 0.9**t)) / (math.sqrt(b / (1 - 0.999**t)) + eps) + wd * x for a, b, x in zip(m, v, w)]
+        rho = norm(w) / norm(r) if adapt else 1.0
+        w = [x - lr * rho * ri for x, ri in zip(w, r)]
+    return w
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_lamb_without_trust_ratio_steps_by_r(wd):
+    """A group without a trust ratio (an excluded tensor's, or one that says so) takes w ← w − lr·r."""
+    p = layer()
+    opt = build_optimizer("lamb", [{"params": [p], "adapt": False, "weight_decay": wd}], lr=0.1, eps=1e-6)
+    grads = [G, [-0.3, 0.4], [0.2, 0.1]]
+    for g in grads:
+        step(opt, [p], [g])
+    torch.testing.assert_close(p.detach().flatten(), torch.tensor(lamb_by_hand(grads, 0.1, wd, 1e-6, False),
+                                                                  dtype=torch.float64), rtol=1e-12, atol=1e-14)
 
 
 def test_lambc_clips_to_upper_bound():

@@ -1,5 +1,5 @@
 """LAMB's eager step over a layer larger than a chunk, tile by tile (`optim.lamb.tiled_lamb_direction`): the same
-numbers as the multi-tensor ops and as timm's Lamb, its telemetry too, contiguous and channels_last."""
+numbers as the untiled step and as timm's Lamb, its telemetry too, contiguous and channels_last."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_the_wide_layers_exceed_a_chunk():
 
 @pytest.mark.parametrize("layout", list(FORMATS))
 @pytest.mark.parametrize("label", list(VARIANTS))
-def test_tiles_match_the_multi_tensor_ops_with_telemetry(label, layout, tiled_calls, monkeypatch):
+def test_tiles_match_the_untiled_step_with_telemetry(label, layout, tiled_calls, monkeypatch):
     name, extra = VARIANTS[label]
     tiled, whole = wide_convnet(FORMATS[layout]), wide_convnet(FORMATS[layout])
     opt_tiled = build_optimizer(name, tiled.parameters(), **HP, **extra)
@@ -55,7 +55,7 @@ def test_tiles_match_the_multi_tensor_ops_with_telemetry(label, layout, tiled_ca
     train(tiled, opt_tiled, STEPS)
     assert tiled_calls == [True] * 2 * STEPS  # two layers a step, each with ‖g‖ for telemetry
 
-    monkeypatch.setenv("OPTIM_FOREACH_CHUNK", "0")  # no chunks: every layer through the multi-tensor ops
+    monkeypatch.setenv("OPTIM_FOREACH_CHUNK", "0")  # no chunks: every layer in one untiled step
     opt_whole = build_optimizer(name, whole.parameters(), **HP, **extra)
     rows_whole = opt_whole.enable_telemetry(every=1)
     train(whole, opt_whole, STEPS)

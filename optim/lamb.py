@@ -72,6 +72,13 @@ def tiled_lamb_direction(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_s
     return sums[-2], sums[-1], sums[0] if want_g else None
 
 
+def in_layout_of(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+    """Each tensor with its parameter's strides, copied where they differ (a gradient set by hand, moments saved from
+    a model in another memory format): the fused Adam kernel walks a parameter's tensors in the parameter's memory
+    order, and `torch.optim.Adam(fused=True)` assumes the same without checking."""
+    return [t if t.stride() == p.stride() else torch.empty_like(p).copy_(t) for t, p in zip(tensors, params)]
+
+
 class LAMB(LayerwiseOptimizer):
     """LAMB; see the module docstring for the update and `LayerwiseOptimizer` for clipping options."""
 
@@ -96,6 +103,11 @@ class LAMB(LayerwiseOptimizer):
                         clip_lower=clip_lower, clip_upper=clip_upper, clip_mode=clip_mode, clip_k=clip_k,
                         clip_beta=clip_beta, fused=fused)
         super().__init__(params, defaults, exclude_1d=exclude_1d)
+        for p in (p for group in self.param_groups for p in group["params"]):
+            if torch.empty_like(p, device="meta").stride() != p.stride():  # keeps a dense tensor's strides only
+                name = self._names.get(id(p), f"a {tuple(p.shape)} tensor")
+                raise ValueError(f"params: {name} has gaps in memory (strides {p.stride()}); LAMB's step runs torch's "
+                                 "fused Adam kernel, which needs every parameter dense: pass it made .contiguous()")
 
     def _moments(self, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Each tensor's Adam moments (exp_avg, exp_avg_sq), made (zeros) on first use."""
@@ -104,6 +116,8 @@ class LAMB(LayerwiseOptimizer):
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif state["exp_avg"].stride() != p.stride() or state["exp_avg_sq"].stride() != p.stride():
+                state["exp_avg"], state["exp_avg_sq"] = in_layout_of([state["exp_avg"], state["exp_avg_sq"]], [p, p])
         return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
 
     @staticmethod
@@ -152,6 +166,7 @@ class LAMB(LayerwiseOptimizer):
 
     def _update_chunk(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         exp_avgs, exp_avg_sqs = self._moments(params)
+        grads = in_layout_of(grads, params)
         (beta1, beta2), eps, wd, lr = group["betas"], group["eps"], group["weight_decay"], group["lr"]
         step = self._kernel_step(group, params[0].device)
         if not group["adapt"]:  # w ← w − lr·(m̂/(√v̂ + ε) + wd·w) is AdamW's step (its decay is decoupled): one kernel

@@ -77,3 +77,36 @@ def test_tiles_match_timm_without_telemetry(clip, tiled_calls):
     assert tiled_calls == [False] * 2 * STEPS
     assert max_rel_err(ours, reference) <= 1e-6
     assert max_rel_err(ours, wide_convnet()) > 1e-3
+
+
+def contiguous_grads(model: nn.Module):
+    """A `before_step` that gives every gradient contiguous strides, whatever its parameter's layout."""
+    def relayout(_: int) -> None:
+        for p in model.parameters():
+            p.grad = p.grad.contiguous()
+    return relayout
+
+
+@pytest.mark.parametrize("label", ["lamb", "lamb_excluded"])
+def test_gradients_and_moments_in_another_layout_step_as_in_the_parameters(label):
+    """The fused Adam kernel walks every tensor in its parameter's memory order: a gradient or a moment with other
+    strides (set by hand, or from a checkpoint of a model in another memory format) is taken in the parameter's."""
+    extra = dict(exclude=[name for name, _ in wide_convnet().named_parameters()]) if label == "lamb_excluded" else {}
+    steps = {}
+    for case in ("matching", "other_layout"):
+        model = wide_convnet(torch.channels_last)
+        opt = build_optimizer("lamb", model.named_parameters(), **HP, **extra)
+        train(model, opt, 2, contiguous_grads(model) if case == "other_layout" else None)
+        if case == "other_layout":  # moments saved contiguous, as a contiguous model's checkpoint holds them
+            for state in opt.state.values():
+                state["exp_avg"], state["exp_avg_sq"] = state["exp_avg"].contiguous(), state["exp_avg_sq"].contiguous()
+        assert any(not p.is_contiguous() for p in model.parameters())
+        train(model, opt, 2, contiguous_grads(model) if case == "other_layout" else None)
+        steps[case] = model
+    assert max_rel_err(steps["other_layout"], steps["matching"]) <= 1e-12
+
+
+def test_a_parameter_with_gaps_is_one_clear_error():
+    weight = nn.Parameter(torch.randn(8, 16)[:, ::2])
+    with pytest.raises(ValueError, match=r"params: w has gaps in memory .*contiguous"):
+        build_optimizer("lamb", [("w", weight)], lr=0.01)

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from optim.checks import check_hparams
+from optim.dynamo_import import defer_dynamo_import
 from optim.telemetry import TrustRatioTelemetry
 
 ParamsLike = Iterable[Tensor] | Iterable[tuple[str, Tensor]] | Iterable[dict[str, Any]]
@@ -275,6 +276,7 @@ class LayerwiseOptimizer(Optimizer):
         groups, names = normalize_params(params)
         groups = split_1d_groups(groups, exclude_1d)
         defaults = {"adapt": True, **CLIP_DEFAULTS, "step": 0, **defaults}
+        defer_dynamo_import()
         super().__init__(groups, defaults)
         self.exclude_1d = exclude_1d
         self._names = names

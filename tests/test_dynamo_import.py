@@ -24,11 +24,28 @@ def _in_fresh_python(code: str) -> str:
     return done.stdout.strip()
 
 
-def test_layerwise_optimizers_run_and_checkpoint_without_importing_dynamo():
+def test_a_trial_and_every_layerwise_optimizer_run_without_importing_dynamo(cifar10_dir):
+    """A fresh process runs a classification trial (LARS, one epoch, evaluated and checkpointed), then builds,
+    steps and checkpoints every layer-wise optimizer: TorchDynamo is never imported."""
     out = _in_fresh_python(f"""
         import sys
         import torch
         from optim import build_optimizer
+        from trainables.classification import train_classifier
+
+        class Session:
+            rank, world_size = 0, 1
+            def device(self, wanted): return torch.device("cpu")
+            def checkpoint(self): return None
+            def report(self, metrics, directory, name): self.saved = directory is not None
+            def wait_for_checkpoints(self): pass
+
+        session = Session()
+        history = train_classifier(dict(dataset="cifar10", data_dir={cifar10_dir!r}, model="resnet8", width=8,
+                                        limit=200, val_size=100, test_limit=100, optimizer="lars", lr=1.0,
+                                        momentum=0.9, batch_size=100, epochs=1, warmup_epochs=0, threads=1),
+                                   session=session)
+        assert session.saved and "val_top1" in history[-1], history
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                     torch.nn.Linear(64, 2))
         for name, hparams in {LAYERWISE!r}.items():

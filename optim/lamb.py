@@ -72,11 +72,11 @@ def tiled_lamb_direction(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_s
     return sums[-2], sums[-1], sums[0] if want_g else None
 
 
-def in_layout_of(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
-    """Each tensor with its parameter's strides, copied where they differ (a gradient set by hand, moments saved from
+def in_layout_of(tensor: Tensor, param: Tensor) -> Tensor:
+    """`tensor` with its parameter's strides, copied where they differ (a gradient set by hand, moments saved from
     a model in another memory format): the fused Adam kernel walks a parameter's tensors in the parameter's memory
     order, and `torch.optim.Adam(fused=True)` assumes the same without checking."""
-    return [t if t.stride() == p.stride() else torch.empty_like(p).copy_(t) for t, p in zip(tensors, params)]
+    return tensor if tensor.stride() == param.stride() else torch.empty_like(param).copy_(tensor)
 
 
 class LAMB(LayerwiseOptimizer):
@@ -116,8 +116,9 @@ class LAMB(LayerwiseOptimizer):
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            elif state["exp_avg"].stride() != p.stride() or state["exp_avg_sq"].stride() != p.stride():
-                state["exp_avg"], state["exp_avg_sq"] = in_layout_of([state["exp_avg"], state["exp_avg_sq"]], [p, p])
+            else:
+                state["exp_avg"] = in_layout_of(state["exp_avg"], p)
+                state["exp_avg_sq"] = in_layout_of(state["exp_avg_sq"], p)
         return [self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params]
 
     @staticmethod
@@ -166,7 +167,7 @@ class LAMB(LayerwiseOptimizer):
 
     def _update_chunk(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         exp_avgs, exp_avg_sqs = self._moments(params)
-        grads = in_layout_of(grads, params)
+        grads = [in_layout_of(g, p) for g, p in zip(grads, params)]
         (beta1, beta2), eps, wd, lr = group["betas"], group["eps"], group["weight_decay"], group["lr"]
         step = self._kernel_step(group, params[0].device)
         if not group["adapt"]:  # w ← w − lr·(m̂/(√v̂ + ε) + wd·w) is AdamW's step (its decay is decoupled): one kernel

@@ -15,13 +15,16 @@ from search_spaces import get_space
 from search_spaces.spec import BUDGET_KEYS, RESOURCE_KEYS, SearchSpace
 from trainables.batches import resolve_batching
 from trainables.config import TrialConfig
-from trainables.records import SETTING_NAMES, TrialSettings
+from trainables.records import SETTING_NAMES
 from trainables.data import data_dir_for
 
 _INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent", "confirm", "seeds",
              "max_seeds", "seed_step"}
 _FLOAT_KEYS = {"gpus_per_worker", "cpus_per_worker", "practical_gap"}
-_MAY_BE_ZERO = {"gpus_per_worker", "confirm", "practical_gap"}
+_MINIMUM = {"gpus_per_worker": 0, "confirm": 0, "practical_gap": 0,
+            "reduction_factor": 2}  # ASHA keeps 1/reduction_factor of the trials at each rung: 1 would keep them all
+# Optuna's TPESampler seeds numpy's RandomState, which takes [0, 2**32): a seed outside failed the study once started.
+SAMPLER_SEEDS = range(2**32)
 
 
 def parse_value(text: str) -> Any:
@@ -79,11 +82,12 @@ class StudyPlan:
         variant = draw["variant"]
         settings = self.space.settings(draw, self.overrides_for(variant))
         settings.setdefault("threads", self.threads_per_worker())
-        if settings.get("task", TrialSettings.task) == "clf":  # written out, so each trial records what ran
-            settings["micro_batch_size"], settings["bn_group"] = resolve_batching(
-                settings.get("batch_size", TrialSettings.batch_size), self.space.workers,
-                settings.get("micro_batch_size"), settings.get("bn_group"), on_gpu=bool(self.space.gpus_per_worker))
-        return TrialConfig.from_dict(settings, check_data=False)
+        config = TrialConfig.from_dict(settings, check_data=False)  # every setting's range before batching divides
+        if config.task != "clf":
+            return config
+        micro, bn_group = resolve_batching(config.batch_size, self.space.workers, config.micro_batch_size,
+                                           config.bn_group, on_gpu=bool(self.space.gpus_per_worker))
+        return dataclasses.replace(config, micro_batch_size=micro, bn_group=bn_group)  # so a trial records what ran
 
     def shared(self) -> TrialConfig:
         """A trial's settings at the first variant's lowest draw: what all trials share (dataset, epochs, …)."""
@@ -102,6 +106,8 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
               seeds: int | None = None, max_seeds: int | None = None,
               variants: list[str] | None = None) -> StudyPlan:
     """Resolve a space with overrides; raise ValueError naming the bad input before any work."""
+    if seed is not None and seed not in SAMPLER_SEEDS:
+        raise ValueError(f"--seed: must be in [0, 2**32), got {seed}")
     space = get_space(space_name)
     chosen = sets.pop(VARIANTS_KEY, None) or variants
     if chosen:
@@ -114,8 +120,8 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
         wanted = int if key in _INT_KEYS else float
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (wanted is int and not isinstance(value, int)):
             raise ValueError(f"{key}: expected {wanted.__name__}, got {value!r}")
-        if value < (0 if key in _MAY_BE_ZERO else 1):
-            raise ValueError(f"{key}: must be >= {0 if key in _MAY_BE_ZERO else 1}, got {value}")
+        if value < _MINIMUM.get(key, 1):
+            raise ValueError(f"{key}: must be >= {_MINIMUM.get(key, 1)}, got {value}")
     space = dataclasses.replace(space, **budget)
     if "seeds" in budget and "max_seeds" not in budget:  # --seeds alone: the first round, at most the space's bound
         space = dataclasses.replace(space, max_seeds=max(space.max_seeds, space.seeds))

@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a trial setting or hyperparameter, or change budget/resources (num_samples, workers, …)")
     p.add_argument("--num-samples", type=int, help="search trials per variant (default: the space's)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="training epochs of every trial (default: the space's; = --set epochs=N)")
     p.add_argument("--seed", type=int, default=0,
                    help="Optuna sampler seed, and the search trials' seed and validation split unless --set seed=… / "
                         "split_seed=… fix those (default 0)")
@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="start the search from a fit of the best lr (and TVLARS' λ) against batch size over these MLflow "
                         "experiments' studies of the same optimizer (default: this study's experiment, where it holds "
                         "two batch sizes or more; 'none': start from nothing)")
-    p.add_argument("--max-failures", type=int, default=1, help="worker-crash retries per trial (default 1)")
+    p.add_argument("--max-failures", type=int, default=1,
+                   help="worker-crash retries per trial (default 1; -1: without limit, as Ray's FailureConfig)")
     p.add_argument("--ray-dashboard", action="store_true",
                    help="start the local Ray with its dashboard (default: only for multi-worker trials, whose Ray "
                         "Train runs need its State API; it costs ~1 s of the study's start)")
@@ -335,6 +336,8 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
     cut-short Tune state of the study to resume, restored from its staging copy."""
     from study.mlflow_store import check_tracking_uri, default_tracking_uri
 
+    if args.max_failures < -1:
+        raise InputError(f"--max-failures: must be >= -1 (-1: without limit), got {args.max_failures}")
     storage = Location.of(args.storage)
     if args.resume:
         record = StudyRecord.latest(storage, args.space)

@@ -376,6 +376,7 @@ def build_report(tracking_uri: str, experiment: str, out: Path, metric: str = "b
                                           optuna_views.load_search(client, data.parents))
     report = Report(markdown, files)
     if doc is not None:
+        doc.parent.mkdir(parents=True, exist_ok=True)  # as `out` is made
         doc.write_text(results_document(doc, body, data.parents, command))
         report.files.append(doc)
     if log:

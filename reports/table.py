@@ -10,6 +10,7 @@ from pathlib import Path
 from reports.build import FORMATS, METRICS, build_report
 from reports.collect import ReportError
 from trainables.environment import set_library_defaults
+from trainables.folders import unwritable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         db = Path(args.tracking_uri.removeprefix("sqlite:///"))
         if not db.is_file():  # MLflow would silently create an empty store
             print(f"error: --tracking-uri: no MLflow database at {db.resolve()}", file=sys.stderr)
+            return 2
+    for flag, folder in (("--out", out), ("--doc", args.doc and args.doc.parent)):
+        why = folder and unwritable(folder)
+        if why:
+            print(f"error: {flag}: cannot write to {folder} ({why})", file=sys.stderr)
             return 2
     try:
         report = build_report(args.tracking_uri, args.experiment, out, args.metric, ("md", *formats), args.study,

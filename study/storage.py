@@ -97,7 +97,7 @@ class Location:
     def unwritable(self) -> str | None:
         """Why nothing can be written here (None if a probe file can be written and deleted)."""
         if self.is_local:
-            from trainables.data import unwritable
+            from trainables.folders import unwritable
 
             return unwritable(Path(self.uri))
         probe = self / f".write-probe-{uuid.uuid4().hex}"

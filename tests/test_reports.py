@@ -158,6 +158,9 @@ def test_bad_input_gets_one_clear_error(store, tmp_path, capsys):
     missing = f"sqlite:///{tmp_path / 'none.db'}"
     assert table_main(["--experiment", "known", "--tracking-uri", missing]) == 2
     assert "no MLflow database at" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
+    for flag, path in (("--out", "/proc/nope"), ("--doc", "/proc/nope/results.md")):  # was a FileNotFoundError traceback
+        assert table_main(["--experiment", "known", "--tracking-uri", uri, "--no-log", flag, path]) == 2
+        assert capsys.readouterr().err == f"error: {flag}: cannot write to /proc/nope (No such file or directory)\n"
     assert not (tmp_path / "x").exists()
 
 
@@ -171,3 +174,6 @@ def test_cli_prints_markdown_and_writes_chosen_formats(store, tmp_path, capsys):
     assert f"logged to MLflow run {parent} under report/" in printed
     assert {p.name for p in out.iterdir()} >= {"table.md", "table.csv", "table.html", "trials.parquet"}
     assert not (out / "table.tex").exists()
+    doc = tmp_path / "new" / "folder" / "results.md"  # a results document's folder is made, as --out's is
+    assert table_main(["--experiment", "known", "--tracking-uri", uri, "--no-log", "--out", str(out), "--doc", str(doc)]) == 0
+    assert doc.read_text().startswith("# Results: ")

@@ -15,8 +15,6 @@ import contextlib
 import hashlib
 import io
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -243,31 +241,6 @@ def data_dir_for(dataset: str, given: str | Path | None = None) -> str:
         return str(given) if "://" in str(given) else str(Path(given).expanduser().resolve())
     root = os.environ.get("LAYERWISE_DATA") or default_data_root()
     return str((Path(root).expanduser() / dataset).resolve())
-
-
-def first_missing(path: Path) -> Path | None:
-    """The topmost folder of `path` that does not exist yet (None if `path` exists)."""
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists():
-            return missing
-        missing = folder
-    return missing
-
-
-def unwritable(path: Path) -> str | None:
-    """Why files cannot be written in folder `path` (None if they can); leaves behind no folder it made."""
-    created = first_missing(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        return err.strerror or str(err)
-    finally:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-    return None
 
 
 def _source_files(root: Path) -> list[tuple[str, os.stat_result]]:

@@ -19,7 +19,8 @@ import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.data import DataError, first_missing, unwritable
+from trainables.data import DataError
+from trainables.folders import first_missing, unwritable
 
 DATA_URL_ENV = "LAYERWISE_DATA_URL"  # a mirror's base URL, like --data-url
 NETWORK_TIMEOUT_S = 30  # per socket operation: an unreachable mirror fails well within a minute

@@ -28,6 +28,7 @@ import torch
 import torchvision
 
 from optim.allocator import keep_freed_memory
+from optim.checks import count_arg
 from optim.factory import build_optimizer, spec_of
 from optim.layerwise import LayerwiseOptimizer, fuse_step
 
@@ -244,12 +245,12 @@ def report(samples: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--threads", type=int, default=1,
+    parser = argparse.ArgumentParser(prog="python -m optim.bench", description=__doc__.partition("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--rounds", type=count_arg, default=15, help="interleaved rounds (default 15)")
+    parser.add_argument("--steps", type=count_arg, default=5, help="timed steps per optimizer and round (default 5)")
+    parser.add_argument("--dtype", default="float32", help="the weights' dtype (default float32)")
+    parser.add_argument("--threads", type=count_arg, default=1,
                         help="torch CPU threads (default 1: timed by the thread's own CPU time)")
     parser.add_argument("--only", nargs="*", choices=list(CONFIGS), help="measure only these configurations")
     parser.add_argument("--fused", choices=("default", "true", "false"), default="default",

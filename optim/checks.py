@@ -6,6 +6,7 @@ arguments, so both raise the same ValueError, its text starting with the field's
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,6 +21,17 @@ def number(field: str, value: Any) -> float:
     """`value` if it is a real number (not a bool, not NaN); else ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{field}: expected a number, got {value!r}")
+    return value
+
+
+def count_arg(text: str) -> int:
+    """An argparse `type` for a command line's counts (`--rounds`, `--steps`, …): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from optim.checks import count_arg
 from reports.collect import find_parents
 from search_spaces.cpu import TRANSFER_LARS
 from study.mlflow_store import default_tracking_uri
@@ -147,9 +148,9 @@ def table(seeded: list[Search], unseeded: list[Search], goal: float, within: flo
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.transfer_bench", description=__doc__.splitlines()[0])
     p.add_argument("--storage", default="results-transfer-bench", help="the studies' storage (default ./results-transfer-bench)")
-    p.add_argument("--repeats", type=int, default=10, help="seeded and unseeded 1,024 studies each (default 10)")
-    p.add_argument("--source-samples", type=int, default=12, help="search trials of each source study (default 12)")
-    p.add_argument("--samples", type=int, default=10, help="search trials of each 1,024 study (default 10)")
+    p.add_argument("--repeats", type=count_arg, default=10, help="seeded and unseeded 1,024 studies each (default 10)")
+    p.add_argument("--source-samples", type=count_arg, default=12, help="search trials of each source study (default 12)")
+    p.add_argument("--samples", type=count_arg, default=10, help="search trials of each 1,024 study (default 10)")
     p.add_argument("--within", type=float, default=0.5, help="points below the unseeded final best (default 0.5)")
     p.add_argument("--out", type=Path, help="write the markdown table here (e.g. docs/results/transfer_lars.md)")
     p.add_argument("--report-only", action="store_true", help="run nothing: read the studies in --storage again")

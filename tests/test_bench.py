@@ -114,3 +114,28 @@ def test_a_studys_slot_seconds_split_into_runs_gaps_and_its_ends():
     assert spans.runs + sum(spans.gaps) + spans.before + spans.after == pytest.approx(20.0)
     alone = slot_spans(run(0, 10), [run(1, 3)], concurrency=2)  # a slot no trial ran on is all "before"
     assert (alone.before, alone.after) == pytest.approx((1 + 10, 7)) and alone.runs + alone.before + alone.after == 20
+
+
+
+@pytest.mark.parametrize("module", ["optim.bench", "trainables.bench", "study.transfer_bench"])
+def test_a_bench_rejects_a_count_below_one_before_it_starts(module):
+    """`--rounds 0` / `--repeats 0` once divided by zero, or started the source studies (transfer_bench)."""
+    import subprocess
+    import sys
+
+    flag = "--repeats" if module == "study.transfer_bench" else "--rounds"
+    done = subprocess.run([sys.executable, "-m", module, flag, "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.splitlines()[-1] == f"python -m {module}: error: argument {flag}: must be >= 1, got 0"
+
+
+def test_count_arg_takes_whole_numbers_from_one():
+    import argparse
+
+    from optim.checks import count_arg
+
+    assert count_arg("3") == 3
+    for text, said in (("0", "must be >= 1, got 0"), ("two", "expected a whole number >= 1, got 'two'"),
+                       ("1.5", "expected a whole number >= 1, got '1.5'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=said.replace("(", r"\(")):
+            count_arg(text)

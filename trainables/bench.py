@@ -47,11 +47,12 @@ from torch import nn
 
 from optim import build_optimizer, build_scheduler, optimizer_hparams
 from optim.allocator import keep_freed_memory
+from optim.checks import count_arg
 from optim.bench import CONFIGS, WD, spread
 from optim.factory import LAYERWISE
 from trainables.augment import crop_flip, epoch_draws, normalize, sample_crop_flip
 from trainables.batches import MICRO_AUTO, Shard, generator
-from trainables.data import balanced_subset, data_dir_for, load_dataset
+from trainables.data import DataError, balanced_subset, data_dir_for, load_dataset
 from trainables.download import ensure_dataset
 from trainables.environment import MALLOC_ARENA_ENV, set_library_defaults, worker_env
 from trainables.batches import resolve_batching
@@ -382,25 +383,28 @@ def main(argv: list[str] | None = None) -> None:
         from trainables.data_bench import main as data_bench
 
         return data_bench(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m trainables.bench", description=__doc__.partition("\n\n")[0])
     parser.add_argument("--data", metavar="DIR", help="instead: benchmark the data paths on this image folder "
                                                       "(options: python -m trainables.bench --data DIR --help)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--model")
-    parser.add_argument("--optimizer", default="lars")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--limit", type=int)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2.0)
+    parser.add_argument("--model", help="default resnet8 (cpu), resnet18 (cuda)")
+    parser.add_argument("--optimizer", default="lars", help="default lars")
+    parser.add_argument("--batch-size", type=count_arg, help="default 512 (cpu), 4096 (cuda)")
+    parser.add_argument("--limit", type=count_arg, help="training images (default 10240 on cpu, all on cuda)")
+    parser.add_argument("--epochs", type=count_arg, default=4, help="default 4")
+    parser.add_argument("--lr", type=float, default=2.0, help="default 2.0")
     parser.add_argument("--data-dir", help="CIFAR-10's folder (default: as `python -m study.run` finds it)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of bare loop and trials, alternating the order")
+    parser.add_argument("--rounds", type=count_arg, default=5, help="rounds of bare loop and trials, alternating the order")
     parser.add_argument("--no-study", action="store_true", help="skip the short-trial study's cost lines")
     parser.add_argument("--no-trials", action="store_true", help="skip the trial vs bare loop lines")
     parser.add_argument("--no-torch-trainer", action="store_true", help="of the trials, time the Tune one only")
     parser.add_argument("--no-steps", action="store_true", help="skip the micro-batching and telemetry lines")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and round in those lines")
+    parser.add_argument("--steps", type=count_arg, default=5, help="timed steps per variant and round in those lines")
     args = parser.parse_args(argv)
-    args.data_dir = str(ensure_dataset("cifar10", data_dir_for("cifar10", args.data_dir)))
+    try:
+        args.data_dir = str(ensure_dataset("cifar10", data_dir_for("cifar10", args.data_dir)))
+    except DataError as err:
+        parser.error(str(err))
     gpu = args.device == "cuda"
     cfg = dict(dataset="cifar10", data_dir=args.data_dir, model=args.model or ("resnet18" if gpu else "resnet8"),
                limit=args.limit if args.limit else (None if gpu else 10240), optimizer=args.optimizer, lr=args.lr,

@@ -33,6 +33,13 @@ from trainables.stream import SOURCE_IMAGES, Catalog, build_catalog, decoders_fo
 from trainables.environment import set_library_defaults, with_worker_env
 
 
+DEFAULT_SEED = 0  # --seed's
+# What a study is (`StudyRecord`: its plan's overrides, seed, MLflow store and experiment, transfer): fixed when it
+# starts, so `--resume`, which restores it from its study.json, refuses them rather than silently ignoring them.
+STUDY_FLAGS = ("--set", "--num-samples", "--epochs", "--seed", "--confirm", "--seeds", "--max-seeds", "--variants",
+               "--data-dir", "--tracking-uri", "--experiment", "--transfer-from")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     p.add_argument("--space", help="search space name (see --list)")
@@ -41,9 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fix a trial setting or hyperparameter, or change budget/resources (num_samples, workers, …)")
     p.add_argument("--num-samples", type=int, help="search trials per variant (default: the space's)")
     p.add_argument("--epochs", type=int, help="training epochs of every trial (default: the space's; = --set epochs=N)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int,
                    help="Optuna sampler seed, and the search trials' seed and validation split unless --set seed=… / "
-                        "split_seed=… fix those (default 0)")
+                        f"split_seed=… fix those (default {DEFAULT_SEED})")
     p.add_argument("--confirm", type=int, help="best configurations per variant re-run after the search "
                                                "(default: the space's; 0: no confirm stage)")
     p.add_argument("--seeds", type=int, help="fresh seeds per confirmed configuration: the first round (default: the "
@@ -340,6 +347,10 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
         raise InputError(f"--max-failures: must be >= -1 (-1: without limit), got {args.max_failures}")
     storage = Location.of(args.storage)
     if args.resume:
+        given = [flag for flag in STUDY_FLAGS if getattr(args, flag.removeprefix("--").replace("-", "_")) not in (None, [])]
+        if given:
+            raise InputError(f"{given[0]}: --resume continues a study as it was started (its study.json); start a new "
+                             f"study to change it")
         record = StudyRecord.latest(storage, args.space)
         if record is None:
             raise InputError(f"--resume: no study of space {args.space!r} under {storage}")
@@ -348,8 +359,9 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
             for line in repair_tune_state(Path(record.study_dir.uri)):
                 print(line, flush=True)
         return make_plan(record.space, dict(record.overrides)), record
+    seed = DEFAULT_SEED if args.seed is None else args.seed
     plan = make_plan(args.space, parse_sets(args.set), num_samples=args.num_samples, epochs=args.epochs,
-                     seed=args.seed, data_dir=args.data_dir, confirm=args.confirm, seeds=args.seeds,
+                     seed=seed, data_dir=args.data_dir, confirm=args.confirm, seeds=args.seeds,
                      max_seeds=args.max_seeds,
                      variants=args.variants.split(",") if args.variants else None)
     why = storage.unwritable()
@@ -358,7 +370,7 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
     tracking_uri = args.tracking_uri or default_tracking_uri(storage)
     if args.tracking_uri:
         check_tracking_uri(tracking_uri)
-    return plan, StudyRecord.new(storage, args.space, overrides=plan.given, seed=args.seed,
+    return plan, StudyRecord.new(storage, args.space, overrides=plan.given, seed=seed,
                                  tracking_uri=tracking_uri, experiment=args.experiment or args.space)
 
 

@@ -35,6 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
     (["--space", "demo", "--data-dir", "{data}", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),
     (["--space", "demo", "--resume"], "--resume: no study of space 'demo'"),
+    # a study's definition is its study.json: --resume once ignored these silently
+    (["--space", "demo", "--resume", "--set", "epochs=3"],
+     "--set: --resume continues a study as it was started (its study.json); start a new study to change it"),
+    (["--space", "demo", "--resume", "--seed", "0"], "--seed: --resume continues a study as it was started"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "model=resnet5O"],
      "model: unknown 'resnet5O'; closest: resnet50, resnet152, resnet8; list them with: python -c"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "data_path=stream"],

@@ -141,7 +141,7 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
         if key not in TRIAL_FIELDS and not any(_hyperparameter_of(key, o) for o in optimizers):
             raise ValueError(f"{key}: not a trial setting nor a hyperparameter of this space's optimizers "
                              f"({', '.join(sorted(map(str, optimizers)))})")
-    check_variants(plan, lambda cfg: None)  # types and values (from_dict checks them); the data comes later
+    check_variants(plan, lambda cfg: check_device(cfg, plan.space.gpus_per_worker))  # and from_dict's checks
     if space.grace_period > plan.max_epoch:
         plan.space = dataclasses.replace(space, grace_period=plan.max_epoch)
     check_evaluations(plan)
@@ -161,6 +161,13 @@ def check_variants(plan: StudyPlan, check: Callable[[TrialConfig], None]) -> Non
             check(plan.trial_config(draw))
         except ValueError as err:
             raise ValueError(f"variant {variant}: {err}{_fixes(plan, variant, str(err))}") from None
+
+
+def check_device(config: TrialConfig, gpus_per_worker: float) -> None:
+    """device=cuda needs the GPU Ray gives a worker: without one every trial failed once started."""
+    if config.device == "cuda" and not gpus_per_worker:
+        raise ValueError("device: 'cuda' needs a GPU for each worker, but gpus_per_worker=0; set "
+                         "--set gpus_per_worker=1, or device=auto (a GPU where the worker has one)")
 
 
 def _fixes(plan: StudyPlan, variant: str, error: str) -> str:

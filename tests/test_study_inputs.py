@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
      "micro_batch_size: must be a number >= 1 or 'auto', got 0"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "bn_group=0"], "bn_group: must be a number >= 1 or 'sync', got 0"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "reduction_factor=1"], "reduction_factor: must be >= 2, got 1"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "device=cuda"],  # each trial failed in its worker
+     "device: 'cuda' needs a GPU for each worker, but gpus_per_worker=0; set --set gpus_per_worker=1, or device=auto"),
     (["--space", "demo", "--data-dir", "{data}", "--seed", "-1"], "--seed: must be in [0, 2**32), got -1"),
     (["--space", "demo", "--data-dir", "{data}", "--max-failures", "-2"],
      "--max-failures: must be >= -1 (-1: without limit), got -2"),

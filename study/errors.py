@@ -1,9 +1,10 @@
-"""The two ways a study ends in error, and the exit status each one means."""
+"""The ways a study ends early, and the exit status each one means."""
 
 from __future__ import annotations
 
 INPUT_ERROR = 2  # the user's input or environment is wrong
 PLATFORM_ERROR = 1  # the platform or a dependency failed (Ray could not start, the study crashed)
+INTERRUPTED = 130  # Ctrl+C (SIGINT) stopped the study, its state saved for --resume: 128 + SIGINT, as shells report it
 
 
 class InputError(Exception):

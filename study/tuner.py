@@ -15,6 +15,9 @@ checkpoints and reports, and read the study's dataset from Ray's object store.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +326,22 @@ def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data
     SearchJournal.of(record).fetch()
     return tune.Tuner.restore(str(record.study_dir), trainable(plan, record, max_failures, data_ref),
                               resume_unfinished=True)
+
+
+def fit_until_interrupted(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
+    """`tuner.fit()`, and whether Ctrl+C (SIGINT) or SIGUSR1 ended it before the study was done.
+
+    Tune stops on the signal, saves its state and returns as if finished, saying so only in a log line. For the fit
+    it replaces the main thread's SIGINT handler with its own, which puts back the one it found when the signal
+    comes (ray/tune/tune.py: `_setup_signal_catching`, Ray 2.60): the handler found in place after the fit tells.
+    """
+    catches = threading.current_thread() is threading.main_thread() and not int(
+        os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))  # as Tune decides whether to catch the signal
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        results = tuner.fit()
+    finally:
+        interrupted = catches and signal.getsignal(signal.SIGINT) is before
+        if catches:
+            signal.signal(signal.SIGINT, before)  # Tune leaves its own handler installed after a fit it ended
+    return results, interrupted

@@ -1,0 +1,63 @@
+"""Ctrl+C stops a study with its state saved, closes its parent run as KILLED, says how to continue it and exits
+130 (it once exited 0 with a report of a study cut short); `--resume` then finishes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.errors import INTERRUPTED
+from subprocs import assert_succeeds, describe, start_logged
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6", "--set", "epochs=3",
+         "--set", "limit=1200", "--set", "test_limit=200"]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _when_logged(proc, log: Path, text: str, timeout: float) -> bool:
+    """Wait until `text` is in the child's log; False if it exits or the time runs out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if text in log.read_text(errors="replace"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _parent(storage: Path):
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    (parent,) = [r for r in runs if "trial_id" not in r.data.tags]
+    return parent, [r for r in runs if "trial_id" in r.data.tags]
+
+
+def test_ctrl_c_stops_the_study_for_resume(tmp_path, cifar10_dir, data_cache):
+    storage = tmp_path / "results"
+    env = {**os.environ, "LAYERWISE_CACHE": data_cache}
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    log = tmp_path / "interrupted.log"
+    proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True)
+    # the first trial's end: 5 of 6 trials still to run, two at a time (~5 s each here)
+    assert _when_logged(proc, log, " terminated after ", 300), describe(cmd, log, "ended before a trial did")
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl+C: the foreground process group
+    proc.wait(timeout=120)
+    output = log.read_text(errors="replace")
+    assert proc.returncode == INTERRUPTED, describe(cmd, log, f"exited with status {proc.returncode}")
+    parent, _ = _parent(storage)
+    assert output.splitlines()[-1] == (f"interrupted: study {parent.info.run_name} stopped with its state saved; "
+                                       f"continue it with: python -m study.run --space demo --storage {storage} --resume")
+    assert parent.info.status == "KILLED" and "report: " not in output
+
+    resumed = assert_succeeds([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
+                               "--resume"], tmp_path / "resumed.log", cwd=REPO, env=env, timeout=600).output
+    parent, trials = _parent(storage)
+    assert "progress: 6/6 trials done" in resumed and "report: " in resumed
+    assert parent.info.status == "FINISHED"
+    assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials), [r.info.status for r in trials]

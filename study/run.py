@@ -40,6 +40,14 @@ STUDY_FLAGS = ("--set", "--num-samples", "--epochs", "--seed", "--confirm", "--s
                "--data-dir", "--tracking-uri", "--experiment", "--transfer-from")
 
 
+def nonempty(text: str) -> str:
+    """An argparse `type` for a path, URI or name: `--storage ""` (an unset shell variable) once wrote the study
+    into the working directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.splitlines()[0])
     p.add_argument("--space", help="search space name (see --list)")
@@ -58,17 +66,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seeds", type=int, help="sequential confirm: seeds are added to the variants of each open "
                                                  "comparison up to this many (default: the space's; = --seeds: one round)")
     p.add_argument("--variants", help="run only these of the space's variants (comma-separated; see --list)")
-    p.add_argument("--data-dir", help="the dataset's folder (default $LAYERWISE_DATA/<dataset>, else the user's cache; "
+    p.add_argument("--data-dir", type=nonempty, help="the dataset's folder (default $LAYERWISE_DATA/<dataset>, else the user's cache; "
                                      "CIFAR and Tiny ImageNet are downloaded there when absent)")
     p.add_argument("--data-url", default=os.environ.get(DATA_URL_ENV),
                    help=f"a mirror's base URL for the download (same file names and checksums; ${DATA_URL_ENV})")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: local)")
-    p.add_argument("--storage", default="results",
+    p.add_argument("--storage", type=nonempty, default="results",
                    help="study storage: a local folder (default ./results), or what Ray takes: s3://…, gs://…")
     p.add_argument("--shared-storage", action="store_true",
                    help="a local --storage path is on a filesystem every node of the cluster shares")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
-    p.add_argument("--experiment", help="MLflow experiment (default: the space name)")
+    p.add_argument("--tracking-uri", type=nonempty, help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
+    p.add_argument("--experiment", type=nonempty, help="MLflow experiment (default: the space name)")
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted study of this space")
     p.add_argument("--transfer-from", metavar="EXPERIMENT[,…]",
                    help="start the search from a fit of the best lr (and TVLARS' λ) against batch size over these MLflow "

@@ -72,6 +72,17 @@ def test_bad_input_is_one_error_and_nothing_written(extra, message, tmp_path, ca
         assert "0 GPU in all: no GPU for it" in err and "--set gpus_per_worker=0" in err
 
 
+def test_an_empty_path_or_name_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """`--storage ""` (an unset shell variable) once ran the study in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    for flag in ("--storage", "--data-dir", "--tracking-uri", "--experiment"):
+        with pytest.raises(SystemExit) as exited:
+            main(["--space", "demo", flag, ""])
+        assert exited.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"python -m study.run: error: argument {flag}: must not be empty"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unreachable_object_store_is_one_error_and_nothing_starts(tmp_path, capsys, monkeypatch, cifar10_dir):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     for key, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y"), ("AWS_DEFAULT_REGION", "us-east-1")):

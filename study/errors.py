@@ -4,7 +4,12 @@ from __future__ import annotations
 
 INPUT_ERROR = 2  # the user's input or environment is wrong
 PLATFORM_ERROR = 1  # the platform or a dependency failed (Ray could not start, the study crashed)
-INTERRUPTED = 130  # Ctrl+C (SIGINT) stopped the study, its state saved for --resume: 128 + SIGINT, as shells report it
+
+
+def stopped_status(signum: int) -> int:
+    """The exit status of a study a signal stopped with its state saved for --resume: 128 + the signal's number, as
+    shells report a command the signal ended (130 for Ctrl+C, 143 for SIGTERM)."""
+    return 128 + signum
 
 
 class InputError(Exception):

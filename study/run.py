@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import socket
+import signal
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes, smallest_store
-from study.errors import INPUT_ERROR, INTERRUPTED, PLATFORM_ERROR, InputError, PlatformError, one_line
+from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line, stopped_status
 from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_sets
 from study.record import StudyRecord
 from study.storage import Location
@@ -419,7 +420,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     from study.tracking import StudyRecorder
     from study.clock import StudyClock
     from study.summary import report_stages, summarize, untrained, write_report
-    from study.tuner import fit_until_interrupted, new_tuner, restored_tuner
+    from study.tuner import fit_until_stopped, new_tuner, restored_tuner
 
     started, cpu_started = time.time(), time.process_time()
     data_ref = place_data(plan, data)  # before anything is recorded: a dataset that fails to decode is bad input
@@ -444,9 +445,9 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
                                  str(record.train_dir))
         tuner = new_tuner(plan, record, [recorder], args.max_failures, data_ref,
                           first=transfer.first_trials() if transfer else [])
-    results, interrupted = fit_until_interrupted(tuner)
-    if interrupted:
-        return stopped_for_resume(args, record, client)
+    results, stopped_by = fit_until_stopped(tuner)
+    if stopped_by is not None:
+        return stopped_for_resume(args, record, client, stopped_by)
     report_stages(results, plan, record, client)
     summarize(plan, record, client, exp_id, started, clock or StudyClock(), cpu_started)
     write_report(record)
@@ -456,15 +457,16 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     return 0
 
 
-def stopped_for_resume(args: argparse.Namespace, record: StudyRecord, client) -> int:
-    """Ctrl+C stopped the study with its state saved: its parent run closed as KILLED (--resume reopens it), no
-    report, the command that continues it, and the exit status a shell gives an interrupted command."""
+def stopped_for_resume(args: argparse.Namespace, record: StudyRecord, client, signum: int) -> int:
+    """Ctrl+C (or SIGTERM) stopped the study with its state saved: its parent run closed as KILLED (--resume reopens
+    it), no report, the command that continues it, and the exit status a shell gives a command the signal ended."""
     client.set_terminated(record.parent_run_id, "KILLED")
     again = ["python", "-m", "study.run", "--space", args.space, "--storage", args.storage, "--resume"] + (
         ["--address", args.address] if args.address else [])
-    print(f"interrupted: study {record.name} stopped with its state saved; continue it with: {shlex.join(again)}",
+    by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+    print(f"interrupted{by}: study {record.name} stopped with its state saved; continue it with: {shlex.join(again)}",
           file=sys.stderr, flush=True)
-    return INTERRUPTED
+    return stopped_status(signum)
 
 
 def record_transfer(client, run_id: str, transfer) -> None:

@@ -328,20 +328,39 @@ def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data
                               resume_unfinished=True)
 
 
-def fit_until_interrupted(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
-    """`tuner.fit()`, and whether Ctrl+C (SIGINT) or SIGUSR1 ended it before the study was done.
+def fit_until_stopped(tuner: tune.Tuner) -> tuple[tune.ResultGrid, int | None]:
+    """`tuner.fit()`, and the signal that stopped it before the study was done (SIGINT, SIGTERM, SIGUSR1), or None.
 
-    Tune stops on the signal, saves its state and returns as if finished, saying so only in a log line. For the fit
-    it replaces the main thread's SIGINT handler with its own, which puts back the one it found when the signal
-    comes (ray/tune/tune.py: `_setup_signal_catching`, Ray 2.60): the handler found in place after the fit tells.
+    Tune stops on SIGINT (Ctrl+C) or SIGUSR1, saves its state and returns as if finished, saying so only in a log
+    line. For the fit it replaces the main thread's SIGINT handler with its own, which puts back the one it found
+    when the signal comes (ray/tune/tune.py: `_setup_signal_catching`, Ray 2.60): the handler found in place after
+    the fit tells. SIGTERM (`kill`, `ray job stop`, a scheduler's preemption) takes the same stop for the fit; left
+    to Ray, whose `ray.init` makes it `sys.exit` in the driver, it ended the study mid-step with an abort trace and
+    its parent run RUNNING. A second SIGTERM, like a second Ctrl+C, ends the process at once.
     """
-    catches = threading.current_thread() is threading.main_thread() and not int(
-        os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0"))  # as Tune decides whether to catch the signal
-    before = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or int(
+            os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):  # as Tune decides whether to catch the signal
+        return tuner.fit(), None
+    before, on_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    terminated = []
+
+    def stop_like_ctrl_c(signum: int, frame) -> None:
+        """Tune's SIGINT stop while its handler is in place; otherwise what SIGTERM did before the fit."""
+        tunes = signal.getsignal(signal.SIGINT)
+        if callable(tunes) and tunes is not before:
+            terminated.append(signum)
+            tunes(signal.SIGINT, frame)
+        elif callable(on_term):
+            on_term(signum, frame)
+        else:
+            signal.signal(signal.SIGTERM, on_term)
+            signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:
         results = tuner.fit()
     finally:
-        interrupted = catches and signal.getsignal(signal.SIGINT) is before
-        if catches:
-            signal.signal(signal.SIGINT, before)  # Tune leaves its own handler installed after a fit it ended
-    return results, interrupted
+        stopped = signal.getsignal(signal.SIGINT) is before
+        signal.signal(signal.SIGINT, before)  # Tune leaves its own handler installed after a fit it ended
+        signal.signal(signal.SIGTERM, on_term)
+    return results, (terminated[0] if terminated else signal.SIGINT) if stopped else None

@@ -1,5 +1,6 @@
 """Ctrl+C stops a study with its state saved, closes its parent run as KILLED, says how to continue it and exits
-130 (it once exited 0 with a report of a study cut short); `--resume` then finishes it."""
+130 (it once exited 0 with a report of a study cut short); SIGTERM (`kill`, `ray job stop`) the same with 143 (it
+once ended the driver mid-step with Ray's abort trace, its parent run left RUNNING); `--resume` then finishes it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.errors import INTERRUPTED
+from study.errors import stopped_status
 from subprocs import assert_succeeds, describe, start_logged
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,13 @@ def _parent(storage: Path):
     return parent, [r for r in runs if "trial_id" in r.data.tags]
 
 
-def test_ctrl_c_stops_the_study_for_resume(tmp_path, cifar10_dir, data_cache):
+# Ctrl+C reaches a terminal's foreground process group; `kill` and `ray job stop` signal the driver's process
+STOPS = {"ctrl_c": (signal.SIGINT, os.killpg, ""), "sigterm": (signal.SIGTERM, os.kill, " by SIGTERM")}
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_a_signal_stops_the_study_for_resume(stop, tmp_path, cifar10_dir, data_cache):
+    signum, send, by = STOPS[stop]
     storage = tmp_path / "results"
     env = {**os.environ, "LAYERWISE_CACHE": data_cache}
     cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
@@ -46,12 +53,12 @@ def test_ctrl_c_stops_the_study_for_resume(tmp_path, cifar10_dir, data_cache):
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True)
     # the first trial's end: 5 of 6 trials still to run, two at a time (~5 s each here)
     assert _when_logged(proc, log, " terminated after ", 300), describe(cmd, log, "ended before a trial did")
-    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl+C: the foreground process group
+    send(proc.pid, signum)
     proc.wait(timeout=120)
     output = log.read_text(errors="replace")
-    assert proc.returncode == INTERRUPTED, describe(cmd, log, f"exited with status {proc.returncode}")
+    assert proc.returncode == stopped_status(signum), describe(cmd, log, f"exited with status {proc.returncode}")
     parent, _ = _parent(storage)
-    assert output.splitlines()[-1] == (f"interrupted: study {parent.info.run_name} stopped with its state saved; "
+    assert output.splitlines()[-1] == (f"interrupted{by}: study {parent.info.run_name} stopped with its state saved; "
                                        f"continue it with: python -m study.run --space demo --storage {storage} --resume")
     assert parent.info.status == "KILLED" and "report: " not in output
 

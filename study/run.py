@@ -347,6 +347,13 @@ def check_splits(plan: StudyPlan, train_images: int) -> None:
     check_variants(plan, fits)
 
 
+def check_writable(storage: Location) -> None:
+    """InputError unless a probe file can be written to the study's storage and deleted (`Location.unwritable`)."""
+    why = storage.unwritable()
+    if why:
+        raise InputError(f"--storage: cannot write to {storage} ({why})")
+
+
 def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
     """Resolve the plan and the study's record (new, or saved by the study to resume); writes nothing but a
     cut-short Tune state of the study to resume, restored from its staging copy."""
@@ -360,6 +367,7 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
         if given:
             raise InputError(f"{given[0]}: --resume continues a study as it was started (its study.json); start a new "
                              f"study to change it")
+        check_writable(storage)  # before reading it: a remote store that never answers is waited for once
         record = StudyRecord.latest(storage, args.space)
         if record is None:
             raise InputError(f"--resume: no study of space {args.space!r} under {storage}")
@@ -373,9 +381,7 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
                      seed=seed, data_dir=args.data_dir, confirm=args.confirm, seeds=args.seeds,
                      max_seeds=args.max_seeds,
                      variants=args.variants.split(",") if args.variants else None)
-    why = storage.unwritable()
-    if why:
-        raise InputError(f"--storage: cannot write to {storage} ({why})")
+    check_writable(storage)
     tracking_uri = args.tracking_uri or default_tracking_uri(storage)
     if args.tracking_uri:
         check_tracking_uri(tracking_uri)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import tempfile
+import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow.fs as pafs
+
+# How long the storage probe waits for a remote store. One that answers takes ~0.1 s (moto here) to ~2 s; one that
+# does not is retried by pyarrow's clients for minutes: 198 s for S3 at an endpoint that accepts and never replies,
+# over 200 s for gs:// on a machine without network (pyarrow 25), while the study looked started.
+PROBE_DEADLINE_S = 30.0
 
 
 def is_uri(text: str) -> bool:
@@ -95,11 +101,24 @@ class Location:
             yield target
 
     def unwritable(self) -> str | None:
-        """Why nothing can be written here (None if a probe file can be written and deleted)."""
+        """Why nothing can be written here (None if a probe file can be written and deleted within
+        `PROBE_DEADLINE_S`)."""
         if self.is_local:
             from trainables.folders import unwritable
 
             return unwritable(Path(self.uri))
+        outcome: list[str | None] = []
+        # a thread, because pyarrow's filesystems take no deadline; one left waiting on a silent store ends with
+        # the process (daemon), having written nothing the study reads
+        probe = threading.Thread(target=lambda: outcome.append(self._probe_write()), name="storage-probe",
+                                 daemon=True)
+        probe.start()
+        probe.join(PROBE_DEADLINE_S)
+        return outcome[0] if outcome else (f"no answer within {PROBE_DEADLINE_S:g} s: check the network, the "
+                                           "endpoint and the credentials")
+
+    def _probe_write(self) -> str | None:
+        """Write and delete a probe file here: why that failed, or None."""
         probe = self / f".write-probe-{uuid.uuid4().hex}"
         try:
             probe.write_text("probe")

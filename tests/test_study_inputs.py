@@ -3,7 +3,11 @@ a platform failure (Ray cannot start) is exit status 1 with the underlying messa
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +95,39 @@ def test_an_unreachable_object_store_is_one_error_and_nothing_starts(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: --storage: cannot write to s3://bucket/x (") and err.count("\n") == 1, err
     assert "127.0.0.1" in err
+
+
+@pytest.fixture
+def silent_endpoint():
+    """An S3 endpoint that accepts connections and never replies: http://127.0.0.1:<port>."""
+    server, held = socket.create_server(("127.0.0.1", 0)), []
+
+    def hold() -> None:
+        with contextlib.suppress(OSError):  # the server closed at the test's end
+            held.extend(iter(server.accept, None))
+
+    threading.Thread(target=hold, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for conn, _ in held:  # the probe left waiting sees the connection close and ends
+        conn.close()
+
+
+def test_a_silent_object_store_is_one_error_within_the_deadline(silent_endpoint, capsys, monkeypatch, cifar10_dir):
+    """pyarrow's S3 client waited 198 s on such an endpoint (gs:// without network: over 200 s) while the study
+    looked started."""
+    import study.storage
+
+    monkeypatch.setattr(study.storage, "PROBE_DEADLINE_S", 2.0)  # 30 s in use; the waiting is the same
+    monkeypatch.setenv("AWS_ENDPOINT_URL", silent_endpoint)
+    for key, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(key, value)
+    started = time.monotonic()
+    code = main(["--space", "demo", "--data-dir", cifar10_dir, "--storage", "s3://bucket/x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == ("error: --storage: cannot write to s3://bucket/x (no answer within 2 s: check the "
+                                 "network, the endpoint and the credentials)\n"), err
+    assert time.monotonic() - started < 10
 
 
 def test_list_prints_every_space_and_optimizer(capsys):

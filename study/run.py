@@ -28,7 +28,7 @@ from study.storage import Location
 from study.tune_state import repair_tune_state
 from trainables.cache import CACHE_ENV
 from trainables.config import TrialConfig
-from trainables.data import STREAMED, Dataset, check_validation_size, load_dataset
+from trainables.data import STREAMED, Dataset, check_data_dir, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
 from trainables.stream import SOURCE_IMAGES, Catalog, build_catalog, decoders_for, is_uri
 from trainables.environment import set_library_defaults, with_worker_env
@@ -247,12 +247,13 @@ def obtain_data(plan: StudyPlan, data_url: str | None) -> Dataset | Catalog:
     datasets a trial can stream, listed (decoded later only if it goes to the object store, `place_data`);
     every variant's validation split and batch checked against its size."""
     shared = plan.shared()
-    if shared.dataset in STREAMED:
-        if not is_uri(shared.data_dir):
-            ensure_dataset(shared.dataset, shared.data_dir, data_url)
-        data = build_catalog(shared.dataset, shared.data_dir, shared.image_size)
+    if is_uri(shared.data_dir):  # a bucket is never downloaded into, and streams only what trainables.stream reads
+        check_data_dir(shared.dataset, shared.data_dir)
     else:
         ensure_dataset(shared.dataset, shared.data_dir, data_url)
+    if shared.dataset in STREAMED:
+        data = build_catalog(shared.dataset, shared.data_dir, shared.image_size)
+    else:
         data = load_dataset(shared.dataset, shared.data_dir, shared.image_size, say_decoding)
     check_splits(plan, len(data.train))
     return data

@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
      "model: unknown 'resnet5O'; closest: resnet50, resnet152, resnet8; list them with: python -c"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "data_path=stream"],
      "data_path: cifar10 is decoded into memory; streaming reads imagefolder or imagenet (folders or shards)"),
+    (["--space", "demo", "--data-dir", "s3://bucket/cifar"],  # was downloaded into ./s3:/bucket/cifar
+     "data_dir: cifar10 is read from a local folder; a URI (s3://bucket/cifar) streams imagefolder or imagenet only"),
     (["--space", "demo", "--set", "dataset=imagenet", "--data-dir", "/nonexistent/in"],
      "imagenet data at '/nonexistent/in': directory not found; expected layout: ILSVRC-2012 as torchvision's"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "epochs=1"],  # the conflict is with a variant's own setting

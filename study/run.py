@@ -30,7 +30,8 @@ from trainables.cache import CACHE_ENV
 from trainables.config import TrialConfig
 from trainables.data import STREAMED, Dataset, check_data_dir, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
-from trainables.stream import SOURCE_IMAGES, Catalog, build_catalog, decoders_for, is_uri
+from trainables.folders import is_uri
+from trainables.stream import SOURCE_IMAGES, Catalog, build_catalog, decoders_for
 from trainables.environment import set_library_defaults, with_worker_env
 
 

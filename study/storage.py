@@ -20,14 +20,13 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 
+from trainables.folders import is_uri
+
 # How long the storage probe waits for a remote store. One that answers takes ~0.1 s (moto here) to ~2 s; one that
 # does not is retried by pyarrow's clients for minutes: 198 s for S3 at an endpoint that accepts and never replies,
 # over 200 s for gs:// on a machine without network (pyarrow 25), while the study looked started.
 PROBE_DEADLINE_S = 30.0
 
-
-def is_uri(text: str) -> bool:
-    return "://" in text
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from optim.factory import spec_of, trial_hparams, validate_hparams
 from trainables.batches import BN_SYNC, MICRO_AUTO
 from trainables.data import STREAMED, check_data_dir
 from trainables.models import INITS, check_model
-from trainables.stream import DATA_PATHS, SOURCE_IMAGES, is_uri
+from trainables.folders import is_uri
+from trainables.stream import DATA_PATHS, SOURCE_IMAGES
 from trainables.records import SETTING_NAMES, TrialSettings
 
 TASKS = ("clf", "bt")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from trainables.cache import cache_dir, user_cache
+from trainables.folders import is_uri
 from trainables.safe_load import UnsafeFileError, load_plain
 
 DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "parquet", "imagenet")
@@ -238,7 +239,7 @@ def default_data_root() -> Path:
 def data_dir_for(dataset: str, given: str | Path | None = None) -> str:
     """The dataset's folder: `given` (--data-dir), else $LAYERWISE_DATA/<dataset>, else <user cache>/data/<dataset>."""
     if given:
-        return str(given) if "://" in str(given) else str(Path(given).expanduser().resolve())
+        return str(given) if is_uri(given) else str(Path(given).expanduser().resolve())
     root = os.environ.get("LAYERWISE_DATA") or default_data_root()
     return str((Path(root).expanduser() / dataset).resolve())
 
@@ -342,7 +343,7 @@ def check_data_dir(dataset: str, data_dir: str | Path | None) -> Path:
     """Validate the dataset name and that `data_dir` exists; return it as a Path (cheap, no decoding)."""
     if dataset not in DATASETS:
         raise DataError(f"dataset: unknown {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if data_dir is not None and "://" in str(data_dir):  # a bucket: listed (and checked) by trainables.stream
+    if is_uri(data_dir):  # a bucket: listed (and checked) by trainables.stream
         if dataset not in STREAMED:
             raise DataError(f"data_dir: {dataset} is read from a local folder; a URI ({data_dir}) streams "
                             f"{' or '.join(STREAMED)} only")

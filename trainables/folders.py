@@ -1,10 +1,17 @@
-"""Whether a folder can be written, asked before any work starts; torch-free, so `reports.table` may ask too."""
+"""Whether a folder can be written, asked before any work starts, and whether a path is a URI; torch-free, so
+`reports.table` may ask too."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def is_uri(path: str | os.PathLike | None) -> bool:
+    """Whether `path` is a URI (`s3://bucket/…`, `gs://…`) rather than a local path (None is neither)."""
+    return path is not None and "://" in str(path)
 
 
 def first_missing(path: Path) -> Path | None:

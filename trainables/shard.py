@@ -43,6 +43,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from trainables.folders import is_uri
+
 SPLIT_DIRS = ("train", "val")
 SHARD_PATTERN = "part-{:05d}.parquet"
 IMAGE_COLUMN = "img"
@@ -63,11 +65,6 @@ class ShardError(Exception):
 
 
 # --- storage -------------------------------------------------------------------------------------------------
-
-
-def is_uri(text: str) -> bool:
-    """Whether `text` is a URI (`s3://…`) rather than a local path."""
-    return "://" in text
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from torch import Tensor
 from trainables import shard
 from trainables.batches import Shard, derived_seed, eval_indices, generator
 from trainables.data import DEFAULT_IMAGE_SIZE, DataError, decode_image, layout_error
+from trainables.folders import is_uri
 
 DATA_PATHS = ("auto", "memory", "stream")  # the `data_path` setting
 SOURCE_IMAGES = ("imagenet",)  # augmentation that needs the source images (RandomResizedCrop): always streamed
@@ -38,10 +38,6 @@ CATALOG_KEY = "_stream_catalog"  # marks a catalog (not decoded arrays) in Ray's
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's reference scripts
 EVAL_RESIZE = 256 / 224  # ImageNet evaluation: resize the shorter side to 256, centre crop 224 (and scaled)
 SHUFFLE_WINDOW = 8  # shards: rows are shuffled within windows of this many row groups (each read once)
-
-
-def is_uri(path: str | os.PathLike | None) -> bool:
-    return path is not None and shard.is_uri(str(path))
 
 
 def filesystem(root: str):

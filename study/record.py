@@ -6,15 +6,30 @@ in a bucket is found and resumed from any machine.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import itertools
 import json
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from study.errors import InputError
 from study.storage import Location
+from trainables.cache import user_cache
 
 STUDY_FILE = "study.json"
+LOCK_FILE = "driver.lock"  # held (flock) by the process running the study, in a local study's folder
+_HELD: dict[Path, Any] = {}  # this process's study locks (`StudyRecord.hold`), by path
+
+
+def release_held() -> None:
+    """Give up the study locks this process holds (`StudyRecord.hold`): its study is over."""
+    while _HELD:
+        _HELD.popitem()[1].close()
 
 
 @dataclass
@@ -41,6 +56,50 @@ class StudyRecord:
     @classmethod
     def load(cls, study_dir: Location) -> StudyRecord:
         return cls(**json.loads((study_dir / STUDY_FILE).read_text()), study_dir=study_dir)
+
+    def claim(self) -> None:
+        """Make the new study's folder its own before anything is written there: a study of the same space started
+        in the same second under the same storage (a script starting several) takes `<name>-2`, `-3`, …. A local
+        folder is claimed atomically (mkdir); in object storage, the first study.json written claims it."""
+        base = self.study_dir
+        for n in itertools.count(2):
+            if self.study_dir.is_local:
+                try:
+                    Path(self.study_dir.uri).mkdir(parents=True)
+                    return
+                except FileExistsError:
+                    pass
+            elif not (self.study_dir / STUDY_FILE).exists():
+                self.save()
+                return
+            self.study_dir = base.parent / f"{base.name}-{n}"
+
+    def hold(self) -> None:
+        """Lock the study for this process until `release_held` or its exit (flock: the system frees it however the
+        process ends): InputError if another process on this machine runs it. The lock is the study folder's
+        `driver.lock` when local, else a file under the user's cache named after the study's URI."""
+        path = self._lock_path()
+        if path in _HELD:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise InputError(f"study {self.name} is running ({holder}); wait for it to end, or stop it (Ctrl+C, "
+                             "or kill PID) before --resume") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        lock.flush()
+        _HELD[path] = lock
+
+    def _lock_path(self) -> Path:
+        if self.study_dir.is_local:
+            return Path(self.study_dir.uri) / LOCK_FILE
+        return user_cache() / "locks" / f"{hashlib.sha256(self.study_dir.uri.encode()).hexdigest()[:16]}.lock"
 
     def save(self) -> None:
         saved = {k: v for k, v in asdict(self).items() if k != "study_dir"}  # the folder is where it lies

@@ -23,7 +23,7 @@ from pathlib import Path
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes, smallest_store
 from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line, stopped_status
 from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_sets
-from study.record import StudyRecord
+from study.record import StudyRecord, release_held
 from study.storage import Location
 from study.tune_state import repair_tune_state
 from trainables.cache import CACHE_ENV
@@ -373,6 +373,7 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
         record = StudyRecord.latest(storage, args.space)
         if record is None:
             raise InputError(f"--resume: no study of space {args.space!r} under {storage}")
+        record.hold()  # before its Tune state is repaired: a study running elsewhere on this machine is left alone
         check_tracking_uri(record.tracking_uri)
         if record.study_dir.is_local:
             for line in repair_tune_state(Path(record.study_dir.uri)):
@@ -435,6 +436,9 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     client = check_tracking_uri(record.tracking_uri)
     if transfer_by_default:
         transfer = default_transfer(client, plan, record)
+    if not args.resume:
+        record.claim()
+        record.hold()
     exp_id = experiment_id(client, record.experiment, record.artifact_root)
     record.parent_run_id = start_parent_run(
         client, exp_id, str(record.study_dir), plan.space.describe() | {"overrides": plan.overrides},
@@ -511,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _checked_run(args, clock)
     finally:
+        release_held()
         if not ray_was_up and ray.is_initialized():  # leave an in-process caller's process as it was
             ray.shutdown()
         line = clock.line()  # once: its "after the last trial" is read from the clock as it is called

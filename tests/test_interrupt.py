@@ -5,6 +5,7 @@ once ended the driver mid-step with Ray's abort trace, its parent run left RUNNI
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.errors import stopped_status
+from study.errors import INPUT_ERROR, stopped_status
+from study.run import main
 from subprocs import assert_succeeds, describe, start_logged
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +46,7 @@ STOPS = {"ctrl_c": (signal.SIGINT, os.killpg, ""), "sigterm": (signal.SIGTERM, o
 
 
 @pytest.mark.parametrize("stop", STOPS)
-def test_a_signal_stops_the_study_for_resume(stop, tmp_path, cifar10_dir, data_cache):
+def test_a_signal_stops_the_study_for_resume(stop, tmp_path, capsys, cifar10_dir, data_cache):
     signum, send, by = STOPS[stop]
     storage = tmp_path / "results"
     env = {**os.environ, "LAYERWISE_CACHE": data_cache}
@@ -53,6 +55,9 @@ def test_a_signal_stops_the_study_for_resume(stop, tmp_path, cifar10_dir, data_c
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True)
     # the first trial's end: 5 of 6 trials still to run, two at a time (~5 s each here)
     assert _when_logged(proc, log, " terminated after ", 300), describe(cmd, log, "ended before a trial did")
+    # a second driver for the running study (once ran it twice at once): refused, the study left alone
+    assert main(["--space", "demo", "--storage", str(storage), "--resume"]) == INPUT_ERROR
+    assert re.match(r"error: study demo-\S+ is running \(pid \d+ on ", capsys.readouterr().err)
     send(proc.pid, signum)
     proc.wait(timeout=120)
     output = log.read_text(errors="replace")

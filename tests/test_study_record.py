@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.search.optuna import OptunaSearch
 
 from study.plan import SETTINGS_KEY, from_tune, make_plan
-from study.record import STUDY_FILE, StudyRecord
+from s3server import moto_server
+from study.errors import InputError
+from study.record import STUDY_FILE, StudyRecord, release_held
 from study.storage import Location
 from study.tracking import LOST_TRIAL, StudyRecorder
 from trainables.records import ERROR_TAG, PARENT_TAG, STATUS_TAG
@@ -70,3 +77,53 @@ def test_runs_of_trials_that_tune_forgot_are_closed_at_the_end(tmp_path):
     assert (lost.info.status, lost.data.tags[STATUS_TAG], lost.data.tags[ERROR_TAG]) == ("FAILED", "errored",
                                                                                        LOST_TRIAL)
     assert client.get_run(kept).data.tags[STATUS_TAG] == "running"
+
+
+def _record(study_dir: Location) -> StudyRecord:
+    return StudyRecord(space="demo", overrides={}, seed=0, tracking_uri="sqlite:///x.db", experiment="demo",
+                       study_dir=study_dir)
+
+
+def test_studies_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    """Two studies of one space started in one second under one storage once shared a folder (and Tune state)."""
+    storage = Location.of(tmp_path)
+    same = [_record(storage / "demo-20261207-120000") for _ in range(3)]
+    for record in same:
+        record.claim()
+    assert [r.name for r in same] == ["demo-20261207-120000", "demo-20261207-120000-2", "demo-20261207-120000-3"]
+    assert all((tmp_path / r.name).is_dir() for r in same)
+    for record in same:
+        record.save()
+    assert StudyRecord.latest(storage, "demo").name == "demo-20261207-120000-3"
+
+    with moto_server(tmp_path, ("bucket",)) as env:  # in object storage the first study.json claims the folder
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        remote = [_record(Location.of("s3://bucket/studies") / "demo-20261207-120000") for _ in range(2)]
+        for record in remote:
+            record.claim()
+        assert [r.name for r in remote] == ["demo-20261207-120000", "demo-20261207-120000-2"]
+        assert all((r.study_dir / STUDY_FILE).is_file() for r in remote)
+
+
+def test_a_running_study_is_locked_against_another_process(tmp_path):
+    """`--resume` of a study still running in another process once ran it twice at once."""
+    record = _record(Location.of(tmp_path) / "demo-20261207-120000")
+    record.claim()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from study.record import StudyRecord; from study.storage import Location; "
+        f"r = StudyRecord.load(Location.of({str(record.study_dir)!r})); r.hold(); print('held', flush=True); "
+        "time.sleep(60)")], cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    try:
+        record.save()
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(InputError, match=rf"^study demo-20261207-120000 is running \(pid {holder.pid} on "
+                                             rf"{socket.gethostname()}, since .*\); wait for it to end, or stop it"):
+            record.hold()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    record.hold()  # the system freed the killed process's lock
+    record.hold()  # and this process may take its own again
+    release_held()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from study.errors import InputError
 from study.storage import Location
 from trainables.cache import cache_dir
 
@@ -193,6 +194,10 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Location) -> s
     a teammate can read it.
     """
     found = client.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":  # MLflow refuses runs in it, mid-study
+        raise InputError(f"--experiment: MLflow experiment {name!r} is deleted (id {found.experiment_id} in "
+                         f"{client.tracking_uri}); restore it with `MLFLOW_TRACKING_URI={client.tracking_uri} mlflow "
+                         f"experiments restore -x {found.experiment_id}`, or pass another --experiment")
     if found is None:
         location = None if is_server(client.tracking_uri) else (
             Path(artifact_root.uri).as_uri() if artifact_root.is_local else artifact_root.uri)

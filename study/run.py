@@ -436,10 +436,10 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     client = check_tracking_uri(record.tracking_uri)
     if transfer_by_default:
         transfer = default_transfer(client, plan, record)
+    exp_id = experiment_id(client, record.experiment, record.artifact_root)
     if not args.resume:
         record.claim()
         record.hold()
-    exp_id = experiment_id(client, record.experiment, record.artifact_root)
     record.parent_run_id = start_parent_run(
         client, exp_id, str(record.study_dir), plan.space.describe() | {"overrides": plan.overrides},
         {"space": record.space, "command": "python -m study.run " + shlex.join(sys.argv[1:])})

@@ -132,6 +132,24 @@ def test_a_silent_object_store_is_one_error_within_the_deadline(silent_endpoint,
     assert time.monotonic() - started < 10
 
 
+def test_a_deleted_experiment_is_one_error_and_no_study_starts(tmp_path, capsys, cifar10_dir, data_cache):
+    """MLflow refuses runs in a deleted experiment: the study once failed there with a traceback in error.log."""
+    from mlflow.tracking import MlflowClient
+
+    storage, uri = tmp_path / "results", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("demo"))
+    code = main(["--space", "demo", "--data-dir", cifar10_dir, "--storage", str(storage), "--tracking-uri", uri,
+                 "--set", "limit=600", "--set", "test_limit=200"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.endswith(  # after Ray's start, where the study first opens the store
+        f"\nerror: --experiment: MLflow experiment 'demo' is deleted (id 1 in {uri}); restore it with "
+        f"`MLFLOW_TRACKING_URI={uri} mlflow experiments restore -x 1`, or pass another --experiment\n"), err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert not storage.exists() or not any(storage.iterdir())  # no study folder
+    assert client.search_runs(["1"], run_view_type=3) == []  # ViewType.ALL: no run was started
+
+
 def test_list_prints_every_space_and_optimizer(capsys):
     from optim.factory import SPECS
 

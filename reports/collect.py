@@ -17,7 +17,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from trainables.records import (ERROR_TAG, LR_EFFECTIVE_KEY, PARENT_TAG, STAGE_TAG, STATUS_TAG, TELEMETRY_FILE,
-                                TRIAL_ID_TAG, VARIANT_TAG, Stage, TrialStatus)
+                                TRIAL_ID_TAG, VARIANT_TAG, Stage, TrialStatus, deleted_experiment)
 
 METRIC = "test_top1"  # what a table cell reports
 VAL_METRIC = "val_top1"  # what the search selected on
@@ -67,6 +67,8 @@ def find_parents(client: MlflowClient, experiment: str, study: str | None = None
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
         raise ReportError(f"--experiment: no MLflow experiment {experiment!r}; this store has: {', '.join(names)}")
+    if exp.lifecycle_stage == "deleted":
+        raise ReportError(f"--experiment: {deleted_experiment(experiment, exp.experiment_id, client.tracking_uri)}")
     runs = client.search_runs([exp.experiment_id], "tags.study_path != ''", max_results=10_000,
                               order_by=["attributes.start_time ASC"])
     if study is not None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from study.errors import InputError
 from study.storage import Location
 from trainables.cache import cache_dir
+from trainables.records import deleted_experiment
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -195,9 +196,8 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Location) -> s
     """
     found = client.get_experiment_by_name(name)
     if found is not None and found.lifecycle_stage == "deleted":  # MLflow refuses runs in it, mid-study
-        raise InputError(f"--experiment: MLflow experiment {name!r} is deleted (id {found.experiment_id} in "
-                         f"{client.tracking_uri}); restore it with `MLFLOW_TRACKING_URI={client.tracking_uri} mlflow "
-                         f"experiments restore -x {found.experiment_id}`, or pass another --experiment")
+        raise InputError(f"--experiment: {deleted_experiment(name, found.experiment_id, client.tracking_uri)}, or "
+                         "pass another --experiment")
     if found is None:
         location = None if is_server(client.tracking_uri) else (
             Path(artifact_root.uri).as_uri() if artifact_root.is_local else artifact_root.uri)

@@ -155,6 +155,12 @@ def test_bad_input_gets_one_clear_error(store, tmp_path, capsys):
         build_report(uri, "known", tmp_path / "x", formats=("md", "pdf"))
     assert table_main(["--experiment", "known", "--tracking-uri", uri, "--study", "other"]) == 2
     assert "error: --study: no study run with id or name 'other'" in capsys.readouterr().err
+    client = MlflowClient(uri)  # a deleted experiment once read as one without study runs
+    gone = client.create_experiment("gone")
+    client.delete_experiment(gone)
+    assert table_main(["--experiment", "gone", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err == (f"error: --experiment: MLflow experiment 'gone' is deleted (id {gone} in {uri}); "
+                                       f"restore it with `MLFLOW_TRACKING_URI={uri} mlflow experiments restore -x {gone}`\n")
     missing = f"sqlite:///{tmp_path / 'none.db'}"
     assert table_main(["--experiment", "known", "--tracking-uri", missing]) == 2
     assert "no MLflow database at" in capsys.readouterr().err and not (tmp_path / "none.db").exists()

@@ -139,6 +139,13 @@ class TrialSettings:
 SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(TrialSettings)) - {"optimizer_params"}
 
 
+def deleted_experiment(name: str, experiment_id: str, tracking_uri: str) -> str:
+    """Why a deleted MLflow experiment cannot be used (MLflow refuses runs in it, and its runs are hidden), with the
+    command that restores it."""
+    return (f"MLflow experiment {name!r} is deleted (id {experiment_id} in {tracking_uri}); restore it with "
+            f"`MLFLOW_TRACKING_URI={tracking_uri} mlflow experiments restore -x {experiment_id}`")
+
+
 def not_configuration() -> frozenset[str]:
     """Settings two runs of one configuration may differ in: where/how fast they ran, and their seeds."""
     return frozenset(f.name for f in dataclasses.fields(TrialSettings) if f.metadata.get("runtime")

@@ -19,7 +19,7 @@ from typing import Any
 
 from study.errors import InputError
 from study.storage import Location
-from trainables.cache import user_cache
+from trainables.cache import cache_dir
 
 STUDY_FILE = "study.json"
 LOCK_FILE = "driver.lock"  # held (flock) by the process running the study, in a local study's folder
@@ -77,7 +77,7 @@ class StudyRecord:
     def hold(self) -> None:
         """Lock the study for this process until `release_held` or its exit (flock: the system frees it however the
         process ends): InputError if another process on this machine runs it. The lock is the study folder's
-        `driver.lock` when local, else a file under the user's cache named after the study's URI."""
+        `driver.lock` when local, else a file under the cache folder named after the study's URI."""
         path = self._lock_path()
         if path in _HELD:
             return
@@ -99,7 +99,7 @@ class StudyRecord:
     def _lock_path(self) -> Path:
         if self.study_dir.is_local:
             return Path(self.study_dir.uri) / LOCK_FILE
-        return user_cache() / "locks" / f"{hashlib.sha256(self.study_dir.uri.encode()).hexdigest()[:16]}.lock"
+        return cache_dir() / "locks" / f"{hashlib.sha256(self.study_dir.uri.encode()).hexdigest()[:16]}.lock"
 
     def save(self) -> None:
         saved = {k: v for k, v in asdict(self).items() if k != "study_dir"}  # the folder is where it lies

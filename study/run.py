@@ -26,7 +26,7 @@ from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_set
 from study.record import StudyRecord, release_held
 from study.storage import Location
 from study.tune_state import repair_tune_state
-from trainables.cache import CACHE_ENV
+from trainables.cache import CACHE_ENV, unwritable_cache
 from trainables.config import TrialConfig
 from trainables.data import STREAMED, Dataset, check_data_dir, check_validation_size, load_dataset
 from trainables.download import DATA_URL_ENV, ensure_dataset
@@ -364,6 +364,8 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
     if args.max_failures < -1:
         raise InputError(f"--max-failures: must be >= -1 (-1: without limit), got {args.max_failures}")
     storage = Location.of(args.storage)
+    if (why := unwritable_cache()) is not None:
+        raise InputError(why)
     if args.resume:
         given = [flag for flag in STUDY_FLAGS if getattr(args, flag.removeprefix("--").replace("-", "_")) not in (None, [])]
         if given:

@@ -150,6 +150,18 @@ def test_a_deleted_experiment_is_one_error_and_no_study_starts(tmp_path, capsys,
     assert client.search_runs(["1"], run_view_type=3) == []  # ViewType.ALL: no run was started
 
 
+def test_an_unwritable_cache_is_one_error(tmp_path, capsys, monkeypatch, cifar10_dir):
+    """The decoded data's cache failed with a traceback once the study was under way."""
+    from trainables.cache import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, "/proc/nope")
+    code = main(["--space", "demo", "--data-dir", cifar10_dir, "--storage", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot write the cache folder /proc/nope (from $LAYERWISE_CACHE): ")
+    assert err.endswith("; set $LAYERWISE_CACHE to a writable folder\n") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_list_prints_every_space_and_optimizer(capsys):
     from optim.factory import SPECS
 

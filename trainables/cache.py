@@ -17,3 +17,16 @@ def user_cache() -> Path:
 def cache_dir() -> Path:
     """Where cached files go: `$LAYERWISE_CACHE`, else `user_cache()`."""
     return Path(os.environ.get(CACHE_ENV) or user_cache())
+
+
+def unwritable_cache() -> str | None:
+    """Why the cache folder cannot be written, naming what placed it (None if it can): asked before a study's work,
+    as its decoded data, MLflow template and locks go there."""
+    from trainables.folders import unwritable
+
+    folder = cache_dir()
+    why = unwritable(folder)
+    if why is None:
+        return None
+    source = next((f"${var}" for var in (CACHE_ENV, "XDG_CACHE_HOME") if os.environ.get(var)), "the home folder")
+    return f"cannot write the cache folder {folder} (from {source}): {why}; set ${CACHE_ENV} to a writable folder"

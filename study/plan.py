@@ -142,6 +142,7 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
             raise ValueError(f"{key}: not a trial setting nor a hyperparameter of this space's optimizers "
                              f"({', '.join(sorted(map(str, optimizers)))})")
     check_variants(plan, lambda cfg: check_device(cfg, plan.space.gpus_per_worker))  # and from_dict's checks
+    check_something_searched(plan)
     if space.grace_period > plan.max_epoch:
         plan.space = dataclasses.replace(space, grace_period=plan.max_epoch)
     check_evaluations(plan)
@@ -161,6 +162,22 @@ def check_variants(plan: StudyPlan, check: Callable[[TrialConfig], None]) -> Non
             check(plan.trial_config(draw))
         except ValueError as err:
             raise ValueError(f"variant {variant}: {err}{_fixes(plan, variant, str(err))}") from None
+
+
+def check_something_searched(plan: StudyPlan) -> None:
+    """A variant whose every searched hyperparameter the command line fixed has one configuration, trained with one
+    seed: more than one search trial of it would repeat one result (it once ran num_samples identical trials)."""
+    space = plan.space
+    searched = {name: [p.key for p in space.searched + v.searched] for name, v in space.variants.items()}
+    idle = [name for name, keys in searched.items() if keys and all(key in plan.overrides for key in keys)]
+    if space.num_samples == 1 or not idle:
+        return
+    fixed = ", ".join(dict.fromkeys(key for name in idle for key in searched[name]))
+    others = ",".join(v for v in space.variants if v not in idle)
+    raise ValueError(f"variant{'s' * (len(idle) > 1)} {', '.join(idle)}: nothing left to search (--set fixes {fixed}), "
+                     f"so {space.num_samples} search trials each would train one configuration alike; pass "
+                     "--num-samples 1 (confirm trials repeat it with fresh seeds)"
+                     + (f", or leave {'them' if len(idle) > 1 else 'it'} out: --variants {others}" if others else ""))
 
 
 def check_device(config: TrialConfig, gpus_per_worker: float) -> None:

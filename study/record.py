@@ -15,15 +15,16 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from study.errors import InputError
 from study.storage import Location
 from trainables.cache import cache_dir
 
 STUDY_FILE = "study.json"
+CLAIM_FILE = "claimed"  # a new study's folder in object storage is taken (`StudyRecord.claim`)
 LOCK_FILE = "driver.lock"  # held (flock) by the process running the study, in a local study's folder
-_HELD: dict[Path, Any] = {}  # this process's study locks (`StudyRecord.hold`), by path
+_HELD: dict[Path, TextIO] = {}  # this process's study locks (`StudyRecord.hold`), by path
 
 
 def release_held() -> None:
@@ -60,7 +61,7 @@ class StudyRecord:
     def claim(self) -> None:
         """Make the new study's folder its own before anything is written there: a study of the same space started
         in the same second under the same storage (a script starting several) takes `<name>-2`, `-3`, …. A local
-        folder is claimed atomically (mkdir); in object storage, the first study.json written claims it."""
+        folder is claimed atomically (mkdir); in object storage, by the first `CLAIM_FILE` written there."""
         base = self.study_dir
         for n in itertools.count(2):
             if self.study_dir.is_local:
@@ -69,8 +70,8 @@ class StudyRecord:
                     return
                 except FileExistsError:
                     pass
-            elif not (self.study_dir / STUDY_FILE).exists():
-                self.save()
+            elif not any((self.study_dir / name).exists() for name in (CLAIM_FILE, STUDY_FILE)):
+                (self.study_dir / CLAIM_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
                 return
             self.study_dir = base.parent / f"{base.name}-{n}"
 

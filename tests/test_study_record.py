@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from study.plan import SETTINGS_KEY, from_tune, make_plan
 from s3server import moto_server
 from study.errors import InputError
-from study.record import STUDY_FILE, StudyRecord, release_held
+from study.record import CLAIM_FILE, STUDY_FILE, StudyRecord, release_held
 from study.storage import Location
 from study.tracking import LOST_TRIAL, StudyRecorder
 from trainables.records import ERROR_TAG, PARENT_TAG, STATUS_TAG
@@ -96,14 +96,15 @@ def test_studies_started_in_the_same_second_get_folders_of_their_own(tmp_path, m
         record.save()
     assert StudyRecord.latest(storage, "demo").name == "demo-20261207-120000-3"
 
-    with moto_server(tmp_path, ("bucket",)) as env:  # in object storage the first study.json claims the folder
+    with moto_server(tmp_path, ("bucket",)) as env:  # in object storage the first claim file written there
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         remote = [_record(Location.of("s3://bucket/studies") / "demo-20261207-120000") for _ in range(2)]
         for record in remote:
             record.claim()
         assert [r.name for r in remote] == ["demo-20261207-120000", "demo-20261207-120000-2"]
-        assert all((r.study_dir / STUDY_FILE).is_file() for r in remote)
+        assert all((r.study_dir / CLAIM_FILE).is_file() for r in remote)
+        assert StudyRecord.latest(Location.of("s3://bucket/studies"), "demo") is None  # claimed is not saved
 
 
 def test_a_running_study_is_locked_against_another_process(tmp_path):

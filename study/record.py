@@ -23,7 +23,6 @@ from trainables.cache import cache_dir
 
 STUDY_FILE = "study.json"
 CLAIM_FILE = "claimed"  # a new study's folder in object storage is taken (`StudyRecord.claim`)
-LOCK_FILE = "driver.lock"  # held (flock) by the process running the study, in a local study's folder
 _HELD: dict[Path, TextIO] = {}  # this process's study locks (`StudyRecord.hold`), by path
 
 
@@ -77,8 +76,7 @@ class StudyRecord:
 
     def hold(self) -> None:
         """Lock the study for this process until `release_held` or its exit (flock: the system frees it however the
-        process ends): InputError if another process on this machine runs it. The lock is the study folder's
-        `driver.lock` when local, else a file under the cache folder named after the study's URI."""
+        process ends): InputError if another process on this machine runs it (`_lock_path`)."""
         path = self._lock_path()
         if path in _HELD:
             return
@@ -98,8 +96,8 @@ class StudyRecord:
         _HELD[path] = lock
 
     def _lock_path(self) -> Path:
-        if self.study_dir.is_local:
-            return Path(self.study_dir.uri) / LOCK_FILE
+        """Under the cache folder, named after the study's path or URI: a refused --resume writes nothing in the
+        study, and a study in a bucket has a lock too."""
         return cache_dir() / "locks" / f"{hashlib.sha256(self.study_dir.uri.encode()).hexdigest()[:16]}.lock"
 
     def save(self) -> None:

@@ -20,13 +20,12 @@ from typing import Iterator
 
 import pyarrow.fs as pafs
 
-from trainables.folders import is_uri
+from trainables.folders import is_uri, unwritable
 
 # How long the storage probe waits for a remote store. One that answers takes ~0.1 s (moto here) to ~2 s; one that
 # does not is retried by pyarrow's clients for minutes: 198 s for S3 at an endpoint that accepts and never replies,
 # over 200 s for gs:// on a machine without network (pyarrow 25), while the study looked started.
 PROBE_DEADLINE_S = 30.0
-
 
 
 @dataclass(frozen=True)
@@ -103,8 +102,6 @@ class Location:
         """Why nothing can be written here (None if a probe file can be written and deleted within
         `PROBE_DEADLINE_S`)."""
         if self.is_local:
-            from trainables.folders import unwritable
-
             return unwritable(Path(self.uri))
         outcome: list[str | None] = []
         # a thread, because pyarrow's filesystems take no deadline; one left waiting on a silent store ends with

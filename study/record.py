@@ -26,6 +26,11 @@ CLAIM_FILE = "claimed"  # a new study's folder in object storage is taken (`Stud
 _HELD: dict[Path, TextIO] = {}  # this process's study locks (`StudyRecord.hold`), by path
 
 
+def this_process() -> str:
+    """`pid N on HOST`: who claimed or holds a study."""
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
 def release_held() -> None:
     """Give up the study locks this process holds (`StudyRecord.hold`): its study is over."""
     while _HELD:
@@ -70,7 +75,7 @@ class StudyRecord:
                 except FileExistsError:
                     pass
             elif not any((self.study_dir / name).exists() for name in (CLAIM_FILE, STUDY_FILE)):
-                (self.study_dir / CLAIM_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                (self.study_dir / CLAIM_FILE).write_text(f"{this_process()}\n")
                 return
             self.study_dir = base.parent / f"{base.name}-{n}"
 
@@ -91,7 +96,7 @@ class StudyRecord:
             raise InputError(f"study {self.name} is running ({holder}); wait for it to end, or stop it (Ctrl+C, "
                              "or kill PID) before --resume") from None
         lock.truncate(0)
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        lock.write(f"{this_process()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         lock.flush()
         _HELD[path] = lock
 

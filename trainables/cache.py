@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trainables.folders import unwritable
+
 CACHE_ENV = "LAYERWISE_CACHE"  # the cache's folder, when set (tests give each session its own)
 
 
@@ -22,8 +24,6 @@ def cache_dir() -> Path:
 def unwritable_cache() -> str | None:
     """Why the cache folder cannot be written, naming what placed it (None if it can): asked before a study's work,
     as its decoded data, MLflow template and locks go there."""
-    from trainables.folders import unwritable
-
     folder = cache_dir()
     why = unwritable(folder)
     if why is None:

@@ -8,7 +8,7 @@ PLATFORM_ERROR = 1  # the platform or a dependency failed (Ray could not start, 
 
 def stopped_status(signum: int) -> int:
     """The exit status of a study a signal stopped with its state saved for --resume: 128 + the signal's number, as
-    shells report a command the signal ended (130 for Ctrl+C, 143 for SIGTERM)."""
+    shells report a command the signal ended (130 for Ctrl+C, 143 for SIGTERM, 129 for SIGHUP)."""
     return 128 + signum
 
 

@@ -472,8 +472,9 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
 
 
 def stopped_for_resume(args: argparse.Namespace, record: StudyRecord, client, signum: int) -> int:
-    """Ctrl+C (or SIGTERM) stopped the study with its state saved: its parent run closed as KILLED (--resume reopens
-    it), no report, the command that continues it, and the exit status a shell gives a command the signal ended."""
+    """Ctrl+C (or a `study.tuner.STOP_SIGNALS` one) stopped the study with its state saved: its parent run closed as
+    KILLED (--resume reopens it), no report, the command that continues it, and the exit status a shell gives a
+    command the signal ended."""
     client.set_terminated(record.parent_run_id, "KILLED")
     again = ["python", "-m", "study.run", "--space", args.space, "--storage", args.storage, "--resume"] + (
         ["--address", args.address] if args.address else [])

@@ -328,39 +328,67 @@ def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data
                               resume_unfinished=True)
 
 
+# Beside Tune's SIGINT: `kill`, `ray job stop`, a scheduler's preemption (SIGTERM); a closed terminal or a dropped
+# SSH session (SIGHUP). Left to their defaults (Ray's `ray.init` makes SIGTERM `sys.exit` in the driver; SIGHUP
+# ends the process), each ended the study mid-step: its parent run and its running trials' runs left RUNNING, Ray's
+# agents alive 40 s and more after it, up to 2 s of Tune's state lost.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def fit_until_stopped(tuner: tune.Tuner) -> tuple[tune.ResultGrid, int | None]:
-    """`tuner.fit()`, and the signal that stopped it before the study was done (SIGINT, SIGTERM, SIGUSR1), or None.
+    """`tuner.fit()`, and the signal that stopped it before the study was done (SIGINT, SIGUSR1 or a
+    `STOP_SIGNALS` one), or None.
 
     Tune stops on SIGINT (Ctrl+C) or SIGUSR1, saves its state and returns as if finished, saying so only in a log
     line. For the fit it replaces the main thread's SIGINT handler with its own, which puts back the one it found
     when the signal comes (ray/tune/tune.py: `_setup_signal_catching`, Ray 2.60): the handler found in place after
-    the fit tells. SIGTERM (`kill`, `ray job stop`, a scheduler's preemption) takes the same stop for the fit; left
-    to Ray, whose `ray.init` makes it `sys.exit` in the driver, it ended the study mid-step with an abort trace and
-    its parent run RUNNING. A second SIGTERM, like a second Ctrl+C, ends the process at once.
+    the fit tells. `STOP_SIGNALS` take the same stop for the fit; a second one, like a second Ctrl+C, ends the
+    process at once. A signal the process was started ignoring (`nohup`'s SIGHUP) stays ignored.
     """
     if threading.current_thread() is not threading.main_thread() or int(
             os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):  # as Tune decides whether to catch the signal
         return tuner.fit(), None
-    before, on_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signal.SIGINT)
+    found = {s: h or signal.SIG_DFL for s in STOP_SIGNALS if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+    consoles = terminal_fds()
     terminated = []
 
     def stop_like_ctrl_c(signum: int, frame) -> None:
-        """Tune's SIGINT stop while its handler is in place; otherwise what SIGTERM did before the fit."""
+        """Tune's SIGINT stop while its handler is in place; otherwise what the signal did before the fit."""
+        if signum == signal.SIGHUP:
+            detach([fd for fd in consoles if not os.isatty(fd)])
         tunes = signal.getsignal(signal.SIGINT)
         if callable(tunes) and tunes is not before:
             terminated.append(signum)
             tunes(signal.SIGINT, frame)
-        elif callable(on_term):
-            on_term(signum, frame)
+        elif callable(found[signum]):
+            found[signum](signum, frame)
         else:
-            signal.signal(signal.SIGTERM, on_term)
+            signal.signal(signum, found[signum])
             signal.raise_signal(signum)
 
-    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+    for signum in found:
+        signal.signal(signum, stop_like_ctrl_c)
     try:
         results = tuner.fit()
     finally:
         stopped = signal.getsignal(signal.SIGINT) is before
         signal.signal(signal.SIGINT, before)  # Tune leaves its own handler installed after a fit it ended
-        signal.signal(signal.SIGTERM, on_term)
+        for signum, handler in found.items():
+            signal.signal(signum, handler)
     return results, (terminated[0] if terminated else signal.SIGINT) if stopped else None
+
+
+def terminal_fds() -> list[int]:
+    """Which of stdout and stderr are a terminal, now: once it has hung up, `isatty` says no (its tcgetattr fails)."""
+    return [fd for fd in (1, 2) if os.isatty(fd)]
+
+
+def detach(fds: list[int]) -> None:
+    """Point these descriptors (a terminal that hung up) at /dev/null: every write to a hung-up terminal fails (EIO),
+    and the stop's own lines (Tune's, the console's, the resume command) would fail the stop halfway. A SIGHUP sent
+    by hand to a study whose terminal is alive keeps its output there."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in fds:
+        os.dup2(null, fd)
+    os.close(null)

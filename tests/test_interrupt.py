@@ -1,13 +1,19 @@
 """Ctrl+C stops a study with its state saved, closes its parent run as KILLED, says how to continue it and exits
 130 (it once exited 0 with a report of a study cut short); SIGTERM (`kill`, `ray job stop`) the same with 143 (it
-once ended the driver mid-step with Ray's abort trace, its parent run left RUNNING); `--resume` then finishes it."""
+once ended the driver mid-step with Ray's abort trace, its parent run left RUNNING); a closed terminal (its hang-up,
+then SIGHUP) the same with 129, saying nothing to the terminal that is gone (it once ended the driver at once, its
+parent run left RUNNING); `--resume` then finishes it."""
 
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,18 +47,61 @@ def _parent(storage: Path):
     return parent, [r for r in runs if "trial_id" in r.data.tags]
 
 
-# Ctrl+C reaches a terminal's foreground process group; `kill` and `ray job stop` signal the driver's process
-STOPS = {"ctrl_c": (signal.SIGINT, os.killpg, ""), "sigterm": (signal.SIGTERM, os.kill, " by SIGTERM")}
+class Terminal:
+    """A pseudo-terminal as the study's stdout and stderr, copied into `log` until it hangs up."""
+
+    def __init__(self, log: Path):
+        self.master, self.slave = pty.openpty()
+        self.log, self.closing = log, threading.Event()
+        self.log.write_bytes(b"")
+        self.copier = threading.Thread(target=self._copy, daemon=True)
+        self.copier.start()
+
+    def _copy(self) -> None:
+        while not self.closing.is_set():
+            if select.select([self.master], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # every writer gone
+                    return
+                with self.log.open("ab") as out:
+                    out.write(chunk)
+
+    def start(self, cmd: list[str], **popen) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=self.slave, stderr=self.slave, stdin=subprocess.DEVNULL, **popen)
+        os.close(self.slave)
+        return proc
+
+    def hang_up(self, pid: int, signum: int) -> None:
+        """What closing a terminal window does: the terminal goes (a write to it fails from then on), then SIGHUP."""
+        self.closing.set()
+        self.copier.join()
+        os.close(self.master)
+        os.kill(pid, signum)
+
+
+def _started(stop: str, cmd: list[str], log: Path, env: dict) -> tuple[subprocess.Popen, object]:
+    """The study started as `stop` needs, and how to send it the signal."""
+    if stop == "hang_up":
+        terminal = Terminal(log)
+        return terminal.start(cmd, cwd=REPO, env=env, start_new_session=True), terminal.hang_up
+    return start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True), STOPS[stop][1]
+
+
+# Ctrl+C reaches a terminal's foreground process group; `kill` and `ray job stop` signal the driver's process; a
+# terminal that closes hangs up, and the kernel signals its session's processes
+STOPS = {"ctrl_c": (signal.SIGINT, os.killpg, ""), "sigterm": (signal.SIGTERM, os.kill, " by SIGTERM"),
+         "hang_up": (signal.SIGHUP, None, " by SIGHUP")}
 
 
 @pytest.mark.parametrize("stop", STOPS)
 def test_a_signal_stops_the_study_for_resume(stop, tmp_path, capsys, cifar10_dir, data_cache):
-    signum, send, by = STOPS[stop]
+    signum, _, by = STOPS[stop]
     storage = tmp_path / "results"
     env = {**os.environ, "LAYERWISE_CACHE": data_cache}
     cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
     log = tmp_path / "interrupted.log"
-    proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True)
+    proc, send = _started(stop, cmd, log, env)
     # the first trial's end: 5 of 6 trials still to run, two at a time (~5 s each here)
     assert _when_logged(proc, log, " terminated after ", 300), describe(cmd, log, "ended before a trial did")
     # a second driver for the running study (once ran it twice at once): refused, the study left alone
@@ -63,8 +112,12 @@ def test_a_signal_stops_the_study_for_resume(stop, tmp_path, capsys, cifar10_dir
     output = log.read_text(errors="replace")
     assert proc.returncode == stopped_status(signum), describe(cmd, log, f"exited with status {proc.returncode}")
     parent, _ = _parent(storage)
-    assert output.splitlines()[-1] == (f"interrupted{by}: study {parent.info.run_name} stopped with its state saved; "
-                                       f"continue it with: python -m study.run --space demo --storage {storage} --resume")
+    said = (f"interrupted{by}: study {parent.info.run_name} stopped with its state saved; "
+            f"continue it with: python -m study.run --space demo --storage {storage} --resume")
+    if stop == "hang_up":  # said to no one: the terminal is gone
+        assert said not in output and not (storage / parent.info.run_name / "error.log").exists()
+    else:
+        assert output.splitlines()[-1] == said
     assert parent.info.status == "KILLED" and "report: " not in output
 
     resumed = assert_succeeds([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
@@ -73,3 +126,22 @@ def test_a_signal_stops_the_study_for_resume(stop, tmp_path, capsys, cifar10_dir
     assert "progress: 6/6 trials done" in resumed and "report: " in resumed
     assert parent.info.status == "FINISHED"
     assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials), [r.info.status for r in trials]
+
+
+def test_a_hang_up_ignored_from_the_start_stays_ignored():
+    """`nohup python -m study.run …` starts the study with SIGHUP ignored: a closed terminal must not stop it."""
+    from study.tuner import fit_until_stopped
+
+    class TuneLike:
+        def fit(self) -> str:
+            signal.signal(signal.SIGINT, lambda *_: None)  # as Tune's fit: its own SIGINT handler for the fit
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            return "finished"
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert fit_until_stopped(TuneLike()) == ("finished", None)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

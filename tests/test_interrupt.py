@@ -1,8 +1,8 @@
 """Ctrl+C stops a study with its state saved, closes its parent run as KILLED, says how to continue it and exits
 130 (it once exited 0 with a report of a study cut short); SIGTERM (`kill`, `ray job stop`) the same with 143 (it
 once ended the driver mid-step with Ray's abort trace, its parent run left RUNNING); a closed terminal (its hang-up,
-then SIGHUP) the same with 129, saying nothing to the terminal that is gone (it once ended the driver at once, its
-parent run left RUNNING); `--resume` then finishes it."""
+then SIGHUP to the study's process group) the same with 129, saying nothing to the terminal that is gone (it once
+ended the driver at once, its parent run left RUNNING; then, with Ray's daemons dead beside it, hung ~60 s); `--resume` then finishes it."""
 
 from __future__ import annotations
 
@@ -73,11 +73,12 @@ class Terminal:
         return proc
 
     def hang_up(self, pid: int, signum: int) -> None:
-        """What closing a terminal window does: the terminal goes (a write to it fails from then on), then SIGHUP."""
+        """What closing a terminal window does: the terminal goes (a write to it fails from then on), then SIGHUP to
+        its foreground process group — the study's, where the local Ray's daemons are too."""
         self.closing.set()
         self.copier.join()
         os.close(self.master)
-        os.kill(pid, signum)
+        os.killpg(pid, signum)
 
 
 def _started(stop: str, cmd: list[str], log: Path, env: dict) -> tuple[subprocess.Popen, object]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 INPUT_ERROR = 2  # the user's input or environment is wrong
 PLATFORM_ERROR = 1  # the platform or a dependency failed (Ray could not start, the study crashed)
 
@@ -24,3 +26,18 @@ def one_line(err: BaseException) -> str:
     """An exception as one line: its type (unless one of ours) and its message with whitespace collapsed."""
     text = " ".join(str(err).split()) or type(err).__name__
     return text if isinstance(err, (InputError, PlatformError)) else f"{type(err).__name__}: {text}"
+
+
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; over the user's disk quota
+
+
+def full_disk(err: BaseException | None) -> OSError | None:
+    """The full-disk OSError among `err`, its causes and the exceptions it was raised while handling, if any: Tune
+    re-raises a callback's error as a TuneError carrying only its traceback's text, the OSError as its context."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in FULL_DISK_ERRNOS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None

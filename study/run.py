@@ -21,7 +21,8 @@ import traceback
 from pathlib import Path
 
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes, smallest_store
-from study.errors import INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, one_line, stopped_status
+from study.errors import (INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, full_disk, one_line,
+                          stopped_status)
 from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_sets
 from study.record import StudyRecord, release_held
 from study.storage import Location
@@ -476,12 +477,24 @@ def stopped_for_resume(args: argparse.Namespace, record: StudyRecord, client, si
     KILLED (--resume reopens it), no report, the command that continues it, and the exit status a shell gives a
     command the signal ended."""
     client.set_terminated(record.parent_run_id, "KILLED")
-    again = ["python", "-m", "study.run", "--space", args.space, "--storage", args.storage, "--resume"] + (
-        ["--address", args.address] if args.address else [])
     by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-    print(f"interrupted{by}: study {record.name} stopped with its state saved; continue it with: {shlex.join(again)}",
-          file=sys.stderr, flush=True)
+    print(f"interrupted{by}: study {record.name} stopped with its state saved; continue it with: "
+          f"{resume_command(args)}", file=sys.stderr, flush=True)
     return stopped_status(signum)
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this study."""
+    return shlex.join(["python", "-m", "study.run", "--space", args.space, "--storage", args.storage, "--resume"]
+                      + (["--address", args.address] if args.address else []))
+
+
+def out_of_space(args: argparse.Namespace, record: StudyRecord, full: OSError) -> str:
+    """What a study stopped by a full disk says: where, what is kept, and how to go on once there is room."""
+    where = f" writing {full.filename}" if full.filename else ""
+    return (f"{full.strerror or 'no space left on the device'}{where}: the study stopped. Its finished trials are "
+            f"in MLflow, its state as of its last snapshot in {record.study_dir}; free some space (or raise the "
+            f"quota), then continue it with: {resume_command(args)}")
 
 
 def record_transfer(client, run_id: str, transfer) -> None:
@@ -550,14 +563,16 @@ def _checked_run(args: argparse.Namespace, clock) -> int:
     except InputError as err:  # found once Ray is up (the dataset larger than its object store)
         return fail(INPUT_ERROR, str(err))
     except Exception as err:  # the study crashed: say what, keep the traceback out of the user's way
-        log = record.error_log
+        if (full := full_disk(err)) is not None:
+            return fail(PLATFORM_ERROR, out_of_space(args, record, full))
+        log, written = record.error_log, False
         try:
             if record.study_dir.exists():
                 log.write_text(traceback.format_exc())
+                written = True
         except OSError:
             pass
-        return fail(PLATFORM_ERROR, f"the study failed: {one_line(err)}"
-                                    + (f" (traceback in {log})" if log.is_file() else ""))
+        return fail(PLATFORM_ERROR, f"the study failed: {one_line(err)}" + (f" (traceback in {log})" if written else ""))
 
 
 if __name__ == "__main__":

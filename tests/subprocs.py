@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,3 +90,11 @@ def signal_session(sid: int, sig: int) -> None:
                 os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def why_no_unshare() -> str | None:
+    """Why a private mount namespace (`unshare --mount`, root) cannot be made here; None if it can."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True)
+    return None if done.returncode == 0 else f"unshare --mount is not permitted here: {done.stderr.strip()}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import pytest
 from clusters import CLUSTER_MARKER, stop_cluster
 from s3server import moto_server
 from study.optuna_store import JOURNAL_FILE, TRIAL_NAME_ATTR
-from subprocs import assert_succeeds, describe, free_port, run_logged, start_logged
+from subprocs import assert_succeeds, describe, free_port, run_logged, start_logged, why_no_unshare
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REPO = Path(__file__).resolve().parents[1]
@@ -39,14 +38,6 @@ START_TIMEOUT_S = 120
 TINY = ["--space", "demo", "--variants", "lars_warmup,tvlars", "--num-samples", "2", "--confirm", "0",
         "--set", "epochs=2", "--set", "limit=600", "--set", "val_size=100", "--set", "test_limit=200",
         "--set", "batch_size=100", "--set", "grace_period=1", "--set", "eval_every=1", "--set", "max_concurrent=2"]
-
-
-def _unshare_works() -> str | None:
-    """Why a private mount namespace cannot be made here (None if it can)."""
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) is not installed"
-    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True)
-    return None if done.returncode == 0 else f"unshare --mount is not permitted here: {done.stderr.strip()}"
 
 
 def _wait_for(what: str, check, log: Path, cmd: list[str], timeout: float = START_TIMEOUT_S) -> None:
@@ -69,7 +60,7 @@ def s3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3, cifar10_dir):
     """A head without CPUs and a worker node with its own /tmp and none of the project's code or data."""
-    why = _unshare_works()
+    why = why_no_unshare()
     if why:
         pytest.skip(why)
     tmp = tmp_path_factory.mktemp("cluster")

@@ -1,0 +1,69 @@
+"""A disk that fills up mid-study (checkpoints of large models fill disks) stops the study with one `error:` that says
+where it stopped, what is kept and the command that continues it, and `--resume` finishes it once there is room. It
+once ended with "error: the study failed: TuneError: Traceback …" — a traceback flattened into a 4,000-character
+line — pointing at an error.log the full disk had left empty.
+
+The study's storage is a 4 MiB tmpfs mounted in a private mount namespace (`unshare --mount`, root), grown to 300 MiB
+before the resume; the whole study takes ~10 MiB."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from study.errors import PLATFORM_ERROR
+from subprocs import why_no_unshare
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6", "--set", "epochs=3",
+         "--set", "limit=1200", "--set", "test_limit=200"]
+STATUSES = """
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient(f"sqlite:///{sys.argv[1]}/mlflow.db")
+runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+print(json.dumps({"parent": [r.info.status for r in runs if "trial_id" not in r.data.tags],
+                  "trials": [r.info.status for r in runs if "trial_id" in r.data.tags]}))
+"""
+
+
+def test_a_full_disk_stops_the_study_for_resume(tmp_path, cifar10_dir, data_cache):
+    why = why_no_unshare()
+    if why:
+        pytest.skip(why)
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir(), out.mkdir()
+    storage = disk / "results"
+    study = [sys.executable, "-m", "study.run", "--storage", str(storage)]
+    q = shlex.join
+    script = "\n".join([
+        f"mount -t tmpfs -o size=4m tmpfs {q([str(disk)])} || exit 99",
+        f"{q(study + ['--data-dir', cifar10_dir, *SHORT])} > {out}/full.log 2>&1; echo $? > {out}/full.rc",
+        f"mount -o remount,size=300m {q([str(disk)])}",
+        f"{q(study + ['--space', 'demo', '--resume'])} > {out}/resumed.log 2>&1; echo $? > {out}/resumed.rc",
+        f"{q([sys.executable, '-c', STATUSES, str(storage)])} > {out}/runs.json",  # the tmpfs goes with the namespace
+    ])
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script], cwd=REPO,
+                          env={**os.environ, "LAYERWISE_CACHE": data_cache}, timeout=900, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+    full = (out / "full.log").read_text(errors="replace")
+    assert int((out / "full.rc").read_text()) == PLATFORM_ERROR, full[-3000:]
+    assert re.fullmatch(
+        rf"error: No space left on device: the study stopped\. Its finished trials are in MLflow, its state as of its "
+        rf"last snapshot in {re.escape(str(storage))}/demo-\S+; free some space \(or raise the quota\), then continue "
+        rf"it with: python -m study\.run --space demo --storage {re.escape(str(storage))} --resume",
+        full.splitlines()[-1]), full[-3000:]
+
+    resumed = (out / "resumed.log").read_text(errors="replace")
+    assert int((out / "resumed.rc").read_text()) == 0, resumed[-3000:]
+    assert "progress: 6/6 trials done" in resumed and "report: " in resumed
+    runs = json.loads((out / "runs.json").read_text())
+    assert runs == {"parent": ["FINISHED"], "trials": ["FINISHED"] * 6}, runs

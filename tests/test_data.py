@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -97,3 +100,42 @@ def test_imagefolder_resizes_to_image_size(tmp_path, data_cache):
     assert data.train.classes == ["cat", "dog"] and data.test.labels.tolist() == [0, 0, 1, 1]
     with pytest.raises(DataError, match="needs a 'train/' and a 'val/' or 'test/' folder"):
         load_dataset("imagefolder", tmp_path / "train")
+
+
+FULL_CACHE = """
+import sys, warnings
+from pathlib import Path
+from trainables.data import load_dataset
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    data = load_dataset("imagefolder", sys.argv[1])
+print(len(data.train), len(data.test))
+for w in caught:
+    print("warned:", w.message)
+print("left:", sorted(p.name for p in Path(sys.argv[2]).iterdir()))
+"""
+
+
+def test_a_cache_on_a_full_disk_leaves_the_data_decoded_and_the_disk_as_it_was(tmp_path, data_cache):
+    """A cache folder on a full disk once failed the study with torch.save's "iostream error" traceback, leaving its
+    half-written file to fill the disk further; the decoded data is in memory, so the run goes on and says why."""
+    from imagefolders import make_image_folder
+    from subprocs import why_no_unshare
+
+    why = why_no_unshare()
+    if why:
+        pytest.skip(why)
+    folder = make_image_folder(tmp_path / "images", train=96, val=32)  # decoded at 64 px: 128 × 3 × 64² B = 1.5 MiB
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    script = (f"mount -t tmpfs -o size=128k tmpfs {cache} && LAYERWISE_CACHE={cache} "
+              f"{sys.executable} -c '{FULL_CACHE}' {folder} {cache}")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    sizes, warned, left = done.stdout.splitlines()[:3]
+    assert sizes == "96 32"
+    assert re.fullmatch(rf"warned: data: the decoded copy could not be kept at {cache}/imagefolder-\S+\.pt "
+                        r"\(\d+\.\d MiB free there, 1\.5 MiB needed\): this run goes on from memory, and the next "
+                        r"decodes again", warned), warned
+    assert left.startswith("left: [") and ".tmp" not in left, left  # the half-written file removed

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import os
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -302,8 +303,12 @@ def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     sees the old file or the new one whole, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a write cut short (a full disk) left the disk fuller still
+        raise
 
 
 def _drop_stale(entry: Path) -> None:
@@ -369,9 +374,23 @@ def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | No
     if on_decode is not None:
         on_decode(root, path)
     data = _decode_dataset(dataset, root, image_size)
-    _write_atomically(path, lambda tmp: torch.save(data.to_arrays(tensors=True), tmp))
-    _drop_stale(path)
+    _keep(data, path)
     return data
+
+
+def _keep(data: Dataset, path: Path) -> None:
+    """Write the decoded dataset to its cache entry, or warn why not: the cache saves later runs the decode, and
+    this run has its data in memory either way."""
+    try:
+        _write_atomically(path, lambda tmp: torch.save(data.to_arrays(tensors=True), tmp))
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError ("iostream error")
+        free, needed = shutil.disk_usage(path.parent).free, data.nbytes()
+        why = (f"{free / 2**20:,.1f} MiB free there, {needed / 2**20:,.1f} MiB needed" if free < needed
+               else f"{type(err).__name__}: {' '.join(str(err).split())}")
+        warnings.warn(f"data: the decoded copy could not be kept at {path} ({why}): this run goes on from memory, "
+                      "and the next decodes again", stacklevel=3)
+        return
+    _drop_stale(path)
 
 
 def balanced_subset(data: ImageData, limit: int | None, seed: int = 0) -> ImageData:

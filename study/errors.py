@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import sqlite3
 
 INPUT_ERROR = 2  # the user's input or environment is wrong
 PLATFORM_ERROR = 1  # the platform or a dependency failed (Ray could not start, the study crashed)
@@ -31,13 +32,16 @@ def one_line(err: BaseException) -> str:
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; over the user's disk quota
 
 
-def full_disk(err: BaseException | None) -> OSError | None:
-    """The full-disk OSError among `err`, its causes and the exceptions it was raised while handling, if any: Tune
-    re-raises a callback's error as a TuneError carrying only its traceback's text, the OSError as its context."""
+def full_disk(err: BaseException | None) -> BaseException | None:
+    """The full-disk error among `err`, its causes and the exceptions it was raised while handling, if any: an
+    OSError (ENOSPC, EDQUOT), or SQLite's SQLITE_FULL under MLflow's SQLAlchemy error. Tune re-raises a callback's
+    error as a TuneError carrying only its traceback's text, the original as its context."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in FULL_DISK_ERRNOS:
+            return err
+        if isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
             return err
         err = err.__cause__ or err.__context__
     return None

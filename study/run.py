@@ -489,10 +489,11 @@ def resume_command(args: argparse.Namespace) -> str:
                       + (["--address", args.address] if args.address else []))
 
 
-def out_of_space(args: argparse.Namespace, record: StudyRecord, full: OSError) -> str:
+def out_of_space(args: argparse.Namespace, record: StudyRecord, full: BaseException) -> str:
     """What a study stopped by a full disk says: where, what is kept, and how to go on once there is room."""
-    where = f" writing {full.filename}" if full.filename else ""
-    return (f"{full.strerror or 'no space left on the device'}{where}: the study stopped. Its finished trials are "
+    what = getattr(full, "strerror", None) or " ".join(str(full).split()) or "no space left on the device"
+    where = f" writing {full.filename}" if getattr(full, "filename", None) else ""
+    return (f"{what}{where}: the study stopped. Its finished trials are "
             f"in MLflow, its state as of its last snapshot in {record.study_dir}; free some space (or raise the "
             f"quota), then continue it with: {resume_command(args)}")
 

@@ -67,3 +67,31 @@ def test_a_full_disk_stops_the_study_for_resume(tmp_path, cifar10_dir, data_cach
     assert "progress: 6/6 trials done" in resumed and "report: " in resumed
     runs = json.loads((out / "runs.json").read_text())
     assert runs == {"parent": ["FINISHED"], "trials": ["FINISHED"] * 6}, runs
+
+
+def test_sqlite_full_behind_mlflow_and_tune_is_a_full_disk(tmp_path):
+    """MLflow's SQLite store on a full disk fails with SQLITE_FULL under SQLAlchemy's and MLflow's errors, and Tune
+    re-raises a callback's error as a TuneError with the original only as its context."""
+    import traceback
+
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+    from ray.tune.error import TuneError
+
+    from study.errors import full_disk
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with engine.begin() as con:
+        con.exec_driver_sql("create table metrics (value blob)")
+    with pytest.raises(TuneError) as raised, engine.begin() as con:
+        con.exec_driver_sql("PRAGMA max_page_count = 3")  # SQLite's own way to be full with the disk not
+        try:
+            try:
+                con.exec_driver_sql("insert into metrics values (?)", (b"x" * 100_000,))
+            except sqlalchemy.exc.OperationalError as err:
+                raise MlflowException(str(err)) from err
+        except MlflowException:
+            raise TuneError(traceback.format_exc())
+    found = full_disk(raised.value)
+    assert found is not None and str(found) == "database or disk is full"
+    assert full_disk(TuneError("a trial's own error")) is None

@@ -483,6 +483,32 @@ def stopped_for_resume(args: argparse.Namespace, record: StudyRecord, client, si
     return stopped_status(signum)
 
 
+def interrupted_before(args: argparse.Namespace) -> int:
+    """Ctrl+C before this process opened the study's parent run: nothing recorded, a resumed study left as it was."""
+    print("interrupted before the study started: nothing was recorded" if not args.resume else
+          f"interrupted before the study went on; continue it with: {resume_command(args)}", file=sys.stderr, flush=True)
+    return stopped_status(signal.SIGINT)
+
+
+def interrupted_outside_the_fit(args: argparse.Namespace, record: StudyRecord) -> int:
+    """Ctrl+C while Ray starts, or after the trials: stopped as Tune's own stop would be while the parent run is
+    open (`--resume` then does what is left); once it is finished, only its report is missing."""
+    from study.mlflow_store import check_tracking_uri
+    from study.summary import report_command
+
+    if record.parent_run_id is None:
+        return interrupted_before(args)
+    client = check_tracking_uri(record.tracking_uri)
+    status = client.get_run(record.parent_run_id).info.status
+    if status == "RUNNING":
+        return stopped_for_resume(args, record, client, signal.SIGINT)
+    if status != "FINISHED":  # a --resume stopped before it reopened the run
+        return interrupted_before(args)
+    print(f"interrupted while its report was built: study {record.name} is finished and recorded; build the report "
+          f"with: {report_command(record)}", file=sys.stderr, flush=True)
+    return stopped_status(signal.SIGINT)
+
+
 def resume_command(args: argparse.Namespace) -> str:
     """The command that continues this study."""
     return shlex.join(["python", "-m", "study.run", "--space", args.space, "--storage", args.storage, "--resume"]
@@ -555,10 +581,14 @@ def _checked_run(args: argparse.Namespace, clock) -> int:
         return fail(PLATFORM_ERROR, str(err))
     except (InputError, ValueError) as err:  # ValueError: a setting or the data rejected by their own checks
         return fail(INPUT_ERROR, str(err))
+    except KeyboardInterrupt:  # e.g. while a first study decodes its data
+        return interrupted_before(args)
     try:
         if not args.address:
             start_local_ray_beside(plan, record.tracking_uri, args.ray_dashboard)
         return run(args, plan, record, data, transfer, clock, by_default)
+    except KeyboardInterrupt:  # outside Tune's fit, which takes Ctrl+C itself: Ray's start, the report
+        return interrupted_outside_the_fit(args, record)
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))
     except InputError as err:  # found once Ray is up (the dataset larger than its object store)

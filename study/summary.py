@@ -60,13 +60,18 @@ def write_report(record: StudyRecord) -> None:
         report = build_report(record.tracking_uri, record.experiment, record.report_dir, formats=FORMATS,
                               study=record.parent_run_id)
     except Exception as err:  # the trials are recorded already: a failed report must not fail the study
-        print(f"warning: the report failed ({type(err).__name__}: {err}); retry with: python -m reports.table "
-              f"--experiment {record.experiment} --tracking-uri {record.tracking_uri} --study {record.parent_run_id}",
+        print(f"warning: the report failed ({type(err).__name__}: {err}); retry with: {report_command(record)}",
               file=sys.stderr)
         return
     print("\n" + report.markdown)
     print(f"report: {record.report_dir} ({len(report.files)} files; also on MLflow run {record.parent_run_id} "
           "under report/)")
+
+
+def report_command(record: StudyRecord) -> str:
+    """The command that builds the study's report from MLflow."""
+    return (f"python -m reports.table --experiment {record.experiment} --tracking-uri {record.tracking_uri} "
+            f"--study {record.parent_run_id}")
 
 
 def report_stages(results, plan: StudyPlan, record: StudyRecord, client) -> None:

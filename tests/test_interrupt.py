@@ -146,3 +146,21 @@ def test_a_hang_up_ignored_from_the_start_stays_ignored():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_ctrl_c_before_the_study_starts_records_nothing(tmp_path, cifar10_dir):
+    """Ctrl+C while a first study decodes its data (7 s for CIFAR-10 here) once printed a KeyboardInterrupt traceback
+    from inside PIL and exited 1."""
+    storage = tmp_path / "results"
+    env = {**os.environ, "LAYERWISE_CACHE": str(tmp_path / "empty-cache")}  # so that it decodes
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    log = tmp_path / "early.log"
+    proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True)
+    assert _when_logged(proc, log, "data: decoding ", 120), describe(cmd, log, "did not decode")
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    output = log.read_text(errors="replace")
+    assert proc.returncode == stopped_status(signal.SIGINT), describe(cmd, log, f"exited {proc.returncode}")
+    assert output.splitlines()[-1] == "interrupted before the study started: nothing was recorded"
+    assert "Traceback" not in output and not storage.exists()

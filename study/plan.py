@@ -16,7 +16,8 @@ from search_spaces.spec import BUDGET_KEYS, RESOURCE_KEYS, SearchSpace
 from trainables.batches import resolve_batching
 from trainables.config import TrialConfig
 from trainables.records import SETTING_NAMES
-from trainables.data import data_dir_for
+from trainables.data import data_dir_for, input_size
+from trainables.models import check_input_size
 
 _INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent", "confirm", "seeds",
              "max_seeds", "seed_step"}
@@ -141,7 +142,7 @@ def make_plan(space_name: str, sets: dict[str, Any], *, num_samples: int | None 
         if key not in TRIAL_FIELDS and not any(_hyperparameter_of(key, o) for o in optimizers):
             raise ValueError(f"{key}: not a trial setting nor a hyperparameter of this space's optimizers "
                              f"({', '.join(sorted(map(str, optimizers)))})")
-    check_variants(plan, lambda cfg: check_device(cfg, plan.space.gpus_per_worker))  # and from_dict's checks
+    check_variants(plan, lambda cfg: check_runs_here(cfg, plan.space.gpus_per_worker))  # and from_dict's checks
     check_something_searched(plan)
     if space.grace_period > plan.max_epoch:
         plan.space = dataclasses.replace(space, grace_period=plan.max_epoch)
@@ -178,6 +179,14 @@ def check_something_searched(plan: StudyPlan) -> None:
                      f"so {space.num_samples} search trials each would train one configuration alike; pass "
                      "--num-samples 1 (confirm trials repeat it with fresh seeds)"
                      + (f", or leave {'them' if len(idle) > 1 else 'it'} out: --variants {others}" if others else ""))
+
+
+def check_runs_here(config: TrialConfig, gpus_per_worker: float) -> None:
+    """What a trial's settings pass and it would still fail on: its device, its model at its images' size."""
+    check_device(config, gpus_per_worker)
+    side = input_size(config.dataset, config.image_size)
+    if side is not None:
+        check_input_size(config.model, side)
 
 
 def check_device(config: TrialConfig, gpus_per_worker: float) -> None:

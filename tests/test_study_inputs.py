@@ -51,6 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
     (["--space", "demo", "--resume", "--seed", "0"], "--seed: --resume continues a study as it was started"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "model=resnet5O"],
      "model: unknown 'resnet5O'; closest: resnet50, resnet152, resnet8; list them with: python -c"),
+    (["--space", "demo", "--data-dir", "{data}", "--set", "model=alexnet"],  # each trial failed at its first step
+     "variant tvlars: model: alexnet does not take 32×32 images (Given input size: (256x1x1). Calculated output size: "
+     "(256x0x0). Output size is too small); choose another model"),
     (["--space", "demo", "--data-dir", "{data}", "--set", "data_path=stream"],
      "data_path: cifar10 is decoded into memory; streaming reads imagefolder or imagenet (folders or shards)"),
     (["--space", "demo", "--data-dir", "s3://bucket/cifar"],  # was downloaded into ./s3:/bucket/cifar

@@ -32,6 +32,14 @@ from trainables.safe_load import UnsafeFileError, load_plain
 DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "parquet", "imagenet")
 STREAMED = ("imagefolder", "imagenet")  # datasets a trial can stream (trainables.stream), e.g. from a bucket
 DEFAULT_IMAGE_SIZE = {"imagefolder": 64, "imagenet": 224}  # the square side images are decoded to, unless image_size
+NATIVE_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64}  # the square side of datasets image_size cannot change
+
+
+def input_size(dataset: str, image_size: int | None) -> int | None:
+    """The square side a trial's images have, known before any decode; None for `parquet` (its images' own)."""
+    if dataset in DEFAULT_IMAGE_SIZE:
+        return image_size or DEFAULT_IMAGE_SIZE[dataset]
+    return NATIVE_IMAGE_SIZE.get(dataset)
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 _LAYOUTS = {
@@ -209,8 +217,9 @@ def _tinyimagenet(root: Path) -> tuple[ImageData, ImageData]:
         if len(fields) >= 2:  # val/images is flat; the annotations file gives each image's class
             val_paths.append(root / "val" / "images" / fields[0])
             val_labels.append(index[fields[1]])
-    return (ImageData(_read_files(train_paths, 64), torch.tensor(train_labels), wnids),
-            ImageData(_read_files(val_paths, 64), torch.tensor(val_labels), wnids))
+    side = NATIVE_IMAGE_SIZE["tinyimagenet"]
+    return (ImageData(_read_files(train_paths, side), torch.tensor(train_labels), wnids),
+            ImageData(_read_files(val_paths, side), torch.tensor(val_labels), wnids))
 
 
 def _imagefolder(root: Path, image_size: int) -> tuple[ImageData, ImageData]:

@@ -11,6 +11,7 @@ paper does (`kaiming_uniform`), with `xavier_uniform`, or leaves torchvision's d
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import typing
 
@@ -132,6 +133,22 @@ def check_model(name: str) -> None:
     if name not in names:
         closest = difflib.get_close_matches(str(name), names, n=3, cutoff=0.0)
         raise ValueError(f"model: unknown {name!r}; closest: {', '.join(closest)}; list them with: {_LIST_COMMAND}")
+
+
+@functools.cache  # a study checks each variant at two corners of its space: ~0.3-1.2 s a torchvision model here
+def check_input_size(name: str, image_size: int) -> None:
+    """Raise ValueError unless `name`, built for `image_size`-pixel inputs, takes them: AlexNet and Inception-v3 pool
+    CIFAR's 32 pixels below one (every trial then failed at its first step). Built and run on the meta device:
+    shapes only, no memory, no arithmetic."""
+    if name in _CIFAR_RESNETS:
+        return
+    try:
+        with torch.device("meta"):
+            build_model(name, 2, image_size)(torch.empty(2, 3, image_size, image_size))
+    except RuntimeError as err:
+        raise ValueError(f"model: {name} does not take {image_size}×{image_size} images ({str(err).splitlines()[0]});"
+                         " choose another model (resnet8/14/20 and torchvision's ResNets are built for small images)"
+                         + (", or larger images: --set image_size=N" if image_size >= 64 else "")) from None
 
 
 def _builder_kwargs(name: str, image_size: int) -> dict[str, typing.Any]:

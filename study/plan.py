@@ -17,7 +17,7 @@ from trainables.batches import resolve_batching
 from trainables.config import TrialConfig
 from trainables.records import SETTING_NAMES
 from trainables.data import data_dir_for, input_size
-from trainables.models import check_input_size
+from trainables.models import check_model_fits
 
 _INT_KEYS = {"num_samples", "grace_period", "reduction_factor", "workers", "max_concurrent", "confirm", "seeds",
              "max_seeds", "seed_step"}
@@ -186,7 +186,7 @@ def check_runs_here(config: TrialConfig, gpus_per_worker: float) -> None:
     check_device(config, gpus_per_worker)
     side = input_size(config.dataset, config.image_size)
     if side is not None:
-        check_input_size(config.model, side)
+        check_model_fits(config.model, side, backbone=config.task == "bt")
 
 
 def check_device(config: TrialConfig, gpus_per_worker: float) -> None:

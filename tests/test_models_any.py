@@ -19,7 +19,7 @@ from optim.clars import CLARS
 from optim.exclusions import excluded_names
 from optim.factory import SPECS, optimizer_hparams
 from optim.layerwise import LayerwiseOptimizer
-from trainables.models import MODELS_HINT, build_model, check_model, split_head
+from trainables.models import MODELS_HINT, build_model, check_model, check_model_fits, split_head
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, BATCH, CLASSES = 32, 4, 10
@@ -208,3 +208,25 @@ def test_other_families_build_for_small_inputs(name, size, expected):
     out = model(torch.randn(2, 3, size, size))
     assert isinstance(out, torch.Tensor) and out.shape == (2, CLASSES)
     assert all(getattr(model, k) == v for k, v in expected.items())
+
+
+@pytest.mark.parametrize("name, size, backbone, refused", [
+    ("alexnet", 32, False, "Output size is too small"),  # pools CIFAR's 32 px below one
+    ("inception_v3", 64, False, "Kernel size can't be greater than actual input size"),
+    ("vit_h_14", 32, False, "Input shape indivisible by patch size!"),  # raised as an AssertionError
+    ("maxvit_t", 32, False, "is not divisible by partition size 7"),  # raised as a ValueError while building
+    ("squeezenet1_0", 32, True, "SqueezeNet has no Linear classifier head for Barlow Twins"),
+    ("alexnet", 64, False, None),
+    ("squeezenet1_0", 32, False, None),  # a classifier without a Linear head is fine
+    ("regnet_y_400mf", 32, True, None),  # builds with tensor arithmetic meta tensors cannot do: left unchecked
+    ("vit_b_16", 32, True, None),
+])
+def test_a_model_is_checked_at_its_input_size_before_anything_runs(name, size, backbone, refused):
+    """Every one refused here once failed each trial at its first step; every one accepted trains (a sweep of
+    torchvision's classifiers at 32 px, one step each)."""
+    if refused is None:
+        check_model_fits(name, size, backbone)
+    else:
+        with pytest.raises(ValueError, match=r"^model: ") as err:
+            check_model_fits(name, size, backbone)
+        assert refused in str(err.value)

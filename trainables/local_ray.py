@@ -11,7 +11,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,28 +64,27 @@ def init_local_ray(num_cpus: int | None = None, dashboard: bool = True, **kwargs
         # (IQR [1.069, 1.090]) at nice 0. Only the local Ray this process starts; a user's setting wins.
         os.environ.setdefault(WORKER_NICENESS_ENV, "0")
         kwargs["runtime_env"] = with_quoted_interpreter(with_worker_env(kwargs.get("runtime_env")))
-        with hang_ups_ignored():
+        with hang_ups_blocked():
             ray.init(address="local", num_cpus=num_cpus or local_cpu_slots(1), include_dashboard=dashboard,
                      dashboard_host="127.0.0.1", log_to_driver=False, **kwargs)
 
 
 @contextlib.contextmanager
-def hang_ups_ignored() -> Iterator[None]:
-    """SIGHUP ignored in the processes started meanwhile (a disposition `exec` keeps): the local Ray's daemons, and
-    the workers they start later.
+def hang_ups_blocked() -> Iterator[None]:
+    """SIGHUP blocked in this thread meanwhile, and so in the processes it starts (`exec` keeps the signal mask): the
+    local Ray's daemons, and the workers they start later — as Ray blocks SIGINT in them (ray/_private/services.py:
+    `start_ray_process`, Ray 2.60).
 
-    A closed terminal signals its whole foreground process group, where Ray starts its daemons; Ray blocks SIGINT in
-    them (ray/_private/services.py: `start_ray_process`, Ray 2.60) but not SIGHUP, so the GCS and the raylet died
-    with the terminal while the driver stopped the study (`study.tuner.STOP_SIGNALS`): it hung ~60 s on the dead
-    GCS, saved nothing and left its parent run RUNNING. They still end with the driver (Ray's fate-sharing)."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
-        yield
-        return
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    A closed terminal signals its whole foreground process group, where Ray starts its daemons; unblocked, the GCS
+    and the raylet died with the terminal while the driver stopped the study (`study.tuner.STOP_SIGNALS`): it hung
+    ~60 s on the dead GCS, saved nothing and left its parent run RUNNING. They still end with the driver (Ray's
+    fate-sharing). Blocked, not ignored: this process still gets a hang-up that comes meanwhile."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         yield
     finally:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
+        if signal.SIGHUP not in blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def with_quoted_interpreter(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +99,11 @@ def why_no_unshare() -> str | None:
         return "unshare (util-linux) is not installed"
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True)
     return None if done.returncode == 0 else f"unshare --mount is not permitted here: {done.stderr.strip()}"
+
+
+def as_from_a_terminal() -> None:
+    """A `preexec_fn`: SIGINT and SIGHUP at their defaults, as in a command a terminal starts. A job started in the
+    background by a script, or under `nohup`, hands them on ignored — and a study respects an ignored one (CI run so
+    once failed the Ctrl+C and hang-up tests: the signals never arrived)."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from study.errors import INPUT_ERROR, stopped_status
 from study.run import main
-from subprocs import assert_succeeds, describe, start_logged
+from subprocs import as_from_a_terminal, assert_succeeds, describe, start_logged
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6", "--set", "epochs=3",
@@ -68,7 +68,8 @@ class Terminal:
                     out.write(chunk)
 
     def start(self, cmd: list[str], **popen) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, stdout=self.slave, stderr=self.slave, stdin=subprocess.DEVNULL, **popen)
+        proc = subprocess.Popen(cmd, stdout=self.slave, stderr=self.slave, stdin=subprocess.DEVNULL,
+                                preexec_fn=as_from_a_terminal, **popen)
         os.close(self.slave)
         return proc
 
@@ -86,7 +87,8 @@ def _started(stop: str, cmd: list[str], log: Path, env: dict) -> tuple[subproces
     if stop == "hang_up":
         terminal = Terminal(log)
         return terminal.start(cmd, cwd=REPO, env=env, start_new_session=True), terminal.hang_up
-    return start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True), STOPS[stop][1]
+    return (start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal),
+            STOPS[stop][1])
 
 
 # Ctrl+C reaches a terminal's foreground process group; `kill` and `ray job stop` signal the driver's process; a
@@ -155,7 +157,7 @@ def test_ctrl_c_before_the_study_starts_records_nothing(tmp_path, cifar10_dir):
     env = {**os.environ, "LAYERWISE_CACHE": str(tmp_path / "empty-cache")}  # so that it decodes
     cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
     log = tmp_path / "early.log"
-    proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True)
+    proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
     assert _when_logged(proc, log, "data: decoding ", 120), describe(cmd, log, "did not decode")
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)

@@ -25,6 +25,7 @@ from study.errors import (INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError
                           stopped_status)
 from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_sets
 from study.record import StudyRecord, release_held
+from study.signals import StopSignals, signal_of, through_ray_start
 from study.storage import Location
 from study.tune_state import repair_tune_state
 from trainables.cache import CACHE_ENV, unwritable_cache
@@ -208,7 +209,7 @@ def open_store_beside_ray(tracking_uri: str, ray_failed: threading.Event) -> Pat
 
 def start_local_ray_beside(plan: StudyPlan, tracking_uri: str, dashboard: bool) -> None:
     """Start the local Ray while another thread imports the driver's modules and opens the study's MLflow store
-    (`open_store_beside_ray`); a Ray that cannot start leaves no database it created.
+    (`open_store_beside_ray`); a Ray that cannot start, or a stop while it starts, leaves no database it created.
 
     Ray starts in this (the main) thread: it asks the kernel to kill its daemons when the thread that started them
     ends (`PR_SET_PDEATHSIG`). Everything the start imports is imported before the other thread begins
@@ -226,7 +227,7 @@ def start_local_ray_beside(plan: StudyPlan, tracking_uri: str, dashboard: bool) 
         opened = pool.submit(open_store_beside_ray, tracking_uri, ray_failed)
         try:
             start_local_ray(plan, dashboard)
-        except PlatformError:
+        except (PlatformError, KeyboardInterrupt, SystemExit):  # Ray failed, or a stop came while it started
             ray_failed.set()
             with contextlib.suppress(Exception):  # Ray's error is the one to report
                 database = opened.result()
@@ -473,40 +474,46 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
 
 
 def stopped_for_resume(args: argparse.Namespace, record: StudyRecord, client, signum: int) -> int:
-    """Ctrl+C (or a `study.tuner.STOP_SIGNALS` one) stopped the study with its state saved: its parent run closed as
+    """Ctrl+C (or a `study.signals.STOP_SIGNALS` one) stopped the study with its state saved: its parent run closed as
     KILLED (--resume reopens it), no report, the command that continues it, and the exit status a shell gives a
     command the signal ended."""
     client.set_terminated(record.parent_run_id, "KILLED")
-    by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-    print(f"interrupted{by}: study {record.name} stopped with its state saved; continue it with: "
+    print(f"{interrupted_by(signum)}: study {record.name} stopped with its state saved; continue it with: "
           f"{resume_command(args)}", file=sys.stderr, flush=True)
     return stopped_status(signum)
 
 
-def interrupted_before(args: argparse.Namespace) -> int:
-    """Ctrl+C before this process opened the study's parent run: nothing recorded, a resumed study left as it was."""
-    print("interrupted before the study started: nothing was recorded" if not args.resume else
-          f"interrupted before the study went on; continue it with: {resume_command(args)}", file=sys.stderr, flush=True)
-    return stopped_status(signal.SIGINT)
+def interrupted_by(signum: int) -> str:
+    """"interrupted", and by which signal unless it was Ctrl+C's."""
+    return "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
 
 
-def interrupted_outside_the_fit(args: argparse.Namespace, record: StudyRecord) -> int:
-    """Ctrl+C while Ray starts, or after the trials: stopped as Tune's own stop would be while the parent run is
-    open (`--resume` then does what is left); once it is finished, only its report is missing."""
+def interrupted_before(args: argparse.Namespace, signum: int) -> int:
+    """Stopped (Ctrl+C, a `study.signals.STOP_SIGNALS` one) before this process opened the study's parent run:
+    nothing recorded, a resumed study left as it was."""
+    print(f"{interrupted_by(signum)} before the study started: nothing was recorded" if not args.resume else
+          f"{interrupted_by(signum)} before the study went on; continue it with: {resume_command(args)}",
+          file=sys.stderr, flush=True)
+    return stopped_status(signum)
+
+
+def interrupted_outside_the_fit(args: argparse.Namespace, record: StudyRecord, signum: int) -> int:
+    """Stopped while Ray starts, or after the trials: as Tune's own stop would stop it while the parent run is open
+    (`--resume` then does what is left); once it is finished, only its report is missing."""
     from study.mlflow_store import check_tracking_uri
     from study.summary import report_command
 
     if record.parent_run_id is None:
-        return interrupted_before(args)
+        return interrupted_before(args, signum)
     client = check_tracking_uri(record.tracking_uri)
     status = client.get_run(record.parent_run_id).info.status
     if status == "RUNNING":
-        return stopped_for_resume(args, record, client, signal.SIGINT)
+        return stopped_for_resume(args, record, client, signum)
     if status != "FINISHED":  # a --resume stopped before it reopened the run
-        return interrupted_before(args)
-    print(f"interrupted while its report was built: study {record.name} is finished and recorded; build the report "
-          f"with: {report_command(record)}", file=sys.stderr, flush=True)
-    return stopped_status(signal.SIGINT)
+        return interrupted_before(args, signum)
+    print(f"{interrupted_by(signum)} while its report was built: study {record.name} is finished and recorded; build "
+          f"the report with: {report_command(record)}", file=sys.stderr, flush=True)
+    return stopped_status(signum)
 
 
 def resume_command(args: argparse.Namespace) -> str:
@@ -554,10 +561,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from study.clock import StudyClock
 
-    ray_was_up, clock = ray.is_initialized(), StudyClock()
+    ray_was_up, clock, stops = ray.is_initialized(), StudyClock(), StopSignals()
+    stops.take()
     try:
-        return _checked_run(args, clock)
+        return _checked_run(args, clock, stops)
     finally:
+        stops.give_back()
         release_held()
         if not ray_was_up and ray.is_initialized():  # leave an in-process caller's process as it was
             ray.shutdown()
@@ -566,12 +575,13 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
 
 
-def _checked_run(args: argparse.Namespace, clock) -> int:
+def _checked_run(args: argparse.Namespace, clock, stops: StopSignals) -> int:
     try:  # cheapest checks first: settings and services, the cluster, then the data (maybe a download)
         plan, record = prepare(args)
         check_address(args.address)
         if args.address:
-            join_cluster(args.address)
+            with through_ray_start(stops):
+                join_cluster(args.address)
             check_storage_reaches_nodes(record.storage, args.shared_storage)
         transfer = named_transfer(args, plan, record)
         by_default = may_transfer_by_default(args, record)  # before this study's own Ray start creates the store
@@ -581,14 +591,15 @@ def _checked_run(args: argparse.Namespace, clock) -> int:
         return fail(PLATFORM_ERROR, str(err))
     except (InputError, ValueError) as err:  # ValueError: a setting or the data rejected by their own checks
         return fail(INPUT_ERROR, str(err))
-    except KeyboardInterrupt:  # e.g. while a first study decodes its data
-        return interrupted_before(args)
+    except KeyboardInterrupt as stop:  # e.g. while a first study decodes its data
+        return interrupted_before(args, signal_of(stop))
     try:
         if not args.address:
-            start_local_ray_beside(plan, record.tracking_uri, args.ray_dashboard)
+            with through_ray_start(stops):
+                start_local_ray_beside(plan, record.tracking_uri, args.ray_dashboard)
         return run(args, plan, record, data, transfer, clock, by_default)
-    except KeyboardInterrupt:  # outside Tune's fit, which takes Ctrl+C itself: Ray's start, the report
-        return interrupted_outside_the_fit(args, record)
+    except KeyboardInterrupt as stop:  # outside Tune's fit, which takes Ctrl+C itself: Ray's start, the report
+        return interrupted_outside_the_fit(args, record, signal_of(stop))
     except PlatformError as err:
         return fail(PLATFORM_ERROR, str(err))
     except InputError as err:  # found once Ray is up (the dataset larger than its object store)

@@ -35,6 +35,7 @@ from study.console import StudyConsole
 from study.optuna_store import ORPHAN_ATTR, TRANSFER_ATTR, TRANSFER_POINTS, TRIAL_NAME_ATTR, SearchJournal
 from study.plan import StudyPlan, from_tune, in_actor
 from study.record import StudyRecord
+from study.signals import STOP_SIGNALS, detach_hung_up, terminal_fds
 from study.storage import Location
 from study.trial import FINAL_FILE, trial_driver
 from trainables.records import SEARCH_VARIANT_ATTR, TRANSFER_TAG, Stage
@@ -328,13 +329,6 @@ def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data
                               resume_unfinished=True)
 
 
-# Beside Tune's SIGINT: `kill`, `ray job stop`, a scheduler's preemption (SIGTERM); a closed terminal or a dropped
-# SSH session (SIGHUP). Left to their defaults (Ray's `ray.init` makes SIGTERM `sys.exit` in the driver; SIGHUP
-# ends the process), each ended the study mid-step: its parent run and its running trials' runs left RUNNING, Ray's
-# agents alive 40 s and more after it, up to 2 s of Tune's state lost.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
 def fit_until_stopped(tuner: tune.Tuner) -> tuple[tune.ResultGrid, int | None]:
     """`tuner.fit()`, and the signal that stopped it before the study was done (SIGINT, SIGUSR1 or a
     `STOP_SIGNALS` one), or None.
@@ -356,7 +350,7 @@ def fit_until_stopped(tuner: tune.Tuner) -> tuple[tune.ResultGrid, int | None]:
     def stop_like_ctrl_c(signum: int, frame) -> None:
         """Tune's SIGINT stop while its handler is in place; otherwise what the signal did before the fit."""
         if signum == signal.SIGHUP:
-            detach([fd for fd in consoles if not os.isatty(fd)])
+            detach_hung_up(consoles)
         tunes = signal.getsignal(signal.SIGINT)
         if callable(tunes) and tunes is not before:
             terminated.append(signum)
@@ -377,18 +371,3 @@ def fit_until_stopped(tuner: tune.Tuner) -> tuple[tune.ResultGrid, int | None]:
         for signum, handler in found.items():
             signal.signal(signum, handler)
     return results, (terminated[0] if terminated else signal.SIGINT) if stopped else None
-
-
-def terminal_fds() -> list[int]:
-    """Which of stdout and stderr are a terminal, now: once it has hung up, `isatty` says no (its tcgetattr fails)."""
-    return [fd for fd in (1, 2) if os.isatty(fd)]
-
-
-def detach(fds: list[int]) -> None:
-    """Point these descriptors (a terminal that hung up) at /dev/null: every write to a hung-up terminal fails (EIO),
-    and the stop's own lines (Tune's, the console's, the resume command) would fail the stop halfway. A SIGHUP sent
-    by hand to a study whose terminal is alive keeps its output there."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    for fd in fds:
-        os.dup2(null, fd)
-    os.close(null)

@@ -2,7 +2,9 @@
 130 (it once exited 0 with a report of a study cut short); SIGTERM (`kill`, `ray job stop`) the same with 143 (it
 once ended the driver mid-step with Ray's abort trace, its parent run left RUNNING); a closed terminal (its hang-up,
 then SIGHUP to the study's process group) the same with 129, saying nothing to the terminal that is gone (it once
-ended the driver at once, its parent run left RUNNING; then, with Ray's daemons dead beside it, hung ~60 s); `--resume` then finishes it."""
+ended the driver at once, its parent run left RUNNING; then, with Ray's daemons dead beside it, hung ~60 s); `--resume` then finishes it.
+Outside Tune's fit — the data decoding, Ray starting, the parent run opening — Ctrl+C and SIGTERM end the study with
+one line and the same exit statuses."""
 
 from __future__ import annotations
 
@@ -150,9 +152,11 @@ def test_a_hang_up_ignored_from_the_start_stays_ignored():
         signal.signal(signal.SIGHUP, previous)
 
 
-def test_ctrl_c_before_the_study_starts_records_nothing(tmp_path, cifar10_dir):
+@pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
+def test_a_signal_before_the_study_starts_records_nothing(stop, tmp_path, cifar10_dir):
     """Ctrl+C while a first study decodes its data (7 s for CIFAR-10 here) once printed a KeyboardInterrupt traceback
-    from inside PIL and exited 1."""
+    from inside PIL and exited 1; SIGTERM there ended it without a word."""
+    signum, send, by = STOPS[stop]
     storage = tmp_path / "results"
     env = {**os.environ, "LAYERWISE_CACHE": str(tmp_path / "empty-cache")}  # so that it decodes
     cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
@@ -160,9 +164,49 @@ def test_ctrl_c_before_the_study_starts_records_nothing(tmp_path, cifar10_dir):
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
     assert _when_logged(proc, log, "data: decoding ", 120), describe(cmd, log, "did not decode")
     time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGINT)
+    send(proc.pid, signum)
     proc.wait(timeout=60)
     output = log.read_text(errors="replace")
-    assert proc.returncode == stopped_status(signal.SIGINT), describe(cmd, log, f"exited {proc.returncode}")
-    assert output.splitlines()[-1] == "interrupted before the study started: nothing was recorded"
+    assert proc.returncode == stopped_status(signum), describe(cmd, log, f"exited {proc.returncode}")
+    assert output.splitlines()[-1] == f"interrupted{by} before the study started: nothing was recorded"
     assert "Traceback" not in output and not storage.exists()
+
+
+def _in_session(sid: int) -> dict[int, str]:
+    """The processes of session `sid` (the study's, started in a session of its own): pid → command name."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
+            found[int(stat.parent.name)] = name
+    return found
+
+
+def test_sigterm_while_ray_starts_records_nothing(tmp_path, cifar10_dir, data_cache):
+    """SIGTERM while the local Ray starts (~4 s here) once met Ray's own handler (`sys.exit(15)`): exit 15 without a
+    word. Its daemons go with the study, and the MLflow store opened beside Ray's start is not left behind."""
+    storage = tmp_path / "results"
+    env = {**os.environ, "LAYERWISE_CACHE": data_cache}
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    log = tmp_path / "ray-start.log"
+    proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
+    deadline = time.monotonic() + 120
+    while "gcs_server" not in _in_session(proc.pid).values():  # the first daemon `ray.init` starts
+        assert proc.poll() is None and time.monotonic() < deadline, describe(cmd, log, "started no Ray")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    output = log.read_text(errors="replace")
+    assert proc.returncode == stopped_status(signal.SIGTERM), describe(cmd, log, f"exited {proc.returncode}")
+    assert output.splitlines()[-1] == "interrupted by SIGTERM before the study started: nothing was recorded"
+    assert "Started a local Ray instance" not in output and "Traceback" not in output
+    assert not (storage / "mlflow.db").exists()
+    deadline = time.monotonic() + 30  # the kernel ends the daemons as their parent goes (PR_SET_PDEATHSIG)
+    while (left := _in_session(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, left
+

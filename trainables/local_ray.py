@@ -76,7 +76,7 @@ def hang_ups_blocked() -> Iterator[None]:
     `start_ray_process`, Ray 2.60).
 
     A closed terminal signals its whole foreground process group, where Ray starts its daemons; unblocked, the GCS
-    and the raylet died with the terminal while the driver stopped the study (`study.tuner.STOP_SIGNALS`): it hung
+    and the raylet died with the terminal while the driver stopped the study (`study.signals.STOP_SIGNALS`): it hung
     ~60 s on the dead GCS, saved nothing and left its parent run RUNNING. They still end with the driver (Ray's
     fate-sharing). Blocked, not ignored: this process still gets a hang-up that comes meanwhile."""
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})

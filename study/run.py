@@ -27,7 +27,7 @@ from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_set
 from study.record import StudyRecord, release_held
 from study.signals import StopSignals, signal_of, through_ray_start
 from study.storage import Location
-from study.tune_state import repair_tune_state
+from study.tune_state import reached_tune, repair_tune_state
 from trainables.cache import CACHE_ENV, unwritable_cache
 from trainables.config import TrialConfig
 from trainables.data import STREAMED, Dataset, check_data_dir, check_validation_size, load_dataset
@@ -454,9 +454,9 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     if transfer is not None:
         record_transfer(client, record.parent_run_id, transfer)
 
-    if args.resume:
+    if args.resume and reached_tune(record.study_dir):
         tuner = restored_tuner(plan, record, args.max_failures, data_ref)
-    else:
+    else:  # a new study, or one stopped before Tune's first snapshot (no trial ran): its parent run goes on
         recorder = StudyRecorder(record.tracking_uri, exp_id, record.parent_run_id, plan.max_epoch,
                                  str(record.train_dir))
         tuner = new_tuner(plan, record, [recorder], args.max_failures, data_ref,

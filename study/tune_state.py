@@ -18,13 +18,23 @@ import json
 import os
 import pickletools
 import shutil
+from fnmatch import fnmatch
 from pathlib import Path
 
 from study.errors import InputError
+from study.storage import Location
 
 # what Tune's restore reads, the newest file (greatest name: a session's start time) of each pattern
 # (`TuneController.CKPT_FILE_TMPL`, `SearchGenerator.CKPT_FILE_TMPL`, `Searcher.CKPT_FILE_TMPL`)
 STATE_PATTERNS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
+
+
+
+def reached_tune(study_dir: Location) -> bool:
+    """Whether Tune saved the study's state at least once (`experiment_state-*.json`, at the end of its first step,
+    before any trial runs). A study stopped before that — after its parent run opened, before the fit — has none,
+    and `Tuner.restore` of it failed ("Failed to open local file …/tuner.pkl"): it is started anew instead."""
+    return any(fnmatch(child.name, STATE_PATTERNS[0]) for child in study_dir.children())
 
 
 def why_unreadable(path: Path) -> str | None:

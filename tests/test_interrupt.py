@@ -210,3 +210,32 @@ def test_sigterm_while_ray_starts_records_nothing(tmp_path, cifar10_dir, data_ca
         time.sleep(0.2)
     assert not left, left
 
+
+def test_sigterm_as_the_parent_run_opens_stops_the_study_for_resume(tmp_path, cifar10_dir, data_cache):
+    """SIGTERM as the study's parent run opens, before Tune's fit, once met Ray's driver handler (`sys.exit(15)`):
+    exit 15 without a word, the parent run left RUNNING; and a study stopped there (so too by Ctrl+C) had no Tune
+    state to restore: `--resume` failed ("Failed to open local file …/tuner.pkl"). It now starts the study anew."""
+    storage = tmp_path / "results"
+    env = {**os.environ, "LAYERWISE_CACHE": data_cache}
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    log = tmp_path / "early.log"
+    proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
+    deadline = time.monotonic() + 300
+    while "MLflow experiment 'demo' run " not in log.read_text(errors="replace"):  # printed ~0.2 s before the fit
+        assert proc.poll() is None and time.monotonic() < deadline, describe(cmd, log, "opened no parent run")
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    output = log.read_text(errors="replace")
+    assert proc.returncode == stopped_status(signal.SIGTERM), describe(cmd, log, f"exited {proc.returncode}")
+    parent, trials = _parent(storage)
+    assert output.splitlines()[-1] == (f"interrupted by SIGTERM: study {parent.info.run_name} stopped with its state "
+                                       f"saved; continue it with: python -m study.run --space demo --storage "
+                                       f"{storage} --resume"), describe(cmd, log, "said otherwise")
+    assert parent.info.status == "KILLED" and not trials and "Traceback" not in output
+
+    resumed = assert_succeeds([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
+                               "--resume"], tmp_path / "resumed.log", cwd=REPO, env=env, timeout=600).output
+    parent, trials = _parent(storage)
+    assert "progress: 6/6 trials done" in resumed and parent.info.status == "FINISHED"
+    assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials), [r.info.status for r in trials]

@@ -12,6 +12,7 @@ import time
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from ray.tune.result import TRIAL_ID
 
 from study.clock import StudyClock
 from study.confirm import stage_of
@@ -21,7 +22,8 @@ from study.optuna_store import SearchJournal
 from study.plan import StudyPlan, from_tune
 from study.record import StudyRecord
 from study.tracking import START_OVERHEAD_METRIC, error_summary
-from trainables.records import DRIVER_CPU_METRIC, OPTUNA_JOURNAL_ARTIFACT, PARENT_TAG, STUDY_WALL_METRIC, Stage
+from trainables.records import (DRIVER_CPU_METRIC, OPTUNA_JOURNAL_ARTIFACT, PARENT_TAG, STAGE_TAG, STUDY_WALL_METRIC,
+                                TRIAL_ID_TAG, Stage)
 
 
 def study_efficiency(client: MlflowClient, exp_id: str, parent: str, since: float, seconds: float,
@@ -74,16 +76,30 @@ def report_command(record: StudyRecord) -> str:
             f"--study {record.parent_run_id}")
 
 
+def result_stages(results, client: MlflowClient, parent: str) -> list[Stage]:
+    """Each Tune result's stage: from its config, which a trial that failed before its first report may not have
+    (its actor lost when the node's raylet died: `Result.config` is None, and the report once crashed on it, so
+    that `--resume` of such a study failed after its last trial), then from its trial run's MLflow tag."""
+    if all(r.config is not None for r in results):
+        return [stage_of(r.config) for r in results]
+    tagged = {run.data.tags.get(TRIAL_ID_TAG): run.data.tags.get(STAGE_TAG) for run in
+              client.search_runs([client.get_run(parent).info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'",
+                                 max_results=10_000)}
+    return [stage_of(r.config) if r.config is not None else Stage(tagged.get((r.metrics or {}).get(TRIAL_ID))
+                                                                   or Stage.SEARCH) for r in results]
+
+
 def report_stages(results, plan: StudyPlan, record: StudyRecord, client) -> None:
     """Print each stage's trial count and the search's best trial by the validation metric (logged on the
     parent run)."""
 
     space = plan.space
+    stages = result_stages(results, client, record.parent_run_id)
     for stage in Stage:
-        ran = [r for r in results if stage_of(r.config) == stage]
+        ran = [r for r, of in zip(results, stages) if of == stage]
         print(f"{stage}: {len(ran)} trials ({sum(1 for r in ran if r.error)} errored)")
-    scores = [(r.metrics_dataframe[space.metric].agg("max" if space.mode == "max" else "min"), r) for r in results
-              if stage_of(r.config) == Stage.SEARCH and r.metrics_dataframe is not None
+    scores = [(r.metrics_dataframe[space.metric].agg("max" if space.mode == "max" else "min"), r)
+              for r, of in zip(results, stages) if of == Stage.SEARCH and r.metrics_dataframe is not None
               and space.metric in r.metrics_dataframe and r.metrics_dataframe[space.metric].notna().any()]
     if scores:
         value, best = (max if space.mode == "max" else min)(scores, key=lambda s: s[0])

@@ -82,14 +82,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def signal_session(sid: int, sig: int) -> None:
-    """Signal every process of the study's session: Ray's worker processes (the Train controller and
-    workers among them) run in process groups of their own, so `killpg` would leave them running."""
+def in_session(sid: int) -> dict[int, str]:
+    """The processes of session `sid` (a study started in a session of its own): pid → command name."""
+    found = {}
     for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
         try:
             if os.getsid(pid) == sid:
-                os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
+                found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (ProcessLookupError, PermissionError, FileNotFoundError):  # gone meanwhile
+            pass
+    return found
+
+
+def signal_session(sid: int, sig: int) -> None:
+    """Signal every process of the study's session: Ray's worker processes (the Train controller and
+    workers among them) run in process groups of their own, so `killpg` would leave them running."""
+    for pid in in_session(sid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
             pass
 
 

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from study.errors import INPUT_ERROR, stopped_status
 from study.run import main
-from subprocs import as_from_a_terminal, assert_succeeds, describe, start_logged
+from subprocs import as_from_a_terminal, assert_succeeds, describe, in_session, start_logged
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6", "--set", "epochs=3",
@@ -172,20 +172,6 @@ def test_a_signal_before_the_study_starts_records_nothing(stop, tmp_path, cifar1
     assert "Traceback" not in output and not storage.exists()
 
 
-def _in_session(sid: int) -> dict[int, str]:
-    """The processes of session `sid` (the study's, started in a session of its own): pid → command name."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # gone meanwhile
-            continue
-        name, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
-        if int(fields[3]) == sid:  # after the name: state, ppid, pgrp, session
-            found[int(stat.parent.name)] = name
-    return found
-
-
 def test_sigterm_while_ray_starts_records_nothing(tmp_path, cifar10_dir, data_cache):
     """SIGTERM while the local Ray starts (~4 s here) once met Ray's own handler (`sys.exit(15)`): exit 15 without a
     word. Its daemons go with the study, and the MLflow store opened beside Ray's start is not left behind."""
@@ -195,7 +181,7 @@ def test_sigterm_while_ray_starts_records_nothing(tmp_path, cifar10_dir, data_ca
     log = tmp_path / "ray-start.log"
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 120
-    while "gcs_server" not in _in_session(proc.pid).values():  # the first daemon `ray.init` starts
+    while "gcs_server" not in in_session(proc.pid).values():  # the first daemon `ray.init` starts
         assert proc.poll() is None and time.monotonic() < deadline, describe(cmd, log, "started no Ray")
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGTERM)
@@ -206,7 +192,7 @@ def test_sigterm_while_ray_starts_records_nothing(tmp_path, cifar10_dir, data_ca
     assert "Started a local Ray instance" not in output and "Traceback" not in output
     assert not (storage / "mlflow.db").exists()
     deadline = time.monotonic() + 30  # the kernel ends the daemons as their parent goes (PR_SET_PDEATHSIG)
-    while (left := _in_session(proc.pid)) and time.monotonic() < deadline:
+    while (left := in_session(proc.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, left
 

@@ -1,0 +1,52 @@
+"""The local Ray's raylet killed mid-study (what the kernel's OOM killer may pick): Ray's core worker ends the driver
+once its object store is gone (exit 1), nothing of the study's is left running, and `--resume` finishes the study
+with its report. A trial the raylet's death failed before its first report has no config in Tune's results; the
+report once crashed on it ("'NoneType' object has no attribute 'get'"), after the resumed study's last trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from subprocs import as_from_a_terminal, assert_succeeds, describe, in_session, start_logged
+
+REPO = Path(__file__).resolve().parents[1]
+SHORT = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6", "--set", "epochs=3",
+         "--set", "limit=1200", "--set", "test_limit=200"]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_a_study_whose_raylet_died_resumes_to_its_report(tmp_path, cifar10_dir, data_cache):
+    storage = tmp_path / "results"
+    env = {**os.environ, "LAYERWISE_CACHE": data_cache}
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    log = tmp_path / "study.log"
+    proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
+    deadline = time.monotonic() + 300
+    while " terminated after " not in log.read_text(errors="replace"):  # a trial ended: the next ones starting
+        assert proc.poll() is None and time.monotonic() < deadline, describe(cmd, log, "ended no trial")
+        time.sleep(0.05)
+    raylets = [pid for pid, name in in_session(proc.pid).items() if name == "raylet"]
+    assert len(raylets) == 1, in_session(proc.pid)
+    os.kill(raylets[0], signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0, describe(cmd, log, "finished without its raylet")
+    deadline = time.monotonic() + 30  # the daemons and trial workers go with the driver
+    while (left := in_session(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, left
+
+    resumed = assert_succeeds([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
+                               "--resume"], tmp_path / "resumed.log", cwd=REPO, env=env, timeout=600).output
+    assert "progress: 6/6 trials done" in resumed and "search: 6 trials (" in resumed and "report: " in resumed
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    (parent,) = [r for r in runs if "trial_id" not in r.data.tags]
+    assert parent.info.status == "FINISHED"
+    assert all(r.info.status != "RUNNING" for r in runs), [(r.info.run_name, r.info.status) for r in runs]

@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", type=nonempty, help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
     p.add_argument("--experiment", type=nonempty, help="MLflow experiment (default: the space name)")
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted study of this space")
+    p.add_argument("--resume-errored", action="store_true",
+                   help="with --resume: restart its errored trials too, from their last checkpoints (Tune's "
+                        "resume_errored): trials a dead raylet or node took down with the driver")
     p.add_argument("--transfer-from", metavar="EXPERIMENT[,…]",
                    help="start the search from a fit of the best lr (and TVLARS' λ) against batch size over these MLflow "
                         "experiments' studies of the same optimizer (default: this study's experiment, where it holds "
@@ -365,6 +368,9 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
 
     if args.max_failures < -1:
         raise InputError(f"--max-failures: must be >= -1 (-1: without limit), got {args.max_failures}")
+    if args.resume_errored and not args.resume:
+        raise InputError("--resume-errored: restarts the errored trials of a study that --resume continues; "
+                         "add --resume")
     storage = Location.of(args.storage)
     if (why := unwritable_cache()) is not None:
         raise InputError(why)
@@ -455,7 +461,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
         record_transfer(client, record.parent_run_id, transfer)
 
     if args.resume and reached_tune(record.study_dir):
-        tuner = restored_tuner(plan, record, args.max_failures, data_ref)
+        tuner = restored_tuner(plan, record, args.max_failures, data_ref, errored=args.resume_errored)
     else:  # a new study, or one stopped before Tune's first snapshot (no trial ran): its parent run goes on
         recorder = StudyRecorder(record.tracking_uri, exp_id, record.parent_run_id, plan.max_epoch,
                                  str(record.train_dir))

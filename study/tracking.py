@@ -166,7 +166,21 @@ class StudyRecorder(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._started[trial.trial_id] = time.time()
-        self.run_for(trial)
+        run_id = self.run_for(trial)
+        if run_id not in self._open and self._errored(run_id):  # restarted by --resume-errored
+            self._reopen(run_id)
+
+    def _errored(self, run_id: str) -> bool:
+        """Whether an earlier driver of this study closed the run as errored."""
+        return self.client.get_run(run_id).data.tags.get(STATUS_TAG) == TrialStatus.ERRORED
+
+    def _reopen(self, run_id: str) -> None:
+        """An errored trial runs again: its run RUNNING until it ends again, without its error tag (its error file
+        stays, the attempt's record)."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, STATUS_TAG, TrialStatus.RUNNING.value)
+        self.client.delete_tag(run_id, ERROR_TAG)
+        self._open.add(run_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.run_for(trial)  # first: a restored study's run tells which epochs are logged

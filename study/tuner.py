@@ -316,8 +316,10 @@ def new_tuner(plan: StudyPlan, record: StudyRecord, callbacks: list, max_failure
         run_config=run_config(plan, record, callbacks, max_failures))
 
 
-def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data_ref: Any = None) -> tune.Tuner:
-    """Continue an interrupted study: finished trials stay finished, unfinished ones resume from checkpoints.
+def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data_ref: Any = None,
+                   errored: bool = False) -> tune.Tuner:
+    """Continue an interrupted study: finished trials stay finished, unfinished ones (and errored ones, when
+    `errored`) resume from checkpoints.
 
     The run config (and with it the MLflow callback, parent run and store, and the console) and the trial
     namers come back from the study's own saved state (`Tuner.restore` takes no new callbacks); Tune restores
@@ -326,7 +328,7 @@ def restored_tuner(plan: StudyPlan, record: StudyRecord, max_failures: int, data
     """
     SearchJournal.of(record).fetch()
     return tune.Tuner.restore(str(record.study_dir), trainable(plan, record, max_failures, data_ref),
-                              resume_unfinished=True)
+                              resume_unfinished=True, resume_errored=errored)
 
 
 def fit_until_stopped(tuner: tune.Tuner) -> tuple[tune.ResultGrid, int | None]:

@@ -1,7 +1,8 @@
 """The local Ray's raylet killed mid-study (what the kernel's OOM killer may pick): Ray's core worker ends the driver
 once its object store is gone (exit 1), nothing of the study's is left running, and `--resume` finishes the study
 with its report. A trial the raylet's death failed before its first report has no config in Tune's results; the
-report once crashed on it ("'NoneType' object has no attribute 'get'"), after the resumed study's last trial."""
+report once crashed on it ("'NoneType' object has no attribute 'get'"), after the resumed study's last trial.
+`--resume --resume-errored` then restarts those trials (Tune's `resume_errored`), their MLflow runs reopened."""
 
 from __future__ import annotations
 
@@ -42,11 +43,27 @@ def test_a_study_whose_raylet_died_resumes_to_its_report(tmp_path, cifar10_dir, 
         time.sleep(0.2)
     assert not left, left
 
-    resumed = assert_succeeds([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
-                               "--resume"], tmp_path / "resumed.log", cwd=REPO, env=env, timeout=600).output
+    resume = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage), "--resume"]
+    resumed = assert_succeeds(resume, tmp_path / "resumed.log", cwd=REPO, env=env, timeout=600).output
     assert "progress: 6/6 trials done" in resumed and "search: 6 trials (" in resumed and "report: " in resumed
+    (parent,), trials = _runs(storage)
+    assert parent.info.status == "FINISHED"
+    assert all(r.info.status != "RUNNING" for r in trials), [(r.info.run_name, r.info.status) for r in trials]
+
+    # the trials the raylet took down (one or two here), restarted: their runs reopened, then finished
+    errored = {r.info.run_id for r in trials if r.data.tags["status"] == "errored"}
+    again = assert_succeeds([*resume, "--resume-errored"], tmp_path / "again.log", cwd=REPO, env=env,
+                            timeout=600).output
+    assert "search: 6 trials (0 errored)" in again and "report: " in again, again[-3000:]
+    (parent,), trials = _runs(storage)
+    assert parent.info.status == "FINISHED" and len(trials) == 6
+    assert all(r.info.status == "FINISHED" and "error" not in r.data.tags for r in trials if r.info.run_id in errored)
+    assert all(r.data.tags["status"] in ("completed", "stopped_by_asha") for r in trials), \
+        [(r.info.run_name, r.data.tags["status"]) for r in trials]
+
+
+def _runs(storage: Path) -> tuple[list, list]:
+    """The study's parent run(s) and trial runs."""
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
-    (parent,) = [r for r in runs if "trial_id" not in r.data.tags]
-    assert parent.info.status == "FINISHED"
-    assert all(r.info.status != "RUNNING" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    return [r for r in runs if "trial_id" not in r.data.tags], [r for r in runs if "trial_id" in r.data.tags]

@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
     (["--space", "demo", "--data-dir", "{data}", "--seed", "-1"], "--seed: must be in [0, 2**32), got -1"),
     (["--space", "demo", "--data-dir", "{data}", "--max-failures", "-2"],
      "--max-failures: must be >= -1 (-1: without limit), got -2"),
+    (["--space", "demo", "--data-dir", "{data}", "--resume-errored"],
+     "--resume-errored: restarts the errored trials of a study that --resume continues; add --resume"),
     (["--space", "demo", "--set", "dataset=parquet", "--data-dir", "/nonexistent/x"], "parquet data at '/nonexistent/x': directory not found"),
     (["--space", "demo", "--data-dir", "{data}", "--tracking-uri", "nosuchscheme://x"], "--tracking-uri: cannot use MLflow store 'nosuchscheme://x'"),
     (["--space", "demo", "--data-dir", "{data}", "--address", "127.0.0.1:1"], "--address: cannot reach a Ray cluster at '127.0.0.1:1'"),

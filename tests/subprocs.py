@@ -8,11 +8,16 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 TAIL_LINES = 40
+# a 6-trial, 3-epoch study of the demo space (~30 s here, two trials at a time): the end-to-end tests' unit
+SHORT_STUDY = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6",
+               "--set", "epochs=3", "--set", "limit=1200", "--set", "test_limit=200"]
 
 
 def tail(log: Path, lines: int = TAIL_LINES) -> str:
@@ -92,6 +97,24 @@ def in_session(sid: int) -> dict[int, str]:
         except (ProcessLookupError, PermissionError, FileNotFoundError):  # gone meanwhile
             pass
     return found
+
+
+def wait_for(done: Callable[[], bool], proc: subprocess.Popen, cmd: list[str], log: Path, what: str,
+             timeout: float, every: float = 0.05) -> None:
+    """Poll `done()` while `proc` runs: an assertion saying it never `what`, with the log's end, if the child exits
+    or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert proc.poll() is None and time.monotonic() < deadline, describe(cmd, log, f"never {what}")
+        time.sleep(every)
+
+
+def left_in_session(sid: int, timeout: float = 30) -> dict[int, str]:
+    """The session's processes still there after up to `timeout` seconds of waiting for them to go."""
+    deadline = time.monotonic() + timeout
+    while (left := in_session(sid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
 
 
 def signal_session(sid: int, sig: int) -> None:

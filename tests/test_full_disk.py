@@ -19,11 +19,9 @@ from pathlib import Path
 import pytest
 
 from study.errors import PLATFORM_ERROR
-from subprocs import why_no_unshare
+from subprocs import SHORT_STUDY, why_no_unshare
 
 REPO = Path(__file__).resolve().parents[1]
-SHORT = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6", "--set", "epochs=3",
-         "--set", "limit=1200", "--set", "test_limit=200"]
 STATUSES = """
 import json, sys
 from mlflow.tracking import MlflowClient
@@ -45,7 +43,7 @@ def test_a_full_disk_stops_the_study_for_resume(tmp_path, cifar10_dir, data_cach
     q = shlex.join
     script = "\n".join([
         f"mount -t tmpfs -o size=4m tmpfs {q([str(disk)])} || exit 99",
-        f"{q(study + ['--data-dir', cifar10_dir, *SHORT])} > {out}/full.log 2>&1; echo $? > {out}/full.rc",
+        f"{q(study + ['--data-dir', cifar10_dir, *SHORT_STUDY])} > {out}/full.log 2>&1; echo $? > {out}/full.rc",
         f"mount -o remount,size=300m {q([str(disk)])}",
         f"{q(study + ['--space', 'demo', '--resume'])} > {out}/resumed.log 2>&1; echo $? > {out}/resumed.rc",
         f"{q([sys.executable, '-c', STATUSES, str(storage)])} > {out}/runs.json",  # the tmpfs goes with the namespace

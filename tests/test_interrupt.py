@@ -24,11 +24,10 @@ from mlflow.tracking import MlflowClient
 
 from study.errors import INPUT_ERROR, stopped_status
 from study.run import main
-from subprocs import as_from_a_terminal, assert_succeeds, describe, in_session, start_logged
+from subprocs import (SHORT_STUDY, as_from_a_terminal, assert_succeeds, describe, in_session, left_in_session,
+                      start_logged, wait_for)
 
 REPO = Path(__file__).resolve().parents[1]
-SHORT = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6", "--set", "epochs=3",
-         "--set", "limit=1200", "--set", "test_limit=200"]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -104,7 +103,7 @@ def test_a_signal_stops_the_study_for_resume(stop, tmp_path, capsys, cifar10_dir
     signum, _, by = STOPS[stop]
     storage = tmp_path / "results"
     env = {**os.environ, "LAYERWISE_CACHE": data_cache}
-    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT_STUDY]
     log = tmp_path / "interrupted.log"
     proc, send = _started(stop, cmd, log, env)
     # the first trial's end: 5 of 6 trials still to run, two at a time (~5 s each here)
@@ -159,7 +158,7 @@ def test_a_signal_before_the_study_starts_records_nothing(stop, tmp_path, cifar1
     signum, send, by = STOPS[stop]
     storage = tmp_path / "results"
     env = {**os.environ, "LAYERWISE_CACHE": str(tmp_path / "empty-cache")}  # so that it decodes
-    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT_STUDY]
     log = tmp_path / "early.log"
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
     assert _when_logged(proc, log, "data: decoding ", 120), describe(cmd, log, "did not decode")
@@ -177,13 +176,10 @@ def test_sigterm_while_ray_starts_records_nothing(tmp_path, cifar10_dir, data_ca
     word. Its daemons go with the study, and the MLflow store opened beside Ray's start is not left behind."""
     storage = tmp_path / "results"
     env = {**os.environ, "LAYERWISE_CACHE": data_cache}
-    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT_STUDY]
     log = tmp_path / "ray-start.log"
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
-    deadline = time.monotonic() + 120
-    while "gcs_server" not in in_session(proc.pid).values():  # the first daemon `ray.init` starts
-        assert proc.poll() is None and time.monotonic() < deadline, describe(cmd, log, "started no Ray")
-        time.sleep(0.05)
+    wait_for(lambda: "gcs_server" in in_session(proc.pid).values(), proc, cmd, log, "started Ray", 120)  # its first
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     output = log.read_text(errors="replace")
@@ -191,10 +187,7 @@ def test_sigterm_while_ray_starts_records_nothing(tmp_path, cifar10_dir, data_ca
     assert output.splitlines()[-1] == "interrupted by SIGTERM before the study started: nothing was recorded"
     assert "Started a local Ray instance" not in output and "Traceback" not in output
     assert not (storage / "mlflow.db").exists()
-    deadline = time.monotonic() + 30  # the kernel ends the daemons as their parent goes (PR_SET_PDEATHSIG)
-    while (left := in_session(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, left
+    assert not (left := left_in_session(proc.pid)), left  # the daemons go with their parent (PR_SET_PDEATHSIG)
 
 
 def test_sigterm_as_the_parent_run_opens_stops_the_study_for_resume(tmp_path, cifar10_dir, data_cache):
@@ -203,13 +196,11 @@ def test_sigterm_as_the_parent_run_opens_stops_the_study_for_resume(tmp_path, ci
     state to restore: `--resume` failed ("Failed to open local file …/tuner.pkl"). It now starts the study anew."""
     storage = tmp_path / "results"
     env = {**os.environ, "LAYERWISE_CACHE": data_cache}
-    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT_STUDY]
     log = tmp_path / "early.log"
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
-    deadline = time.monotonic() + 300
-    while "MLflow experiment 'demo' run " not in log.read_text(errors="replace"):  # printed ~0.2 s before the fit
-        assert proc.poll() is None and time.monotonic() < deadline, describe(cmd, log, "opened no parent run")
-        time.sleep(0.01)
+    wait_for(lambda: "MLflow experiment 'demo' run " in log.read_text(errors="replace"), proc, cmd, log,
+             "opened its parent run", 300, every=0.01)  # printed ~0.2 s before the fit
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=120)
     output = log.read_text(errors="replace")

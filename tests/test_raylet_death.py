@@ -9,39 +9,32 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from subprocs import as_from_a_terminal, assert_succeeds, describe, in_session, start_logged
+from subprocs import (SHORT_STUDY, as_from_a_terminal, assert_succeeds, describe, in_session, left_in_session,
+                      start_logged, wait_for)
 
 REPO = Path(__file__).resolve().parents[1]
-SHORT = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6", "--set", "epochs=3",
-         "--set", "limit=1200", "--set", "test_limit=200"]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def test_a_study_whose_raylet_died_resumes_to_its_report(tmp_path, cifar10_dir, data_cache):
     storage = tmp_path / "results"
     env = {**os.environ, "LAYERWISE_CACHE": data_cache}
-    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT]
+    cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT_STUDY]
     log = tmp_path / "study.log"
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
-    deadline = time.monotonic() + 300
-    while " terminated after " not in log.read_text(errors="replace"):  # a trial ended: the next ones starting
-        assert proc.poll() is None and time.monotonic() < deadline, describe(cmd, log, "ended no trial")
-        time.sleep(0.05)
+    wait_for(lambda: " terminated after " in log.read_text(errors="replace"), proc, cmd, log, "ended a trial",
+             300)  # the next ones are starting
     raylets = [pid for pid, name in in_session(proc.pid).items() if name == "raylet"]
     assert len(raylets) == 1, in_session(proc.pid)
     os.kill(raylets[0], signal.SIGKILL)
     proc.wait(timeout=120)
     assert proc.returncode != 0, describe(cmd, log, "finished without its raylet")
-    deadline = time.monotonic() + 30  # the daemons and trial workers go with the driver
-    while (left := in_session(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left, left
+    assert not (left := left_in_session(proc.pid)), left  # the daemons and trial workers go with the driver
 
     resume = [sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage), "--resume"]
     resumed = assert_succeeds(resume, tmp_path / "resumed.log", cwd=REPO, env=env, timeout=600).output

@@ -59,10 +59,12 @@ class StopSignals:
     def __init__(self):
         self.found = {s: h or signal.SIG_DFL for s in STOP_SIGNALS if (h := signal.getsignal(s)) is not signal.SIG_IGN}
         self.consoles = terminal_fds()
+        self.stopped = False
 
     def take(self) -> None:
-        """Install the handler (again after `ray.init`, which puts its own on SIGTERM); only the main thread can."""
-        if threading.current_thread() is threading.main_thread():
+        """Install the handler (again after `ray.init`, which puts its own on SIGTERM) unless a stop has come; only
+        the main thread can."""
+        if threading.current_thread() is threading.main_thread() and not self.stopped:
             for signum in self.found:
                 signal.signal(signum, self._raise_stopped)
 
@@ -75,6 +77,7 @@ class StopSignals:
     def _raise_stopped(self, signum: int, frame) -> None:
         if signum == signal.SIGHUP:
             detach_hung_up(self.consoles)
+        self.stopped = True
         signal.signal(signum, self.found[signum])
         raise Stopped(signum)
 
@@ -89,6 +92,7 @@ def through_ray_start(stops: StopSignals) -> Iterator[None]:
     except SystemExit as exit_:
         if exit_.code != signal.SIGTERM:
             raise
+        stops.stopped = True
         raise Stopped(signal.SIGTERM) from None
     finally:
         stops.take()

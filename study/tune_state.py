@@ -29,7 +29,6 @@ from study.storage import Location
 STATE_PATTERNS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
 
 
-
 def reached_tune(study_dir: Location) -> bool:
     """Whether Tune saved the study's state at least once (`experiment_state-*.json`, at the end of its first step,
     before any trial runs). A study stopped before that — after its parent run opened, before the fit — has none,

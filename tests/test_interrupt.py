@@ -151,6 +151,32 @@ def test_a_hang_up_ignored_from_the_start_stays_ignored():
         signal.signal(signal.SIGHUP, previous)
 
 
+def test_a_stop_outside_the_fit_raises_once_then_does_what_the_signal_did():
+    """Outside Tune's fit a stop signal raises `Stopped` (taken as Ctrl+C is); a second one does what it did before
+    the study, at once — also after `ray.init`, which once had the handler put back (`take`) after a stop."""
+    from study.signals import StopSignals, Stopped, signal_of
+
+    seen = []
+
+    def before(signum, frame) -> None:
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGHUP, before)
+    try:
+        stops = StopSignals()
+        stops.take()
+        with pytest.raises(Stopped) as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert signal_of(stop.value) == signal.SIGHUP and seen == []
+        stops.take()  # as `through_ray_start` does after Ray's start
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert seen == [signal.SIGHUP]
+        stops.give_back()
+        assert signal.getsignal(signal.SIGHUP) is before
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 @pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
 def test_a_signal_before_the_study_starts_records_nothing(stop, tmp_path, cifar10_dir):
     """Ctrl+C while a first study decodes its data (7 s for CIFAR-10 here) once printed a KeyboardInterrupt traceback

@@ -27,6 +27,12 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+def handlers_found() -> dict[int, object]:
+    """Each `STOP_SIGNALS` signal's handler now (SIG_DFL for one set outside Python), but for those ignored: a
+    process started ignoring one (`nohup`'s SIGHUP) keeps it ignored."""
+    return {s: h or signal.SIG_DFL for s in STOP_SIGNALS if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+
+
 def signal_of(interrupt: KeyboardInterrupt) -> int:
     """The signal behind an interrupt: Ctrl+C's SIGINT unless it is a `Stopped`."""
     return getattr(interrupt, "signum", signal.SIGINT)
@@ -57,7 +63,7 @@ class StopSignals:
     ignored), from `take()` until `give_back()`; a second one does what the signal did before, at once."""
 
     def __init__(self):
-        self.found = {s: h or signal.SIG_DFL for s in STOP_SIGNALS if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+        self.found = handlers_found()
         self.consoles = terminal_fds()
         self.stopped = False
 

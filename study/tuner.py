@@ -35,7 +35,7 @@ from study.console import StudyConsole
 from study.optuna_store import ORPHAN_ATTR, TRANSFER_ATTR, TRANSFER_POINTS, TRIAL_NAME_ATTR, SearchJournal
 from study.plan import StudyPlan, from_tune, in_actor
 from study.record import StudyRecord
-from study.signals import STOP_SIGNALS, detach_hung_up, terminal_fds
+from study.signals import detach_hung_up, handlers_found, terminal_fds
 from study.storage import Location
 from study.trial import FINAL_FILE, trial_driver
 from trainables.records import SEARCH_VARIANT_ATTR, TRANSFER_TAG, Stage
@@ -345,7 +345,7 @@ def fit_until_stopped(tuner: tune.Tuner) -> tuple[tune.ResultGrid, int | None]:
             os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):  # as Tune decides whether to catch the signal
         return tuner.fit(), None
     before = signal.getsignal(signal.SIGINT)
-    found = {s: h or signal.SIG_DFL for s in STOP_SIGNALS if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+    found = handlers_found()
     consoles = terminal_fds()
     terminated = []
 

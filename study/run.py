@@ -471,9 +471,10 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     if stopped_by is not None:
         return stopped_for_resume(args, record, client, stopped_by)
     report_stages(results, plan, record, client)
-    summarize(plan, record, client, exp_id, started, clock or StudyClock(), cpu_started)
-    write_report(record)
     failure = untrained(results)
+    summarize(plan, record, client, exp_id, started, clock or StudyClock(), cpu_started,
+              status="FAILED" if failure else "FINISHED")
+    write_report(record)
     if failure:
         raise PlatformError(failure)
     return 0
@@ -487,6 +488,22 @@ def stopped_for_resume(args: argparse.Namespace, record: StudyRecord, client, si
     print(f"{interrupted_by(signum)}: study {record.name} stopped with its state saved; continue it with: "
           f"{resume_command(args)}", file=sys.stderr, flush=True)
     return stopped_status(signum)
+
+
+def close_failed(record: StudyRecord) -> None:
+    """The parent run of a study that stopped on an error, FAILED (as MLflow ends a run whose code raised) where it is
+    still open and its store answers; left RUNNING otherwise (a full disk, a server gone), which `--resume` reopens
+    all the same."""
+    from study.mlflow_store import check_tracking_uri
+
+    if record.parent_run_id is None:
+        return
+    try:
+        client = check_tracking_uri(record.tracking_uri)
+        if client.get_run(record.parent_run_id).info.status == "RUNNING":
+            client.set_terminated(record.parent_run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the study's own error is the one to report
+        pass
 
 
 def interrupted_by(signum: int) -> str:
@@ -607,10 +624,13 @@ def _checked_run(args: argparse.Namespace, clock, stops: StopSignals) -> int:
     except KeyboardInterrupt as stop:  # outside Tune's fit, which takes Ctrl+C itself: Ray's start, the report
         return interrupted_outside_the_fit(args, record, signal_of(stop))
     except PlatformError as err:
+        close_failed(record)
         return fail(PLATFORM_ERROR, str(err))
     except InputError as err:  # found once Ray is up (the dataset larger than its object store)
+        close_failed(record)
         return fail(INPUT_ERROR, str(err))
     except Exception as err:  # the study crashed: say what, keep the traceback out of the user's way
+        close_failed(record)
         if (full := full_disk(err)) is not None:
             return fail(PLATFORM_ERROR, out_of_space(args, record, full))
         log, written = record.error_log, False

@@ -121,9 +121,10 @@ def record_search(record: StudyRecord, client) -> None:
 
 
 def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float, clock: StudyClock,
-              cpu_started: float) -> None:
-    """Print the study's efficiency and how to review it; close the parent run with its summary (and the driver's
-    CPU-seconds since `cpu_started`, a `time.process_time()`: what Tune, the search and the MLflow writes cost it)."""
+              cpu_started: float, status: str = "FINISHED") -> None:
+    """Print the study's efficiency and how to review it; close the parent run as `status` with its summary (and the
+    driver's CPU-seconds since `cpu_started`, a `time.process_time()`: what Tune, the search and the MLflow writes
+    cost it)."""
     clock.read_trials(client, exp_id, record.parent_run_id, started)
     seconds, cpu, parent = time.time() - started, time.process_time() - cpu_started, record.parent_run_id
     print(f"\nstudy: {seconds:.0f} s")
@@ -135,5 +136,5 @@ def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started
     record_search(record, client)
     closing = {**efficiency, STUDY_WALL_METRIC: seconds, DRIVER_CPU_METRIC: cpu}
     client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in closing.items()])
-    client.set_terminated(parent, "FINISHED")
+    client.set_terminated(parent, status)
     print(f"review: {review_hint(record.tracking_uri, exp_id)}")

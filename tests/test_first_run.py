@@ -197,6 +197,35 @@ def test_a_study_in_which_no_trial_trained_exits_1_naming_the_first_error(
     message = f"RuntimeError: injected fault: {FAULT_ENV}=raise_before_epoch=1"
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: no trial trained: 2 of 2 trials failed; the first: {message}"], err
+    assert _parent_status(storage) == "FAILED"  # was FINISHED: a study that trained nothing reads as one that did
     # the report still ran, and says which trials errored and why (no traceback): the error both share once,
     # in the table's caption (a column with one value is said once)
     assert "## Errored trials" in out and out.count(message) == 1 and "Traceback" not in out
+
+
+def _parent_status(storage: Path) -> str:
+    """The MLflow status of the one study's parent run in `storage`."""
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("demo").experiment_id], "tags.study_path != ''")
+    return parent.info.status
+
+
+def test_a_study_that_crashes_after_its_parent_run_opened_leaves_it_failed(tmp_path, monkeypatch, capsys,
+                                                                          cifar10_dir, data_cache):
+    """One `error:` line, the traceback in the study's error.log, the parent run FAILED (it was left RUNNING, as if
+    the study still ran); a crash of the driver's own (here its Tuner failing to build) stands for any bug."""
+    import study.tuner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the tuner broke")
+
+    monkeypatch.setattr(study.tuner, "new_tuner", broken)
+    storage = tmp_path / "results"
+    code = main(["--space", "demo", "--data-dir", cifar10_dir, "--storage", str(storage), *TINY])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    (log,) = storage.glob("demo-*/error.log")
+    assert line == f"error: the study failed: RuntimeError: the tuner broke (traceback in {log})", err
+    assert "the tuner broke" in log.read_text()
+    assert _parent_status(storage) == "FAILED"

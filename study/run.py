@@ -438,7 +438,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
     from study.mlflow_store import check_tracking_uri, experiment_id, start_parent_run
     from study.tracking import StudyRecorder
     from study.clock import StudyClock
-    from study.summary import report_stages, summarize, untrained, write_report
+    from study.summary import record_session, report_stages, summarize, untrained, write_report
     from study.tuner import fit_until_stopped, new_tuner, restored_tuner
 
     started, cpu_started = time.time(), time.process_time()
@@ -469,6 +469,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
                           first=transfer.first_trials() if transfer else [])
     results, stopped_by = fit_until_stopped(tuner)
     if stopped_by is not None:
+        record_session(client, record.parent_run_id, time.time() - started, time.process_time() - cpu_started)
         return stopped_for_resume(args, record, client, stopped_by)
     report_stages(results, plan, record, client)
     failure = untrained(results)

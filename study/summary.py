@@ -120,6 +120,17 @@ def record_search(record: StudyRecord, client) -> None:
           f"view it: {journal.dashboard_command()}")
 
 
+def record_session(client, parent: str, seconds: float, cpu: float) -> float:
+    """Add this session's wall and driver CPU seconds to what the study's earlier sessions (stopped, then resumed)
+    recorded on its parent run (a stopped session records its own at the stop); returns its wall seconds in all. (A `--resume` of a finished study once set its
+    `wall_seconds` from 277 s to the 1 s that resume took.)"""
+    earlier = client.get_run(parent).data.metrics
+    totals = {STUDY_WALL_METRIC: earlier.get(STUDY_WALL_METRIC, 0.0) + seconds,
+              DRIVER_CPU_METRIC: earlier.get(DRIVER_CPU_METRIC, 0.0) + cpu}
+    client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in totals.items()])
+    return totals[STUDY_WALL_METRIC]
+
+
 def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started: float, clock: StudyClock,
               cpu_started: float, status: str = "FINISHED") -> None:
     """Print the study's efficiency and how to review it; close the parent run as `status` with its summary (and the
@@ -127,14 +138,15 @@ def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started
     cost it)."""
     clock.read_trials(client, exp_id, record.parent_run_id, started)
     seconds, cpu, parent = time.time() - started, time.process_time() - cpu_started, record.parent_run_id
-    print(f"\nstudy: {seconds:.0f} s")
+    total = record_session(client, parent, seconds, cpu)
+    print(f"\nstudy: {seconds:.0f} s" + (f" ({total:.0f} s with its earlier sessions)" if total > seconds + 0.5 else ""))
     efficiency = study_efficiency(client, exp_id, parent, started, seconds, plan.concurrency)
     if efficiency:
         print(f"train_fraction = {efficiency['train_fraction']:.2f} (trial epoch seconds / (wall seconds × "
               f"{plan.concurrency} concurrent)); median start overhead "
               f"{efficiency['start_overhead_median_seconds']:.1f} s")
     record_search(record, client)
-    closing = {**efficiency, STUDY_WALL_METRIC: seconds, DRIVER_CPU_METRIC: cpu}
-    client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in closing.items()])
+    if efficiency:
+        client.log_batch(parent, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in efficiency.items()])
     client.set_terminated(parent, status)
     print(f"review: {review_hint(record.tracking_uri, exp_id)}")

@@ -109,6 +109,12 @@ def wait_for(done: Callable[[], bool], proc: subprocess.Popen, cmd: list[str], l
         time.sleep(every)
 
 
+def wait_for_text(text: str, proc: subprocess.Popen, cmd: list[str], log: Path, what: str, timeout: float,
+                  every: float = 0.05) -> None:
+    """`wait_for` `text` in the child's log."""
+    wait_for(lambda: text in log.read_text(errors="replace"), proc, cmd, log, what, timeout, every)
+
+
 def left_in_session(sid: int, timeout: float = 30) -> dict[int, str]:
     """The session's processes still there after up to `timeout` seconds of waiting for them to go."""
     deadline = time.monotonic() + timeout

@@ -24,21 +24,12 @@ from mlflow.tracking import MlflowClient
 
 from study.errors import INPUT_ERROR, stopped_status
 from study.run import main
+from trainables.records import STUDY_WALL_METRIC
 from subprocs import (SHORT_STUDY, as_from_a_terminal, assert_succeeds, describe, in_session, left_in_session,
-                      start_logged, wait_for)
+                      start_logged, wait_for, wait_for_text)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _when_logged(proc, log: Path, text: str, timeout: float) -> bool:
-    """Wait until `text` is in the child's log; False if it exits or the time runs out first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if text in log.read_text(errors="replace"):
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _parent(storage: Path):
@@ -107,7 +98,7 @@ def test_a_signal_stops_the_study_for_resume(stop, tmp_path, capsys, cifar10_dir
     log = tmp_path / "interrupted.log"
     proc, send = _started(stop, cmd, log, env)
     # the first trial's end: 5 of 6 trials still to run, two at a time (~5 s each here)
-    assert _when_logged(proc, log, " terminated after ", 300), describe(cmd, log, "ended before a trial did")
+    wait_for_text(" terminated after ", proc, cmd, log, "ended a trial", 300)
     # a second driver for the running study (once ran it twice at once): refused, the study left alone
     assert main(["--space", "demo", "--storage", str(storage), "--resume"]) == INPUT_ERROR
     assert re.match(r"error: study demo-\S+ is running \(pid \d+ on ", capsys.readouterr().err)
@@ -123,12 +114,15 @@ def test_a_signal_stops_the_study_for_resume(stop, tmp_path, capsys, cifar10_dir
     else:
         assert output.splitlines()[-1] == said
     assert parent.info.status == "KILLED" and "report: " not in output
+    stopped_wall = parent.data.metrics[STUDY_WALL_METRIC]  # the stopped session's, which the resumed one adds to
 
     resumed = assert_succeeds([sys.executable, "-m", "study.run", "--space", "demo", "--storage", str(storage),
                                "--resume"], tmp_path / "resumed.log", cwd=REPO, env=env, timeout=600).output
     parent, trials = _parent(storage)
     assert "progress: 6/6 trials done" in resumed and "report: " in resumed
     assert parent.info.status == "FINISHED"
+    session, total = map(int, re.search(r"study: (\d+) s \((\d+) s with its earlier sessions\)", resumed).groups())
+    assert parent.data.metrics[STUDY_WALL_METRIC] == pytest.approx(stopped_wall + session, abs=1) == total
     assert len(trials) == 6 and all(r.info.status == "FINISHED" for r in trials), [r.info.status for r in trials]
 
 
@@ -187,7 +181,7 @@ def test_a_signal_before_the_study_starts_records_nothing(stop, tmp_path, cifar1
     cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT_STUDY]
     log = tmp_path / "early.log"
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
-    assert _when_logged(proc, log, "data: decoding ", 120), describe(cmd, log, "did not decode")
+    wait_for_text("data: decoding ", proc, cmd, log, "decoded", 120)
     time.sleep(0.5)
     send(proc.pid, signum)
     proc.wait(timeout=60)
@@ -225,8 +219,8 @@ def test_sigterm_as_the_parent_run_opens_stops_the_study_for_resume(tmp_path, ci
     cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT_STUDY]
     log = tmp_path / "early.log"
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
-    wait_for(lambda: "MLflow experiment 'demo' run " in log.read_text(errors="replace"), proc, cmd, log,
-             "opened its parent run", 300, every=0.01)  # printed ~0.2 s before the fit
+    wait_for_text("MLflow experiment 'demo' run ", proc, cmd, log, "opened its parent run", 300,
+                  every=0.01)  # printed ~0.2 s before the fit
     os.kill(proc.pid, signal.SIGTERM)
     proc.wait(timeout=120)
     output = log.read_text(errors="replace")

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from subprocs import (SHORT_STUDY, as_from_a_terminal, assert_succeeds, describe, in_session, left_in_session,
-                      start_logged, wait_for)
+                      start_logged, wait_for_text)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -27,8 +27,7 @@ def test_a_study_whose_raylet_died_resumes_to_its_report(tmp_path, cifar10_dir, 
     cmd = [sys.executable, "-m", "study.run", "--storage", str(storage), "--data-dir", cifar10_dir, *SHORT_STUDY]
     log = tmp_path / "study.log"
     proc = start_logged(cmd, log, cwd=REPO, env=env, start_new_session=True, preexec_fn=as_from_a_terminal)
-    wait_for(lambda: " terminated after " in log.read_text(errors="replace"), proc, cmd, log, "ended a trial",
-             300)  # the next ones are starting
+    wait_for_text(" terminated after ", proc, cmd, log, "ended a trial", 300)  # the next ones are starting
     raylets = [pid for pid, name in in_session(proc.pid).items() if name == "raylet"]
     assert len(raylets) == 1, in_session(proc.pid)
     os.kill(raylets[0], signal.SIGKILL)

@@ -56,7 +56,8 @@ OPTUNA_JOURNAL_ARTIFACT = "optuna/optuna.journal"  # the search's Optuna study (
 TRANSFER_ARTIFACT = "transfer.json"  # the batch-size transfer's fits and what it enqueued (`study.transfer`)
 SEARCH_VARIANT_ATTR = "variant"  # an Optuna trial's user attr: its variant (its params are named `<variant>/<key>`)
 # Metrics of a study's parent run, logged by `study.summary`, read by the benches: over the span from the data's
-# placement in Ray's object store to the summary, its wall seconds and the study driver's CPU-seconds (all threads).
+# placement in Ray's object store to the summary, its wall seconds and the study driver's CPU-seconds (all threads),
+# summed over the study's sessions (`study.summary.record_session`).
 STUDY_WALL_METRIC = "wall_seconds"
 DRIVER_CPU_METRIC = "driver_cpu_seconds"
 

@@ -6,10 +6,11 @@ without one (older studies) adds nothing to the report."""
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +83,25 @@ def _widest(distributions: list[BaseDistribution]) -> BaseDistribution | None:
                        step=first.step)
 
 
+@contextlib.contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Optuna's INFO lines off meanwhile. A report's in-memory studies are views of a persisted search: their "A new
+    study created in memory with name: …", one per variant at the end of every study's log, read as if the search
+    itself had no storage."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
 def _study(variant: str, draws: list[Draw]) -> optuna.Study:
     """An in-memory study of a variant's completed draws, each param over its widest range."""
     names = dict.fromkeys(name for _, distributions, _ in draws for name in distributions)
     widest = {name: _widest([d[name] for _, d, _ in draws if name in d]) for name in names}
-    study = optuna.create_study(study_name=variant, direction="maximize")
+    with _optuna_quiet():
+        study = optuna.create_study(study_name=variant, direction="maximize")
     study.add_trials([optuna.trial.create_trial(
         params=params, distributions={k: widest[k] or distributions[k] for k in params}, value=value)
         for params, distributions, value in draws])

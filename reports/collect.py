@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from trainables.records import (ERROR_TAG, LR_EFFECTIVE_KEY, PARENT_TAG, STAGE_TAG, STATUS_TAG, TELEMETRY_FILE,
-                                TRIAL_ID_TAG, VARIANT_TAG, Stage, TrialStatus, deleted_experiment)
+from trainables.records import (ERROR_TAG, LR_EFFECTIVE_KEY, PARENT_TAG, STAGE_TAG, STATUS_TAG, STUDY_PATH_TAG,
+                                TELEMETRY_FILE, TRIAL_ID_TAG, VARIANT_TAG, Stage, TrialStatus, deleted_experiment)
 
 METRIC = "test_top1"  # what a table cell reports
 VAL_METRIC = "val_top1"  # what the search selected on
@@ -69,7 +69,7 @@ def find_parents(client: MlflowClient, experiment: str, study: str | None = None
         raise ReportError(f"--experiment: no MLflow experiment {experiment!r}; this store has: {', '.join(names)}")
     if exp.lifecycle_stage == "deleted":
         raise ReportError(f"--experiment: {deleted_experiment(experiment, exp.experiment_id, client.tracking_uri)}")
-    runs = client.search_runs([exp.experiment_id], "tags.study_path != ''", max_results=10_000,
+    runs = client.search_runs([exp.experiment_id], f"tags.{STUDY_PATH_TAG} != ''", max_results=10_000,
                               order_by=["attributes.start_time ASC"])
     if study is not None:
         runs = [r for r in runs if study in (r.info.run_id, r.info.run_name)]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from study.errors import InputError
 from study.storage import Location
 from trainables.cache import cache_dir
-from trainables.records import deleted_experiment
+from trainables.records import STUDY_PATH_TAG, deleted_experiment
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -244,13 +244,13 @@ def start_parent_run(client: MlflowClient, exp_id: str, study_path: str, definit
     """Create the study's parent run (or reopen it on --resume); returns its id."""
     from mlflow.entities import Param
 
-    found = client.search_runs([exp_id], f"tags.study_path = '{study_path}'", max_results=1)
+    found = client.search_runs([exp_id], f"tags.{STUDY_PATH_TAG} = '{study_path}'", max_results=1)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
     run = client.create_run(exp_id, run_name=Path(study_path).name,
-                            tags={"study_path": study_path, "git_commit": git_commit(), **library_versions(), **tags})
+                            tags={STUDY_PATH_TAG: study_path, "git_commit": git_commit(), **library_versions(), **tags})
     params: dict[str, str] = {}
     _flatten("", {k: v for k, v in definition.items() if k != "variants"}, params)
     params["variants"] = ",".join(definition["variants"])

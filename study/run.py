@@ -24,7 +24,7 @@ from study.cluster import TrialShape, check_fits_object_store, fit_trials, local
 from study.errors import (INPUT_ERROR, PLATFORM_ERROR, InputError, PlatformError, full_disk, one_line,
                           stopped_status)
 from study.plan import StudyPlan, check_variants, in_actor, make_plan, parse_sets
-from study.record import StudyRecord, release_held
+from study.record import STUDY_FILE, StudyRecord, release_held
 from study.signals import StopSignals, signal_of, through_ray_start
 from study.storage import Location
 from study.tune_state import reached_tune, repair_tune_state
@@ -384,7 +384,7 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
         if record is None:
             raise InputError(f"--resume: no study of space {args.space!r} under {storage}")
         record.hold()  # before its Tune state is repaired: a study running elsewhere on this machine is left alone
-        check_tracking_uri(record.tracking_uri)
+        check_in_place(record)
         if record.study_dir.is_local:
             for line in repair_tune_state(Path(record.study_dir.uri)):
                 print(line, flush=True)
@@ -400,6 +400,31 @@ def prepare(args: argparse.Namespace) -> tuple[StudyPlan, StudyRecord]:
         check_tracking_uri(tracking_uri)
     return plan, StudyRecord.new(storage, args.space, overrides=plan.given, seed=seed,
                                  tracking_uri=tracking_uri, experiment=args.experiment or args.space)
+
+
+def check_in_place(record: StudyRecord) -> None:
+    """InputError unless a local study is resumed where it started: moved away from its SQLite store, it re-created
+    an empty one where that had been and recorded a second parent run there, its report failing; copied, it wrote
+    into the original's store. MLflow names a study's folders in its runs and artifacts (as absolute paths)."""
+    from study.mlflow_store import check_tracking_uri, sqlite_file
+    from trainables.records import STUDY_PATH_TAG
+
+    database = sqlite_file(record.tracking_uri)
+    if record.study_dir.is_local and database is not None and not database.exists():
+        raise InputError(f"--resume: study {record.name} names the MLflow store {record.tracking_uri}, which does not "
+                         f"exist (moved or deleted?): resume it where it started, or start a new study")
+    client = check_tracking_uri(record.tracking_uri)
+    if not record.study_dir.is_local or record.parent_run_id is None:
+        return
+    try:
+        started_in = client.get_run(record.parent_run_id).data.tags.get(STUDY_PATH_TAG, "")
+    except Exception:  # noqa: BLE001 - MLflow raises its own types for a run it does not hold
+        raise InputError(f"--resume: study {record.name}'s MLflow run {record.parent_run_id} is not in "
+                         f"{record.tracking_uri}: resume it where it started, or start a new study") from None
+    if started_in and (Path(started_in) / STUDY_FILE).is_file() and not os.path.samefile(started_in,
+                                                                                        record.study_dir.uri):
+        raise InputError(f"--resume: study {record.study_dir} is a copy of {started_in}, whose MLflow runs and "
+                         f"artifacts it would write to ({record.tracking_uri}): resume the original")
 
 
 def named_transfer(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord):

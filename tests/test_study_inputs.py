@@ -219,3 +219,44 @@ def test_ray_that_cannot_start_is_a_platform_error_not_an_input_error(tmp_path, 
                    "num_cpus and num_gpus must not be provided.\n")
     assert calls and calls[0]["address"] == "local"  # a local study never joins a cluster it did not ask for
     assert not (tmp_path / "results" / "mlflow.db").exists()  # the store opened beside Ray's start is removed
+
+
+def _recorded_study(storage: Path):
+    """A study's record and parent run as a study leaves them once its parent run is open (no trial yet)."""
+    from study.mlflow_store import check_tracking_uri, default_tracking_uri, experiment_id, start_parent_run
+    from study.record import StudyRecord
+    from study.storage import Location
+
+    where = Location.of(storage)
+    record = StudyRecord.new(where, "demo", overrides={}, seed=0, tracking_uri=default_tracking_uri(where),
+                             experiment="demo")
+    record.claim()
+    client = check_tracking_uri(record.tracking_uri)
+    record.parent_run_id = start_parent_run(client, experiment_id(client, "demo", record.artifact_root),
+                                            str(record.study_dir), {"variants": ["tvlars"]}, {"space": "demo"})
+    record.save()
+    return record, client
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_study_moved_or_copied_away_from_where_it_started_is_refused_on_resume(how, tmp_path, capsys):
+    """MLflow names the study's folders (absolute paths) in its runs and artifacts. Moved, `--resume` re-created an
+    empty SQLite store where the old one had been and opened a second parent run there, its report failing; copied,
+    it wrote into the original's store."""
+    import shutil
+
+    started, elsewhere = tmp_path / "results", tmp_path / "elsewhere"
+    record, client = _recorded_study(started)
+    (shutil.move if how == "moved" else shutil.copytree)(started, elsewhere)
+    capsys.readouterr()  # MLflow's lines creating the store
+    assert main(["--space", "demo", "--storage", str(elsewhere), "--resume"]) == 2
+    err = capsys.readouterr().err
+    expected = {"moved": f"error: --resume: study {record.name} names the MLflow store {record.tracking_uri}, which "
+                         f"does not exist (moved or deleted?): resume it where it started, or start a new study\n",
+                "copied": f"error: --resume: study {elsewhere / record.name} is a copy of {record.study_dir}, whose "
+                          f"MLflow runs and artifacts it would write to ({record.tracking_uri}): resume the original\n"}
+    assert err == expected[how]
+    assert started.exists() == (how == "copied")  # no store re-created where the moved one had been
+    if how == "copied":
+        runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+        assert [r.info.run_id for r in runs] == [record.parent_run_id]  # the original's store left as it was

@@ -43,6 +43,7 @@ TELEMETRY_FILE = "telemetry.parquet"  # every recorded step's per-layer trust ra
 
 # The MLflow tags of a trial run (nested under its study's parent run).
 PARENT_TAG = "mlflow.parentRunId"
+STUDY_PATH_TAG = "study_path"  # a study's parent run: the folder (or URI) the study started in
 TRIAL_ID_TAG = "trial_id"
 VARIANT_TAG = "variant"
 STAGE_TAG = "stage"

@@ -257,3 +257,23 @@ def start_parent_run(client: MlflowClient, exp_id: str, study_path: str, definit
     client.log_batch(run.info.run_id, params=[Param(k[:250], v[:6000]) for k, v in params.items()])
     client.log_dict(run.info.run_id, definition, "space.json")
     return run.info.run_id
+
+
+def dataset_input(name: str, data, source: str) -> dict[str, str]:
+    """The study's data (a decoded `Dataset` or a streamed `Catalog`) as MLflow records a run's dataset — name,
+    digest, source (its folder or URI) and profile, in the UI's Datasets column — in plain strings (the recorder
+    is pickled with the Tuner)."""
+    scheme = source.split("://", 1)[0] if "://" in source else "local"
+    profile = {"train_images": len(data.train), "test_images": len(data.test), "classes": data.num_classes,
+               "image_size": data.image_size}
+    return {"name": name, "digest": data.digest, "source_type": scheme,
+            "source": json.dumps({"uri": source}), "profile": json.dumps(profile)}
+
+
+def log_dataset(client: MlflowClient, run_id: str, dataset: dict[str, str] | None) -> None:
+    """`dataset` (`dataset_input`) as the run's training data."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    if dataset:
+        client.log_inputs(run_id, [DatasetInput(Dataset(**dataset), [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])

@@ -460,13 +460,14 @@ def default_transfer(client, plan: StudyPlan, record: StudyRecord):
 
 def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Dataset | Catalog,
         transfer=None, clock=None, transfer_by_default: bool = False) -> int:
-    from study.mlflow_store import check_tracking_uri, experiment_id, start_parent_run
+    from study.mlflow_store import check_tracking_uri, dataset_input, experiment_id, log_dataset, start_parent_run
     from study.tracking import StudyRecorder
     from study.clock import StudyClock
     from study.summary import record_session, report_stages, summarize, untrained, write_report
     from study.tuner import fit_until_stopped, new_tuner, restored_tuner
 
     started, cpu_started = time.time(), time.process_time()
+    dataset = dataset_input(plan.shared().dataset, data, plan.shared().data_dir)
     data_ref = place_data(plan, data)  # before anything is recorded: a dataset that fails to decode is bad input
     client = check_tracking_uri(record.tracking_uri)
     if transfer_by_default:
@@ -479,6 +480,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
         client, exp_id, str(record.study_dir), plan.space.describe() | {"overrides": plan.overrides},
         {"space": record.space, "command": "python -m study.run " + shlex.join(sys.argv[1:])})
     record.save()
+    log_dataset(client, record.parent_run_id, dataset)
     print(f"study {record.name}: space {record.space}, {plan.space.total_samples} search trials "
           f"({plan.space.num_samples} per variant), "
           f"MLflow experiment {record.experiment!r} run {record.parent_run_id}", flush=True)
@@ -489,7 +491,7 @@ def run(args: argparse.Namespace, plan: StudyPlan, record: StudyRecord, data: Da
         tuner = restored_tuner(plan, record, args.max_failures, data_ref, errored=args.resume_errored)
     else:  # a new study, or one stopped before Tune's first snapshot (no trial ran): its parent run goes on
         recorder = StudyRecorder(record.tracking_uri, exp_id, record.parent_run_id, plan.max_epoch,
-                                 str(record.train_dir))
+                                 str(record.train_dir), dataset)
         tuner = new_tuner(plan, record, [recorder], args.max_failures, data_ref,
                           first=transfer.first_trials() if transfer else [])
     results, stopped_by = fit_until_stopped(tuner)

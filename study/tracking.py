@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from study.confirm import stage_of
+from study.mlflow_store import log_dataset
 from study.plan import from_tune
 from study.storage import Location, is_uri
 from trainables.config import TrialConfig
@@ -52,8 +53,10 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 class StudyRecorder(tune.Callback):
     """Tune callback writing each trial as a nested MLflow run (params, per-epoch metrics, status, telemetry)."""
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, max_epoch: int, train_storage: str):
+    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str, max_epoch: int, train_storage: str,
+                 dataset: dict[str, str] | None = None):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
+        self.dataset = dataset  # what each trial's run records as its training data (`mlflow_store.dataset_input`)
         self.train_storage = train_storage  # the trials' Ray Train folders (checkpoints epoch_NNNN), a path or URI
         self.max_epoch = max_epoch
         self._client: MlflowClient | None = None
@@ -97,6 +100,7 @@ class StudyRecorder(tune.Callback):
                 STAGE_TAG: stage_of(trial.config), STATUS_TAG: TrialStatus.RUNNING,
                 **({TRANSFER_TAG: trial.config[TRANSFER_TAG]} if TRANSFER_TAG in trial.config else {})}).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(resolved(from_tune(trial.config)).items())])
+            log_dataset(self.client, run_id, getattr(self, "dataset", None))  # None: a recorder saved before it was
             self._logged[trial.trial_id] = set()
             self._open.add(run_id)
         self._runs[trial.trial_id] = run_id

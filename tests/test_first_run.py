@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import tarfile
 import threading
@@ -20,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from torchvision.datasets import CIFAR10
 
 from study.run import main
+from trainables.data import load_dataset
 from trainables.epochs import FAULT_ENV
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -184,6 +186,16 @@ def test_a_trial_whose_workers_crash_is_errored_with_the_workers_error_in_mlflow
     assert run.data.tags["error"] == message
     assert message in Path(client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))).read_text()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1]
+    # the study's data as MLflow's Datasets column shows it, on the trial's run and on its parent's
+    data = load_dataset("cifar10", cifar10_dir)
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    for recorded in (run, parent):
+        (used,) = recorded.inputs.dataset_inputs
+        assert (used.dataset.name, used.dataset.digest, used.dataset.source_type) == ("cifar10", data.digest, "local")
+        assert json.loads(used.dataset.source) == {"uri": cifar10_dir}
+        assert json.loads(used.dataset.profile) == {"train_images": len(data.train), "test_images": len(data.test),
+                                                    "classes": 10, "image_size": 32}
+        assert {(t.key, t.value) for t in used.tags} == {("mlflow.data.context", "training")}
 
 
 def test_a_study_in_which_no_trial_trained_exits_1_naming_the_first_error(

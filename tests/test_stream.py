@@ -69,6 +69,20 @@ def test_shard_order_is_a_permutation_fixed_by_seed_and_epoch_read_a_window_at_a
         assert len(set(groups[first[start:start + window_rows]].tolist())) <= SHUFFLE_WINDOW
 
 
+def test_a_decoded_datasets_digest_names_its_content_and_a_catalogs_its_listing(tmp_path, data_cache):
+    """What a study records as its runs' dataset digest (MLflow's Datasets column): the same for the same files, another
+    once a file is renamed — a decoded dataset's from its cache entry, a streamed one's from its listing."""
+    root = make_image_folder(tmp_path / "folder", train=8, val=4, size=16, classes=2)
+    catalog, decoded = build_catalog("imagefolder", str(root), 16), load_dataset("imagefolder", root, 16)
+    assert len(catalog.digest) == len(decoded.digest) == 12
+    assert build_catalog("imagefolder", str(root), 16).digest == catalog.digest
+    assert load_dataset("imagefolder", root, 16).digest == decoded.digest  # read from the cache
+    image = sorted((root / "train" / "class001").iterdir())[0]
+    image.rename(image.with_name("renamed.JPEG"))
+    assert build_catalog("imagefolder", str(root), 16).digest != catalog.digest
+    assert load_dataset("imagefolder", root, 16).digest != decoded.digest
+
+
 def test_a_corrupt_image_fails_the_read_naming_its_file(tmp_path):
     root = make_image_folder(tmp_path / "bad", train=8, val=4, size=16, classes=2)
     broken = root / "train" / "class001" / "broken.JPEG"

@@ -12,6 +12,7 @@ Datasets themselves default to `data/<dataset>` in that same per-user folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -86,6 +87,7 @@ class Dataset:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     val: ImageData | None = None  # held out of the training images by a trial (`stratified_split`)
+    digest: str = ""  # its source files' content hash (`_cache_entry`), where `load_dataset` read or decoded it
 
     @property
     def num_classes(self) -> int:
@@ -373,16 +375,17 @@ def load_dataset(dataset: str, data_dir: str | Path | None, image_size: int | No
     (data folder, cache entry) is told before a decode, the wait a first study of a copy of the data pays."""
     root = check_data_dir(dataset, data_dir)
     path = _cache_entry(dataset, root, image_size)
+    digest = path.stem.rsplit("-", 1)[1]
     if path.is_file():
         try:
-            return Dataset.from_arrays(load_plain(path))
+            return dataclasses.replace(Dataset.from_arrays(load_plain(path)), digest=digest)
         except UnsafeFileError:  # anything but tensors and plain lists: refused, never decoded over
             raise
         except Exception:  # noqa: BLE001 - a truncated or corrupt entry fails in torch's many ways: decode again
             pass
     if on_decode is not None:
         on_decode(root, path)
-    data = _decode_dataset(dataset, root, image_size)
+    data = dataclasses.replace(_decode_dataset(dataset, root, image_size), digest=digest)
     _keep(data, path)
     return data
 

@@ -16,6 +16,7 @@ an ImageFolder / ImageNet (`train/<class>/<image>`, `val/<class>/<image>`), or t
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import time
 from collections import OrderedDict
@@ -101,6 +102,17 @@ class Catalog:
     def decoded_bytes(self) -> int:
         """What decoding both splits at `image_size` would take (uint8, 3 channels)."""
         return (len(self.train) + len(self.test)) * 3 * self.image_size ** 2
+
+    @property
+    def digest(self) -> str:
+        """A hash of what it lists (each split's file names, row groups, rows and labels), not of the images'
+        bytes, which a streamed dataset is too large to read ahead (`data.Dataset.digest` hashes a decoded one's)."""
+        digest = hashlib.sha256()
+        for split in (self.train, self.test):
+            digest.update(split.files.tobytes())
+            for values in (split.file, split.group, split.row, split.labels):
+                digest.update(values.numpy().tobytes())
+        return digest.hexdigest()[:12]
 
     def to_arrays(self) -> dict[str, Any]:
         """NumPy arrays and plain values for Ray's object store (ImageNet: ~140 MB as 1.33M files, ~45 MB as shards)."""

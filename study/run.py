@@ -81,7 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a local --storage path is on a filesystem every node of the cluster shares")
     p.add_argument("--tracking-uri", type=nonempty, help="MLflow tracking URI (default sqlite:///<storage>/mlflow.db)")
     p.add_argument("--experiment", type=nonempty, help="MLflow experiment (default: the space name)")
-    p.add_argument("--resume", action="store_true", help="continue the latest interrupted study of this space")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest study of this space under --storage, as it was started (a finished "
+                        "one: its summary and report built again)")
     p.add_argument("--resume-errored", action="store_true",
                    help="with --resume: restart its errored trials too, from their last checkpoints (Tune's "
                         "resume_errored): trials a dead raylet or node took down with the driver")

@@ -122,8 +122,8 @@ def record_search(record: StudyRecord, client) -> None:
 
 def record_session(client, parent: str, seconds: float, cpu: float) -> float:
     """Add this session's wall and driver CPU seconds to what the study's earlier sessions (stopped, then resumed)
-    recorded on its parent run (a stopped session records its own at the stop); returns its wall seconds in all. (A `--resume` of a finished study once set its
-    `wall_seconds` from 277 s to the 1 s that resume took.)"""
+    recorded on its parent run (a stopped session records its own at the stop); returns its wall seconds in all.
+    (A `--resume` of a finished study once set its `wall_seconds` from 277 s to the 1 s that resume took.)"""
     earlier = client.get_run(parent).data.metrics
     totals = {STUDY_WALL_METRIC: earlier.get(STUDY_WALL_METRIC, 0.0) + seconds,
               DRIVER_CPU_METRIC: earlier.get(DRIVER_CPU_METRIC, 0.0) + cpu}
@@ -139,7 +139,8 @@ def summarize(plan: StudyPlan, record: StudyRecord, client, exp_id: str, started
     clock.read_trials(client, exp_id, record.parent_run_id, started)
     seconds, cpu, parent = time.time() - started, time.process_time() - cpu_started, record.parent_run_id
     total = record_session(client, parent, seconds, cpu)
-    print(f"\nstudy: {seconds:.0f} s" + (f" ({total:.0f} s with its earlier sessions)" if total > seconds + 0.5 else ""))
+    earlier = f" ({total:.0f} s with its earlier sessions)" if total > seconds + 0.5 else ""
+    print(f"\nstudy: {seconds:.0f} s{earlier}")
     efficiency = study_efficiency(client, exp_id, parent, started, seconds, plan.concurrency)
     if efficiency:
         print(f"train_fraction = {efficiency['train_fraction']:.2f} (trial epoch seconds / (wall seconds × "

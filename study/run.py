@@ -660,9 +660,9 @@ def _checked_run(args: argparse.Namespace, clock, stops: StopSignals) -> int:
         close_failed(record)
         return fail(INPUT_ERROR, str(err))
     except Exception as err:  # the study crashed: say what, keep the traceback out of the user's way
-        close_failed(record)
-        if (full := full_disk(err)) is not None:
+        if (full := full_disk(err)) is not None:  # its store is full too: the parent run stays RUNNING for --resume
             return fail(PLATFORM_ERROR, out_of_space(args, record, full))
+        close_failed(record)
         log, written = record.error_log, False
         try:
             if record.study_dir.exists():

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from study.cluster import TrialShape, check_fits_object_store, fit_trials, local_nodes, ray_nodes, smallest_store
@@ -597,9 +598,17 @@ def record_transfer(client, run_id: str, transfer) -> None:
         print(fit.line(), flush=True)
 
 
-def fail(code: int, message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return code
+@dataclass(frozen=True)
+class Failure:
+    """A study's exit status and its one `error:` line, said last: after Ray's shutdown, whose own late lines (the
+    "Unhandled error" of a trial's future Tune dropped when the driver crashed) once followed it."""
+    code: int
+    message: str
+
+    def said(self) -> int:
+        """Print the line; the status to exit with."""
+        print(f"error: {self.message}", file=sys.stderr, flush=True)
+        return self.code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -609,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         list_spaces()
         return 0
     if not args.space:
-        return fail(INPUT_ERROR, "--space is required (see --list)")
+        return Failure(INPUT_ERROR, "--space is required (see --list)").said()
     import ray
 
     from study.clock import StudyClock
@@ -617,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     ray_was_up, clock, stops = ray.is_initialized(), StudyClock(), StopSignals()
     stops.take()
     try:
-        return _checked_run(args, clock, stops)
+        outcome = _checked_run(args, clock, stops)
     finally:
         stops.give_back()
         release_held()
@@ -626,9 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         line = clock.line()  # once: its "after the last trial" is read from the clock as it is called
         if line:
             print(line, flush=True)
+    return outcome.said() if isinstance(outcome, Failure) else outcome
 
 
-def _checked_run(args: argparse.Namespace, clock, stops: StopSignals) -> int:
+def _checked_run(args: argparse.Namespace, clock, stops: StopSignals) -> int | Failure:
     try:  # cheapest checks first: settings and services, the cluster, then the data (maybe a download)
         plan, record = prepare(args)
         check_address(args.address)
@@ -641,9 +651,9 @@ def _checked_run(args: argparse.Namespace, clock, stops: StopSignals) -> int:
         fit_to_cluster(plan, args.address, args.wait_for_resources)
         data = obtain_data(plan, args.data_url)
     except PlatformError as err:
-        return fail(PLATFORM_ERROR, str(err))
+        return Failure(PLATFORM_ERROR, str(err))
     except (InputError, ValueError) as err:  # ValueError: a setting or the data rejected by their own checks
-        return fail(INPUT_ERROR, str(err))
+        return Failure(INPUT_ERROR, str(err))
     except KeyboardInterrupt as stop:  # e.g. while a first study decodes its data
         return interrupted_before(args, signal_of(stop))
     try:
@@ -655,13 +665,13 @@ def _checked_run(args: argparse.Namespace, clock, stops: StopSignals) -> int:
         return interrupted_outside_the_fit(args, record, signal_of(stop))
     except PlatformError as err:
         close_failed(record)
-        return fail(PLATFORM_ERROR, str(err))
+        return Failure(PLATFORM_ERROR, str(err))
     except InputError as err:  # found once Ray is up (the dataset larger than its object store)
         close_failed(record)
-        return fail(INPUT_ERROR, str(err))
+        return Failure(INPUT_ERROR, str(err))
     except Exception as err:  # the study crashed: say what, keep the traceback out of the user's way
         if (full := full_disk(err)) is not None:  # its store is full too: the parent run stays RUNNING for --resume
-            return fail(PLATFORM_ERROR, out_of_space(args, record, full))
+            return Failure(PLATFORM_ERROR, out_of_space(args, record, full))
         close_failed(record)
         log, written = record.error_log, False
         try:
@@ -670,7 +680,8 @@ def _checked_run(args: argparse.Namespace, clock, stops: StopSignals) -> int:
                 written = True
         except OSError:
             pass
-        return fail(PLATFORM_ERROR, f"the study failed: {one_line(err)}" + (f" (traceback in {log})" if written else ""))
+        where = f" (traceback in {log})" if written else ""
+        return Failure(PLATFORM_ERROR, f"the study failed: {one_line(err)}{where}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]  # where tests start `python -m study.run`
 TAIL_LINES = 40
 # a 6-trial, 3-epoch study of the demo space (~30 s here, two trials at a time): the end-to-end tests' unit
 SHORT_STUDY = ["--space", "demo", "--variants", "lars_nowarmup", "--confirm", "0", "--num-samples", "6",

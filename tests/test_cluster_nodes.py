@@ -27,10 +27,9 @@ import pytest
 from clusters import CLUSTER_MARKER, stop_cluster
 from s3server import moto_server
 from study.optuna_store import JOURNAL_FILE, TRIAL_NAME_ATTR
-from subprocs import assert_succeeds, describe, free_port, run_logged, start_logged, why_no_unshare
+from subprocs import REPO, assert_succeeds, describe, free_port, run_logged, start_logged, why_no_unshare
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PACKAGES = ("optim", "trainables", "search_spaces", "study", "reports")
 BUCKET = "studies"

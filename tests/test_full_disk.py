@@ -14,14 +14,12 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from study.errors import PLATFORM_ERROR
-from subprocs import SHORT_STUDY, why_no_unshare
+from subprocs import REPO, SHORT_STUDY, why_no_unshare
 
-REPO = Path(__file__).resolve().parents[1]
 STATUSES = """
 import json, sys
 from mlflow.tracking import MlflowClient

@@ -25,10 +25,9 @@ from mlflow.tracking import MlflowClient
 from study.errors import INPUT_ERROR, stopped_status
 from study.run import main
 from trainables.records import STUDY_WALL_METRIC
-from subprocs import (SHORT_STUDY, as_from_a_terminal, assert_succeeds, describe, in_session, left_in_session,
+from subprocs import (REPO, SHORT_STUDY, as_from_a_terminal, assert_succeeds, describe, in_session, left_in_session,
                       start_logged, wait_for, wait_for_text)
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from subprocs import assert_succeeds, describe, free_port, start_logged
+from subprocs import REPO, assert_succeeds, describe, free_port, start_logged
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 120
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from subprocs import (SHORT_STUDY, as_from_a_terminal, assert_succeeds, describe, in_session, left_in_session,
+from subprocs import (REPO, SHORT_STUDY, as_from_a_terminal, assert_succeeds, describe, in_session, left_in_session,
                       start_logged, wait_for_text)
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 

@@ -11,8 +11,8 @@ import pytest
 from trainables import records
 from trainables.config import TrialConfig
 from trainables.records import TrialSettings, TrialStatus, not_configuration
+from subprocs import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("optim", "trainables", "search_spaces", "study", "reports")
 HOME = REPO / "trainables" / "records.py"
 # Every name the contract owns whose literal must not stand anywhere else in the product's code.

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from subprocs import assert_succeeds, describe, signal_session, start_logged
+from subprocs import REPO, assert_succeeds, describe, signal_session, start_logged
 
-REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = [sys.executable, str(REPO / "tests" / "sequential_study.py"), "--space", "sequential_e2e"]
 FIRST_ROUND, BOUND = 3, 5  # the space's seeds and max_seeds; the study's --seed is 0, so confirm seeds are 1, 2, …
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -22,8 +22,8 @@ from s3server import CREDENTIALS, moto_server
 from trainables import shard
 from trainables.shard import (CLASSES_KEY, DONE_MARKER, IMAGE_COLUMN, LABEL_COLUMN, SHARD_PATTERN, SPLIT_DIRS,
                               convert, filesystem_for, main)
+from subprocs import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CLASSES = ["cat", "n01", "n02"]  # created in another order: find_classes sorts
 MAX_SIDE = 64

@@ -32,11 +32,10 @@ from optuna.trial import TrialState
 from clusters import CLUSTER_MARKER, stop_cluster
 from study.optuna_store import JOURNAL_FILE, ORPHAN_ATTR, TRIAL_NAME_ATTR
 from study.tune_state import STATE_PATTERNS, staging_copy
-from subprocs import assert_succeeds, describe, free_port, run_logged, signal_session, start_logged
+from subprocs import REPO, assert_succeeds, describe, free_port, run_logged, signal_session, start_logged
 from tampering import tamper
 from trainables.local_ray import with_quoted_interpreter
 
-REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 SMALL = ["--num-samples", "1", "--confirm", "1", "--seeds", "2", "--max-seeds", "2", "--set", f"epochs={EPOCHS}", "--set", "limit=1200",
          "--set", "val_size=200", "--set", "test_limit=400", "--set", "batch_size=200", "--set", "grace_period=1", "--set", "eval_every=1",

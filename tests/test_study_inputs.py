@@ -14,9 +14,8 @@ import pytest
 
 from search_spaces import SPACES
 from study.run import main
-from subprocs import assert_succeeds
+from subprocs import REPO, assert_succeeds
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("extra,message", [

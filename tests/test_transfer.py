@@ -16,8 +16,8 @@ from search_spaces.cpu import TRANSFER_LR
 from study.plan import make_plan
 from study.transfer import LEVEL, TransferError, fit_power_law, holds_other_batch_sizes, plan_transfer, Point
 from tests.known_store import Trial, build_store
+from subprocs import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SLOPE, SCALE = 0.7, 0.01  # the known law: best lr = SCALE · B^SLOPE
 NOISE = {128: 1.03, 256: 0.97, 512: 1.02, 1024: 0.98}  # each study's optimum off the law by a few percent
 SETTING = {"task": "clf", "dataset": "cifar10", "model": "resnet8", "epochs": 6, "optimizer": "lars",

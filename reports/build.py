@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from optuna.trial import FrozenTrial
 
-from reports import figures, optuna_views, sequential, tables, transfer_view
+from reports import artifacts, figures, optuna_views, sequential, tables, transfer_view
 from reports.collect import StudyData, collect, telemetry
 from trainables.records import Stage, TrialStatus
 
@@ -381,7 +381,7 @@ def build_report(tracking_uri: str, experiment: str, out: Path, metric: str = "b
         report.files.append(doc)
     if log:
         parent = data.parents[-1].info.run_id  # the newest study the report covers
-        client.log_artifacts(parent, str(out), "report")
+        artifacts.log_folder(client, parent, str(out), "report")
         # the answer as the study run's description: one click from the experiment's run list
         client.set_tag(parent, NOTE_TAG, (out / "headline.md").read_text())
         report.logged_to = parent

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from reports import artifacts
 from trainables.records import (ERROR_TAG, LR_EFFECTIVE_KEY, PARENT_TAG, STAGE_TAG, STATUS_TAG, STUDY_PATH_TAG,
                                 TELEMETRY_FILE, TRIAL_ID_TAG, VARIANT_TAG, Stage, TrialStatus, deleted_experiment)
 
@@ -153,8 +154,8 @@ def _scores(per_epoch: dict[int, dict[str, float]], metric: str) -> list[tuple[i
 
 def telemetry(client: MlflowClient, run_id: str) -> pd.DataFrame | None:
     """The trial's trust-ratio telemetry (step, layer, rho, w_norm, g_norm), or None if it has none."""
-    if TELEMETRY_FILE not in {a.path for a in client.list_artifacts(run_id)}:
+    if TELEMETRY_FILE not in artifacts.listed(client, run_id):
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, TELEMETRY_FILE, tmp)
+        path = artifacts.download(client, run_id, TELEMETRY_FILE, tmp)
         return pq.read_table(Path(path)).to_pandas()

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from reports import artifacts  # noqa: E402
 from reports.figures import SEARCH, Figure  # noqa: E402
 from trainables.records import OPTUNA_JOURNAL_ARTIFACT, SEARCH_VARIANT_ATTR  # noqa: E402
 
@@ -44,10 +45,10 @@ def load_search(client: MlflowClient, parents: list[Run]) -> list[FrozenTrial]:
     with tempfile.TemporaryDirectory() as tmp:
         for parent in parents:
             run_id = parent.info.run_id
-            if OPTUNA_JOURNAL_ARTIFACT in {a.path for a in client.list_artifacts(run_id, folder)}:
+            if OPTUNA_JOURNAL_ARTIFACT in artifacts.listed(client, run_id, folder):
                 into = Path(tmp) / run_id
                 into.mkdir()
-                trials += journal_trials(client.download_artifacts(run_id, OPTUNA_JOURNAL_ARTIFACT, str(into)))
+                trials += journal_trials(artifacts.download(client, run_id, OPTUNA_JOURNAL_ARTIFACT, str(into)))
     return trials
 
 

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from reports import tables  # noqa: E402
+from reports import artifacts, tables  # noqa: E402
 from reports.figures import HEIGHT, STYLE, Figure, _save  # noqa: E402
 from trainables.records import TRANSFER_ARTIFACT, Stage  # noqa: E402
 
@@ -39,7 +39,7 @@ KEEP = ("variant", "predicted [low, high]", "found", "inside")  # shown even whe
 def _has_transfer(client: MlflowClient, run_id: str) -> bool:
     """Whether the run holds the transfer artifact."""
     folder = posixpath.dirname(TRANSFER_ARTIFACT) or None
-    return TRANSFER_ARTIFACT in {a.path for a in client.list_artifacts(run_id, folder)}
+    return TRANSFER_ARTIFACT in artifacts.listed(client, run_id, folder)
 
 
 def load_transfers(client: MlflowClient, parents: list) -> list[dict]:
@@ -49,7 +49,7 @@ def load_transfers(client: MlflowClient, parents: list) -> list[dict]:
         if not _has_transfer(client, parent.info.run_id):
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(parent.info.run_id, TRANSFER_ARTIFACT, tmp)
+            path = artifacts.download(client, parent.info.run_id, TRANSFER_ARTIFACT, tmp)
             record = json.loads(Path(path).read_text())
         loaded.append({**record, "study_run_id": parent.info.run_id, "study": parent.info.run_name})
     return loaded

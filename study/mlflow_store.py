@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from study.errors import InputError
 from study.storage import Location
 from trainables.cache import cache_dir
-from trainables.records import STUDY_PATH_TAG, deleted_experiment
+from trainables.records import SQLITE_PREFIX, STUDY_PATH_TAG, deleted_experiment, sqlite_file
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -33,14 +33,6 @@ if TYPE_CHECKING:
 def user_data_dir() -> Path:
     """This user's data folder for the platform (`$XDG_DATA_HOME/layerwise-study`, default ~/.local/share/…)."""
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "layerwise-study"
-
-
-SQLITE_PREFIX = "sqlite:///"  # MLflow's URI of a SQLite store, before the file's absolute path
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a SQLite tracking URI; None for any other store."""
-    return Path(uri.removeprefix(SQLITE_PREFIX)) if uri.startswith(SQLITE_PREFIX) else None
 
 
 def default_tracking_uri(storage: Location) -> str:

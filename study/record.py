@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from study.errors import InputError
 from study.storage import Location
 from trainables.cache import cache_dir
+from trainables.records import ARTIFACTS_FOLDER
 
 STUDY_FILE = "study.json"
 CLAIM_FILE = "claimed"  # a new study's folder in object storage is taken (`StudyRecord.claim`)
@@ -136,4 +137,4 @@ class StudyRecord:
     @property
     def artifact_root(self) -> Location:
         """MLflow artifacts of a study store beside the studies (one per experiment under it)."""
-        return self.storage / "mlartifacts"
+        return self.storage / ARTIFACTS_FOLDER

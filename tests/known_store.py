@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from study.storage import Location
 from study.mlflow_store import experiment_id
+from trainables.records import ARTIFACTS_FOLDER
 
 HOUR_MS = 3_600_000
 COMMON = {"task": "clf", "dataset": "cifar10", "model": "resnet18", "epochs": 100, "batch_size": 512,
@@ -96,7 +97,7 @@ def build_store(root: Path, experiment: str = "known", trials: list[Trial] = TRI
     """The store at `root` with one study of `trials`; returns (tracking URI, the study's parent run id)."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp = experiment_id(client, experiment, Location.of(root / "artifacts"))  # as a study creates it
+    exp = experiment_id(client, experiment, Location.of(root / ARTIFACTS_FOLDER))  # as a study creates it
     parent = client.create_run(exp, run_name="known-study", start_time=1000, tags={"study_path": str(root / "study")})
     pid = parent.info.run_id
     client.log_batch(pid, params=[Param("resources.workers", "2"), Param("resources.cpus_per_worker", "4"),

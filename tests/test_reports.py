@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from html.parser import HTMLParser
+from pathlib import Path
 
 import matplotlib.image
 import pandas as pd
@@ -16,9 +18,10 @@ from scipy import stats
 
 from known_store import TRIALS, build_store
 from reports.build import build_report
-from reports.collect import ReportError
+from reports.collect import ReportError, telemetry
 from reports.table import main as table_main
 from reports.tables import mean_ci
+from trainables.records import ARTIFACTS_FOLDER, TELEMETRY_FILE
 
 T_975 = {2: 12.706204736174707, 3: 4.302652729749464}  # Student t quantiles (tables), n = 2, 3
 
@@ -183,3 +186,25 @@ def test_cli_prints_markdown_and_writes_chosen_formats(store, tmp_path, capsys):
     doc = tmp_path / "new" / "folder" / "results.md"  # a results document's folder is made, as --out's is
     assert table_main(["--experiment", "known", "--tracking-uri", uri, "--no-log", "--out", str(out), "--doc", str(doc)]) == 0
     assert doc.read_text().startswith("# Results: ")
+
+
+def test_a_store_moved_elsewhere_is_read_and_logged_to_where_it_is_now(tmp_path):
+    """A study folder moved since it ran (fetched from a cluster): MLflow recorded its runs' artifact folders as
+    absolute paths, so the report found no telemetry there (its figure said "no run has trust-ratio telemetry") and
+    logged itself by re-creating the old folder; it reads and writes beside the moved database instead."""
+    ran_in, moved = tmp_path / "on-the-cluster", tmp_path / "on-a-laptop"
+    uri, parent = build_store(ran_in)
+    client = MlflowClient(uri)
+    trial = client.search_runs([client.get_run(parent).info.experiment_id], "tags.trial_id = 'trial_0'")[0].info.run_id
+    rows = pd.DataFrame({"step": [0, 1], "layer": ["conv1.weight"] * 2, "rho": [0.5, 0.25], "w_norm": [1.0, 1.0],
+                         "g_norm": [2.0, 4.0]})
+    with tempfile.TemporaryDirectory() as tmp:
+        rows.to_parquet(Path(tmp) / TELEMETRY_FILE)
+        client.log_artifact(trial, str(Path(tmp) / TELEMETRY_FILE))
+    ran_in.rename(moved)
+
+    moved_uri = f"sqlite:///{moved / 'mlflow.db'}"
+    pd.testing.assert_frame_equal(telemetry(MlflowClient(moved_uri), trial), rows)
+    report = build_report(moved_uri, "known", tmp_path / "out")
+    assert report.logged_to == parent and not ran_in.exists()
+    assert (moved / ARTIFACTS_FOLDER / parent / "artifacts" / "report" / "table.md").is_file()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 try:
@@ -51,6 +52,17 @@ STATUS_TAG = "status"  # a TrialStatus
 TRANSFER_TAG = "transfer"  # a transfer-enqueued trial: which point of the batch-size transfer it is (fit, low, high)
 ERROR_TAG = "error"  # an errored trial's exception line
 NODE_TAG = "ray_node_id"  # the Ray node that ran the trial (its latest attempt)
+
+# A study's local MLflow store: a SQLite file, its runs' artifacts in a folder beside it (`study.record`), which the
+# reports also find there once the store has moved (`reports.artifacts`).
+SQLITE_PREFIX = "sqlite:///"  # MLflow's URI of a SQLite store, before the file's absolute path
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite tracking URI; None for any other store."""
+    return Path(uri.removeprefix(SQLITE_PREFIX)) if uri.startswith(SQLITE_PREFIX) else None
+
 
 # Artifacts of a study's parent run, written by `study`, read by `reports`.
 OPTUNA_JOURNAL_ARTIFACT = "optuna/optuna.journal"  # the search's Optuna study (JournalStorage file), at its end

@@ -11,13 +11,15 @@ from reports.build import FORMATS, METRICS, build_report
 from reports.collect import ReportError
 from trainables.environment import set_library_defaults
 from trainables.folders import unwritable
+from trainables.records import SQLITE_PREFIX, sqlite_file
+
+DEFAULT_STORE = f"{SQLITE_PREFIX}results/mlflow.db"  # study.run's default store, from the folder it ran in
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m reports.table", description=__doc__)
     p.add_argument("--experiment", required=True, help="MLflow experiment (study.run's --experiment; default there: the space name)")
-    p.add_argument("--tracking-uri", default="sqlite:///results/mlflow.db",
-                   help="MLflow store (default: study.run's default, sqlite:///results/mlflow.db)")
+    p.add_argument("--tracking-uri", default=DEFAULT_STORE, help=f"MLflow store (default: study.run's, {DEFAULT_STORE})")
     p.add_argument("--metric", default="best", choices=METRICS, help="test top-1 at the epoch of best validation top-1, or at the final epoch")
     p.add_argument("--format", default="md", help=f"comma-separated, of {', '.join(FORMATS)} (markdown is always written)")
     p.add_argument("--study", help="only this study: its parent run id or name (default: every study in the experiment)")
@@ -33,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     out = args.out or Path("reports-out") / args.experiment
-    if args.tracking_uri.startswith("sqlite:///"):
-        db = Path(args.tracking_uri.removeprefix("sqlite:///"))
+    db = sqlite_file(args.tracking_uri)
+    if db is not None:
         if not db.is_file():  # MLflow would silently create an empty store
             print(f"error: --tracking-uri: no MLflow database at {db.resolve()}", file=sys.stderr)
             return 2

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from optim import build_optimizer, tvlars_phi
+from optim.layerwise import spread
 
 W0, G = [3.0, 4.0], [0.6, 0.8]  # ‖w‖ = 5, ‖g‖ = 1
 
@@ -189,6 +190,16 @@ def test_adaptive_clip_holds_ratio_to_running_band():
     rho0 = 0.01 * 5 / 1.0
     assert rho[0].item() == pytest.approx(rho0, rel=1e-6)
     assert rho[1].item() == pytest.approx(rho0, rel=1e-6)
+
+
+def test_adaptive_bounds_have_no_spread_where_the_moments_differ_by_rounding():
+    """E[ρ²] − E[ρ]² one unit in the last place above 0 is rounding: its root (3.7e-9 here) once set the bounds."""
+    mean = torch.tensor([1 / 3, 1.0], dtype=torch.float64)
+    second = torch.stack([torch.nextafter(mean[0] * mean[0], torch.tensor(1.0, dtype=torch.float64)),
+                          torch.tensor(1.01, dtype=torch.float64)])
+    assert (second - mean * mean)[0] > 0
+    got = spread(second, mean)
+    assert got[0].item() == 0.0 and got[1].item() == pytest.approx(0.1, rel=1e-12)
 
 
 def test_exclude_1d_bias_gets_plain_momentum_sgd():

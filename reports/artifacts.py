@@ -36,8 +36,10 @@ def _moved_repository(client: MlflowClient, run_id: str) -> ArtifactRepository |
     """The run's artifacts beside its local store's database, when the store moved away from the folder MLflow
     recorded (`moved_folder`); else None."""
     database = sqlite_file(client.tracking_uri)
+    if database is None:  # a server's or object storage's runs: no extra request to find out
+        return None
     uri = client.get_run(run_id).info.artifact_uri
-    if database is None or not uri.startswith("file:"):
+    if not uri.startswith("file:"):
         return None
     moved = moved_folder(Path(local_file_uri_to_path(uri)), database.resolve())
     return None if moved is None else LocalArtifactRepository(moved.as_uri())
